@@ -82,8 +82,8 @@ class Alert:
     dec: float
     psfFlux: float | None
     psfFluxErr: float | None
-    cutoutDifference: bytes | None
-    schemaVersion: str
+    cutoutDifference: bytes | None = field(repr=False)
+    schemaVersion: str = ""
     ztf: ZtfCutoutContext | None = None
 
 

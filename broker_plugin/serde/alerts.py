@@ -1,0 +1,147 @@
+r"""Kafka messages and Avro container files -> :class:`~broker_plugin.records.Alert`, typed errors only.
+
+A message is recognised by its first bytes: ``0x00`` is Rubin's Confluent framing (schemaless body,
+writer schema by id), ``Obj\\x01`` an Avro container file (a ZTF message, or an archive of Rubin or
+ZTF alerts) whose writer schema is embedded. Anything else, and any failure while reading, becomes an
+:class:`~broker_plugin.exceptions.AlertDecodeError` subclass: nothing else escapes this module.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fastavro
+
+from broker_plugin.exceptions import (
+    AlertDecodeError,
+    MalformedAvroError,
+    TruncatedMessageError,
+    UnsupportedAlertError,
+    WrongMagicByteError,
+)
+from broker_plugin.records import Alert
+from broker_plugin.serde.rubin import WIRE_HEADER, rubin_record_to_alert
+from broker_plugin.serde.schemas import RubinSchemaStore
+from broker_plugin.serde.ztf import is_ztf_record, ztf_record_to_alert
+
+CONTAINER_MAGIC = b"Obj\x01"
+_RUBIN_NAME = re.compile(r"lsst\.v(\d+)_(\d+)\.alert$")
+
+
+def _read_error(exc: BaseException, what: str) -> AlertDecodeError:
+    """Map whatever fastavro raised on bad bytes to our typed error."""
+    if isinstance(exc, EOFError | StopIteration):
+        return TruncatedMessageError(f"{what} ends early: {exc or 'end of data'}")
+    return MalformedAvroError(f"{what} is not valid Avro: {type(exc).__name__}: {exc}")
+
+
+def record_to_alert(record: Any, version: str = "") -> Alert:
+    """Map a decoded record (Rubin or ZTF) to an :class:`Alert`.
+
+    Raises
+    ------
+    UnsupportedAlertError
+        Neither a Rubin nor a ZTF alert.
+    MissingFieldError
+        A needed field is null.
+    """
+    if not isinstance(record, dict):
+        raise UnsupportedAlertError(f"record is a {type(record).__name__}, not an alert")
+    if is_ztf_record(record):
+        return ztf_record_to_alert(record)
+    if "diaSource" in record:
+        return rubin_record_to_alert(record, version)
+    raise UnsupportedAlertError("record is neither a Rubin (diaSource) nor a ZTF (candidate) alert")
+
+
+def container_version(writer_schema: Any) -> str:
+    """Version of an embedded writer schema: ``"11.1"`` for Rubin, ``schemavsn``'s source for ZTF."""
+    name = writer_schema.get("name", "") if isinstance(writer_schema, dict) else ""
+    namespace = writer_schema.get("namespace", "") if isinstance(writer_schema, dict) else ""
+    match = _RUBIN_NAME.search(name if "." in name else f"{namespace}.{name}")
+    return f"{match.group(1)}.{match.group(2)}" if match else ""
+
+
+def iter_container(fo: IO[bytes]) -> Iterator[tuple[dict[str, Any], str]]:
+    """Yield ``(record, version)`` from an Avro container file, reading one record at a time.
+
+    Raises
+    ------
+    AlertDecodeError
+        Not a container, or corrupt part-way (records before the damage are still yielded).
+    """
+    try:
+        reader = fastavro.reader(fo)
+        version = container_version(reader.writer_schema)
+    except Exception as exc:  # fastavro: ValueError, EOFError, SchemaParseException, ...
+        raise _read_error(exc, "container header") from exc
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise _read_error(exc, "container block") from exc
+        yield record, version
+
+
+class AlertDecoder:
+    """Decode Kafka message values into alerts.
+
+    Parameters
+    ----------
+    schemas
+        Writer schemas by id for Rubin's framed messages.
+    """
+
+    def __init__(self, schemas: RubinSchemaStore) -> None:
+        self._schemas = schemas
+
+    def decode_rubin_body(self, raw: bytes) -> tuple[dict[str, Any], str]:
+        """Read a Confluent-framed Rubin message into ``(record, version)``.
+
+        Raises
+        ------
+        AlertDecodeError
+            Wrong magic byte, unknown schema id, truncated or malformed body, trailing bytes.
+        """
+        if len(raw) < WIRE_HEADER.size:
+            raise TruncatedMessageError(f"message of {len(raw)} bytes is shorter than the wire header")
+        magic, schema_id = WIRE_HEADER.unpack_from(raw)
+        if magic != 0:
+            raise WrongMagicByteError(f"first byte is 0x{raw[0]:02x}, expected 0x00")
+        writer = self._schemas.get(schema_id)
+        buffer = io.BytesIO(raw)
+        buffer.seek(WIRE_HEADER.size)
+        try:
+            record = fastavro.schemaless_reader(buffer, writer.parsed, None)
+        except Exception as exc:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
+            raise _read_error(exc, f"schema {schema_id} body") from exc
+        if buffer.tell() != len(raw):
+            raise MalformedAvroError(
+                f"{len(raw) - buffer.tell()} trailing bytes after the schema {schema_id} record"
+            )
+        return record, writer.version
+
+    def decode_message(self, raw: bytes) -> list[Alert]:
+        """All alerts in one Kafka message value (Rubin framed, or a container file).
+
+        Raises
+        ------
+        AlertDecodeError
+            A subclass naming what is wrong; no other exception escapes.
+        """
+        if not isinstance(raw, bytes | bytearray | memoryview) or len(raw) == 0:
+            raise TruncatedMessageError("empty message")
+        raw = bytes(raw)
+        if raw.startswith(CONTAINER_MAGIC):
+            return [record_to_alert(rec, ver) for rec, ver in iter_container(io.BytesIO(raw))]
+        if raw[0] != 0:
+            raise WrongMagicByteError(
+                f"first byte is 0x{raw[0]:02x}: neither Confluent framing (0x00) nor an Avro container"
+            )
+        record, version = self.decode_rubin_body(raw)
+        return [record_to_alert(record, version)]

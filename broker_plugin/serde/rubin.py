@@ -1,0 +1,164 @@
+"""Rubin alerts: Avro record <-> :class:`~broker_plugin.records.Alert`, and the Confluent wire format.
+
+Names changed across schema versions (3.0 ``midPointTai``/``filterName``/``psFlux``/``decl`` became
+``midpointMjdTai``/``band``/``psfFlux``/``dec``; ``alertId`` became ``diaSourceId``); this module is the
+one place that knows, so everything downstream uses the current names.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Any
+
+import fastavro
+
+from broker_plugin.exceptions import MissingFieldError, UnsupportedAlertError
+from broker_plugin.records import BANDS, Alert, Survey
+from broker_plugin.serde.schemas import load_bundled_schema, schema_id_of
+
+#: Confluent wire format: magic byte 0x00, then the schema id as a big-endian 4-byte int.
+WIRE_HEADER = struct.Struct(">bI")
+
+#: Current field name -> names it had in older schema versions.
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "midpointMjdTai": ("midPointTai",),
+    "band": ("filterName",),
+    "psfFlux": ("psFlux",),
+    "psfFluxErr": ("psFluxErr",),
+    "dec": ("decl",),
+}
+
+
+def _field(record: dict[str, Any], name: str) -> Any:
+    """A diaSource field by its current name, whatever version wrote the record."""
+    if name in record:
+        return record[name]
+    for old in _ALIASES.get(name, ()):
+        if old in record:
+            return record[old]
+    return None
+
+
+def _band(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    band = value.strip().lower()
+    # Early simulated streams wrote filter names like "g" or "g_01"; the band is the first letter.
+    return band[0] if band[0] in BANDS else band
+
+
+def rubin_record_to_alert(record: dict[str, Any], version: str) -> Alert:
+    """Map one decoded Rubin alert record to an :class:`Alert`.
+
+    Raises
+    ------
+    UnsupportedAlertError
+        The record has no ``diaSource``.
+    MissingFieldError
+        A field the pipeline needs is null (a solar-system source has no ``diaObjectId``).
+    """
+    source = record.get("diaSource")
+    if not isinstance(source, dict):
+        raise UnsupportedAlertError("record has no diaSource: not a Rubin alert")
+    values = {
+        name: _field(source, name)
+        for name in ("diaSourceId", "diaObjectId", "midpointMjdTai", "band", "ra", "dec", "psfFlux")
+    }
+    values["band"] = _band(values["band"])
+    missing = [name for name, value in values.items() if value is None and name != "psfFlux"]
+    if missing:
+        raise MissingFieldError(f"diaSource {values['diaSourceId']} has null {', '.join(missing)}")
+    return Alert(
+        survey=Survey.RUBIN,
+        diaObjectId=int(values["diaObjectId"]),
+        diaSourceId=int(values["diaSourceId"]),
+        midpointMjdTai=float(values["midpointMjdTai"]),
+        band=values["band"],
+        ra=float(values["ra"]),
+        dec=float(values["dec"]),
+        psfFlux=values["psfFlux"],
+        psfFluxErr=_field(source, "psfFluxErr"),
+        cutoutDifference=record.get("cutoutDifference"),
+        schemaVersion=version,
+    )
+
+
+def _placeholder(avro_type: Any) -> Any:
+    """A value a required field of ``avro_type`` accepts (null where allowed)."""
+    if isinstance(avro_type, list):
+        return None if "null" in avro_type else _placeholder(avro_type[0])
+    if isinstance(avro_type, dict):
+        kind = avro_type.get("type")
+        if kind == "array":
+            return []
+        if kind == "map":
+            return {}
+        if kind == "enum":
+            return avro_type["symbols"][0]
+        if kind == "record":
+            return {f["name"]: f.get("default", _placeholder(f["type"])) for f in avro_type["fields"]}
+        return _placeholder(kind)
+    return {"long": 0, "int": 0, "double": 0.0, "float": 0.0, "string": "", "boolean": False}.get(
+        avro_type, b"" if avro_type == "bytes" else None
+    )
+
+
+def rubin_alert_record(
+    version: str,
+    *,
+    diaSourceId: int,
+    diaObjectId: int | None,
+    midpointMjdTai: float,
+    band: str,
+    ra: float,
+    dec: float,
+    psfFlux: float | None,
+    psfFluxErr: float | None,
+    cutoutDifference: bytes | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Build a complete alert record valid for Rubin schema ``version``.
+
+    Every required field not given is filled with a neutral value; ``extra`` sets any other
+    ``diaSource`` field (by its name in that version) or top-level field.
+
+    Returns
+    -------
+    dict
+        A record ``fastavro`` validates against that version's alert schema.
+    """
+    parsed = load_bundled_schema(version).parsed
+    top_fields = {f["name"]: f for f in parsed["fields"]}
+    record = {name: f.get("default", _placeholder(f["type"])) for name, f in top_fields.items()}
+    source_type = top_fields["diaSource"]["type"]
+    source = _placeholder(source_type)
+    wanted = {
+        "diaSourceId": diaSourceId,
+        "diaObjectId": diaObjectId,
+        "midpointMjdTai": midpointMjdTai,
+        "band": band,
+        "ra": ra,
+        "dec": dec,
+        "psfFlux": psfFlux,
+        "psfFluxErr": psfFluxErr,
+    }
+    for name, value in wanted.items():
+        for candidate in (name, *_ALIASES.get(name, ())):
+            if candidate in source:
+                source[candidate] = value
+                break
+    for name, value in extra.items():
+        (source if name in source else record)[name] = value
+    record["diaSource"] = source
+    record["alertId" if "alertId" in record else "diaSourceId"] = diaSourceId
+    record["cutoutDifference"] = cutoutDifference
+    return record
+
+
+def encode_rubin_message(record: dict[str, Any], version: str) -> bytes:
+    """Serialise a record as Rubin does on Kafka: Confluent wire header + schemaless Avro body."""
+    buffer = io.BytesIO()
+    buffer.write(WIRE_HEADER.pack(0, schema_id_of(version)))
+    fastavro.schemaless_writer(buffer, load_bundled_schema(version).parsed, record)
+    return buffer.getvalue()
