@@ -130,3 +130,37 @@ class Frame:
     midpointMjdTai: float
     diaSourceId: int
     originalShape: tuple[int, int] = field(default=(0, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class ClassProbability:
+    """One class's ensemble-mean probability and its spread across members."""
+
+    name: str
+    probability: float
+    spread: float
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """What the plugin publishes for an object after one of its alerts (schema ``broker_plugin`` 1.0).
+
+    See ``schemas/broker_plugin/1/0/broker_plugin.v1_0.classification.avsc`` for every field's unit.
+    """
+
+    diaObjectId: int | str
+    diaSourceId: int
+    survey: Survey
+    midpointMjdTai: float
+    predictedClass: str
+    classes: tuple[ClassProbability, ...]
+    nFrames: int
+    bandsUsed: tuple[str, ...]
+    firstMidpointMjdTai: float
+    modelName: str
+    modelVersion: str
+    modelChecksum: str
+    ensembleSize: int
+    alertTimestamp: int | None
+    publishTimestamp: int
+    pluginVersion: str

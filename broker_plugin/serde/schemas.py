@@ -135,7 +135,7 @@ class SchemaRegistryClient:
         except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
             raise SchemaRegistryError(f"schema registry unreachable: {exc}") from exc
         try:
-            parsed = fastavro.parse_schema(json.loads(body["schema"]), _named_schemas={})
+            parsed = fastavro.parse_schema(json.loads(body["schema"]), named_schemas={})
         except Exception as exc:  # fastavro raises several types on an invalid schema
             raise SchemaRegistryError(f"registry schema {schema_id} is not valid Avro: {exc}") from exc
         return WriterSchema(schema_id, f"registry:{schema_id}", parsed)
