@@ -88,6 +88,28 @@ def iter_container(fo: IO[bytes]) -> Iterator[tuple[dict[str, Any], str]]:
         yield record, version
 
 
+def iter_payload(raw: bytes, decoder: AlertDecoder) -> Iterator[Alert | AlertDecodeError]:
+    """Every alert in one file's bytes, or the error that stopped each one, in order.
+
+    Unlike :meth:`AlertDecoder.decode_message`, a container with one bad record still yields the
+    good records around it (a whole archive is not lost to one record).
+    """
+    if not raw.startswith(CONTAINER_MAGIC):
+        try:
+            yield from decoder.decode_message(raw)
+        except AlertDecodeError as exc:
+            yield exc
+        return
+    try:
+        for record, version in iter_container(io.BytesIO(raw)):
+            try:
+                yield record_to_alert(record, version)
+            except AlertDecodeError as exc:
+                yield exc
+    except AlertDecodeError as exc:
+        yield exc
+
+
 class AlertDecoder:
     """Decode Kafka message values into alerts.
 

@@ -1,0 +1,207 @@
+"""Building blocks of ConvEntion (spec section 3), in the token layout ``(B, L, C, H, W)``.
+
+The authors' code keeps tokens as ``(B, C, y, x, t)``; here time comes second so that every per-step
+convolution is one ``Conv2d`` over ``B * L`` maps without a copy. Parameter shapes that fix the
+paper's numbers (the joint LayerNorm over ``(C, y, x, t)``) keep the authors' shapes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: (spatial kernel, stride, padding) of the four Conv3d layers of the paper's front end; temporal kernel 3.
+FRONT_END_LAYOUT: tuple[tuple[int, int, int], ...] = ((11, 2, 2), (5, 1, 2), (3, 1, 0), (3, 1, 0))
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Return the output length of a convolution along one axis."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def sinusoid_table(length: int, dim: int) -> torch.Tensor:
+    """Return the fixed index encoding ``PE[t, c]`` (sin for even ``c``, cos for odd ``c``).
+
+    Parameters
+    ----------
+    length
+        Number of token positions.
+    dim
+        Number of token channels.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(length, dim)`` float32; constant over the token's spatial grid (spec 2.3).
+    """
+    t = torch.arange(length, dtype=torch.float64)[:, None]
+    c = torch.arange(dim)
+    angle = t / torch.pow(10000.0, (2 * (c // 2)).double() / dim)
+    return torch.where(c % 2 == 0, torch.sin(angle), torch.cos(angle)).float()
+
+
+class ChunkEncoder(nn.Module):
+    """The 3D CNN front end: one ``chunk``-frame chunk (flux + band map) to one ``C x h x w`` token.
+
+    Chunks never see each other, which is what makes incremental inference exact. Kernels are stored
+    as ``(kt, ky, kx)``; the authors' ``(ky, kx, kt)`` weights convert with ``permute(0, 1, 3, 4, 2)``
+    (same parameter count; time first is ~40% faster on CPU).
+
+    Parameters
+    ----------
+    stamp
+        Side of the square frame [pixels].
+    chunk
+        Frames per chunk; the temporal kernels reduce exactly 3 frames to one step.
+    channels
+        Output channels of the four Conv3d layers; the last one is the token depth.
+    band_vocab
+        Rows of the band embedding (row 0 is padding: a zero band map).
+    """
+
+    def __init__(self, *, stamp: int, chunk: int, channels: tuple[int, ...], band_vocab: int) -> None:
+        super().__init__()
+        if len(channels) != len(FRONT_END_LAYOUT):
+            raise ValueError(f"the front end has {len(FRONT_END_LAYOUT)} layers, got channels={channels}")
+        self.stamp = stamp
+        self.band_embed = nn.Embedding(band_vocab, stamp * stamp, padding_idx=0)
+        layers: list[nn.Module] = []
+        in_ch, side, steps = 2, stamp, chunk
+        for out_ch, (k, s, p) in zip(channels, FRONT_END_LAYOUT, strict=True):
+            layers += [nn.Conv3d(in_ch, out_ch, (3, k, k), s, p), nn.BatchNorm3d(out_ch), nn.ReLU()]
+            in_ch, side, steps = out_ch, conv_out(side, k, s, p), conv_out(steps, 3, s, p)
+        if steps != 1:
+            raise ValueError(f"chunks of {chunk} frames leave {steps} time steps, not 1")
+        self.net = nn.Sequential(*layers)
+        self.token_shape = (in_ch, side, side)
+
+    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+        """Encode chunks ``x`` ``(N, chunk, H, W)`` with band ids ``(N, chunk)`` to ``(N, C, h, w)``."""
+        n, t, h, w = x.shape
+        band_map = self.band_embed(band).view(n, t, h, w).to(x.dtype)
+        return self.net(torch.stack((x, band_map), dim=1)).squeeze(2)
+
+
+class JointNorm(nn.Module):
+    """The paper's ``LayerNorm([C, y, x, L])``: one mean and variance per sample over all tokens.
+
+    With ``mask`` the statistics come from the valid tokens only, so padding cannot shift them (the
+    fixed variant); the per-position affine of the first ``L`` positions applies either way.
+
+    Parameters
+    ----------
+    token_shape
+        ``(C, h, w)`` of one token.
+    max_len
+        Number of token positions the affine covers.
+    eps
+        Added to the variance, as ``nn.LayerNorm``.
+    """
+
+    def __init__(self, token_shape: tuple[int, ...], max_len: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(*token_shape, max_len))
+        self.bias = nn.Parameter(torch.zeros(*token_shape, max_len))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Normalise ``x`` ``(B, L, C, h, w)``; ``mask`` ``(B, L)`` marks valid tokens, or is None."""
+        length = x.shape[1]
+        weight = self.weight.movedim(-1, 0)[:length]
+        bias = self.bias.movedim(-1, 0)[:length]
+        if mask is None:
+            return F.layer_norm(x, x.shape[1:], weight, bias, self.eps)
+        m = mask.view(*mask.shape, 1, 1, 1).to(x.dtype)
+        count = m.sum(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1.0) * math.prod(x.shape[2:])
+        mean = (x * m).sum(dim=(1, 2, 3, 4), keepdim=True) / count
+        var = (((x - mean) * m) ** 2).sum(dim=(1, 2, 3, 4), keepdim=True) / count
+        return (x - mean) * torch.rsqrt(var + self.eps) * weight + bias
+
+
+class ConvAttention(nn.Module):
+    """Convolutional multi-head attention (spec 3.4), computed exactly in O(L).
+
+    The score of query ``i`` and key ``j`` is ``Conv(Q_i + K_j) = W*Q_i + (W*K_j + b)`` and the softmax
+    runs over ``j`` per head and pixel, so the query term is a constant inside each softmax and cancels:
+    every query receives the same ``sum_j softmax_j(W*K_j + b) * V_j``. Computing it that way is
+    identical to the authors' ``L x L`` loop up to float rounding (tested against a literal
+    re-statement), costs ``L`` score convolutions instead of ``L**2``, and never materialises an
+    ``(L, L)`` tensor. The query third of ``qkv`` is kept (parameter count, weight compatibility) but
+    cannot influence the output; it receives no gradient, in the authors' model as here.
+
+    Parameters
+    ----------
+    dim
+        Token channels; ``dim // heads`` value channels per head.
+    heads
+        Number of heads.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.dim, self.heads = dim, heads
+        self.qkv = nn.Conv2d(dim, 3 * dim, 1)
+        self.score = nn.Conv2d(dim, heads, 5, padding=2)
+        self.proj = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attend over ``x`` ``(B, L, C, h, w)``; return ``(B, 1, C, h, w)``, the same for every query."""
+        b, length, c, h, w = x.shape
+        kv = F.conv2d(x.reshape(b * length, c, h, w), self.qkv.weight[c:], self.qkv.bias[c:])
+        scores = self.score(kv[:, :c]).view(b, length, self.heads, h, w)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.view(b, length, 1, 1, 1), torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=1).unsqueeze(3)
+        values = kv[:, c:].reshape(b, length, self.heads, c // self.heads, h, w)
+        out = (weights * values).sum(dim=1).reshape(b, c, h, w)
+        return self.proj(out).unsqueeze(1)
+
+
+class ConvFeedForward(nn.Sequential):
+    """Per-step conv feed-forward: Conv 3x3 -> ReLU -> BN -> Conv 3x3 -> ReLU -> BN (authors' order)."""
+
+    def __init__(self, dim: int, mult: int = 2) -> None:
+        hidden = dim * mult
+        super().__init__(
+            nn.Conv2d(dim, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.BatchNorm2d(hidden),
+            nn.Conv2d(hidden, dim, 3, padding=1),
+            nn.ReLU(),
+            nn.BatchNorm2d(dim),
+        )
+
+
+class ConvEntionBlock(nn.Module):
+    """Pre-norm residual block: ``x + Attn(LN1(x))`` then ``x + FFN(LN2(x))``.
+
+    Parameters
+    ----------
+    token_shape
+        ``(C, h, w)`` of one token.
+    max_len
+        Token positions (the joint LayerNorm's extent).
+    heads
+        Attention heads.
+    """
+
+    def __init__(self, token_shape: tuple[int, ...], max_len: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = JointNorm(token_shape, max_len)
+        self.attn = ConvAttention(token_shape[0], heads)
+        self.norm2 = JointNorm(token_shape, max_len)
+        self.ffn = ConvFeedForward(token_shape[0])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Apply the block to ``x`` ``(B, L, C, h, w)``; masked tokens neither give nor take."""
+        x = x + self.attn(self.norm1(x, mask), mask)
+        y = self.norm2(x, mask)
+        if mask is None:
+            return x + self.ffn(y.flatten(0, 1)).view_as(x)
+        # Only valid tokens go through the FFN, so padding never enters BatchNorm's batch statistics.
+        out = x.clone()
+        out[mask] = x[mask] + self.ffn(y[mask])
+        return out
