@@ -132,7 +132,7 @@ class CnnRnn(nn.Module):
         self, x: torch.Tensor, band: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode the valid frames of ``x`` ``(B, T, H, W)`` and run the RNN; return (features, mask)."""
-        b, t, h, w = x.shape
+        b, t = band.shape
         if t > self.max_chunks:
             raise InferenceInputError(f"{t} frames exceed the window of {self.max_chunks}")
         mask = band != 0

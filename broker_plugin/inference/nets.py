@@ -158,7 +158,7 @@ class ConvEntion(nn.Module):
         self.head = self._make_head(num_classes).to(self.pos.device)
 
     def embed_chunks(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
-        """Encode chunks ``x`` ``(N, chunk, H, W)`` with band ids ``(N, chunk)`` to tokens ``(N, C, h, w)``."""
+        """Encode chunks ``x`` ``(N, chunk, H, W)``, band ids ``(N, chunk)``, to tokens ``(N, C, h, w)``."""
         if self.config.masked:
             # A padding frame (band 0) contributes nothing, whatever its pixels hold.
             x = x * (band != 0).to(x.dtype)[..., None, None]
