@@ -41,13 +41,25 @@ def generate_messages(n: int, seed: int = 0) -> list[bytes]:
         cutout = write_rubin_cutout(image, np.full(image.shape, 25.0), geometry, 150.0, 2.2)
         version = versions[i % len(versions)]
         record = rubin_alert_record(
-            version, diaSourceId=10_000 + i, diaObjectId=1 + i // 5, midpointMjdTai=60_000.0 + i,
-            band="ugrizy"[i % 6], ra=150.0, dec=2.2, psfFlux=flux, psfFluxErr=5.0, cutoutDifference=cutout,
+            version,
+            diaSourceId=10_000 + i,
+            diaObjectId=1 + i // 5,
+            midpointMjdTai=60_000.0 + i,
+            band="ugrizy"[i % 6],
+            ra=150.0,
+            dec=2.2,
+            psfFlux=flux,
+            psfFluxErr=5.0,
+            cutoutDifference=cutout,
         )
         messages.append(encode_rubin_message(record, version))
     good = messages[0]
-    messages += [b"\x07" + good[1:], good[:1] + b"\x00\x00\x99\x99" + good[5:], good[: len(good) // 2],
-                 bytes(rng.integers(0, 256, 500, dtype=np.uint8))]
+    messages += [
+        b"\x07" + good[1:],
+        good[:1] + b"\x00\x00\x99\x99" + good[5:],
+        good[: len(good) // 2],
+        bytes(rng.integers(0, 256, 500, dtype=np.uint8)),
+    ]
     return messages
 
 
@@ -69,8 +81,10 @@ def run_demo(settings: Settings, out: TextIO) -> int:
         except BrokerPluginError as exc:
             outcomes[exc.reason] += 1
     elapsed = time.perf_counter() - start
-    out.write(f"broker_plugin demo: {len(messages)} messages ({_N_ALERTS} generated Rubin alerts over "
-              f"schemas {', '.join(bundled_rubin_versions())}, plus 4 broken ones)\n")
+    out.write(
+        f"broker_plugin demo: {len(messages)} messages ({_N_ALERTS} generated Rubin alerts over "
+        f"schemas {', '.join(bundled_rubin_versions())}, plus 4 broken ones)\n"
+    )
     for outcome, count in sorted(outcomes.items()):
         out.write(f"  {outcome:<20} {count}\n")
     out.write(f"  point source on the frame centre: {centred} of {outcomes['ok']}\n")

@@ -144,6 +144,8 @@ def rubin_alert_record(
         "psfFluxErr": psfFluxErr,
     }
     for name, value in wanted.items():
+        if value is None:
+            continue  # the placeholder is already null where the version allows it, 0 where it does not
         for candidate in (name, *_ALIASES.get(name, ())):
             if candidate in source:
                 source[candidate] = value

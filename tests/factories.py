@@ -1,0 +1,68 @@
+"""Factories for test data: Rubin alerts with realistic cutouts, point-source images."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from broker_plugin.serde.rubin import encode_rubin_message, rubin_alert_record
+from broker_plugin.stamps import RubinCutoutGeometry, write_rubin_cutout
+
+ZTF_GOLDEN = __import__("pathlib").Path(__file__).parent / "data" / "ztf"
+
+
+def gaussian_source(
+    geometry: RubinCutoutGeometry, flux: float, fwhm_arcsec: float, east: float = 0.0, north: float = 0.0
+) -> np.ndarray:
+    """Image [flux per pixel] of a Gaussian point source at (east, north) arcsec from the source pixel."""
+    e, n = geometry.sky_offsets()
+    sigma = fwhm_arcsec / (2 * math.sqrt(2 * math.log(2)))
+    pixel_area = geometry.pixel_scale_arcsec**2
+    return (
+        flux
+        * pixel_area
+        * np.exp(-((e - east) ** 2 + (n - north) ** 2) / (2 * sigma**2))
+        / (2 * math.pi * sigma**2)
+    )
+
+
+def rubin_cutout_bytes(
+    size: int = 51,
+    rotation_deg: float = 0.0,
+    flux: float = 1000.0,
+    east: float = 0.0,
+    north: float = 0.0,
+    image: np.ndarray | None = None,
+) -> bytes:
+    """FITS bytes of a Rubin cutout holding one point source (or the given image)."""
+    geometry = RubinCutoutGeometry(size=size, rotation_deg=rotation_deg)
+    if image is None:
+        image = gaussian_source(geometry, flux, 0.8, east, north)
+    return write_rubin_cutout(image, np.ones((size, size)), geometry, 150.0, 2.0)
+
+
+def rubin_message(
+    version: str = "11.1",
+    diaSourceId: int = 101,
+    diaObjectId: int = 7,
+    cutout: bytes | None = b"",
+    band: str = "r",
+    midpointMjdTai: float = 60_500.25,
+) -> bytes:
+    """A Confluent-framed Rubin alert of schema ``version``; ``cutout=b""`` means a default point source."""
+    if cutout == b"":
+        cutout = rubin_cutout_bytes()
+    record = rubin_alert_record(
+        version,
+        diaSourceId=diaSourceId,
+        diaObjectId=diaObjectId,
+        midpointMjdTai=midpointMjdTai,
+        band=band,
+        ra=150.0,
+        dec=2.0,
+        psfFlux=1000.0,
+        psfFluxErr=10.0,
+        cutoutDifference=cutout,
+    )
+    return encode_rubin_message(record, version)
