@@ -1,0 +1,207 @@
+"""The ensemble predictor: micro-batches of objects in, mean class probabilities and spread out.
+
+Two paths give the same numbers (tested):
+
+- :meth:`Predictor.predict`: full recompute of each object's window (any number of objects, any
+  lengths; grouped by length into micro-batches so padding stays small);
+- :meth:`Predictor.update`: incremental, one :class:`~broker_plugin.inference.incremental.ObjectCache`
+  per object in, updated caches out (the service stores them keyed by ``model_id``).
+
+The ensemble output is the mean of the members' probabilities; ``spread`` is their standard deviation
+(population, 0 for a single member). Runs on CUDA when available, else CPU, under
+``torch.inference_mode``; ``bf16=True`` adds bfloat16 autocast (sensible on GPUs only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from broker_plugin.inference.artifact import CLASS_NAMES, load_artifact
+from broker_plugin.inference.errors import InferenceInputError
+from broker_plugin.inference.incremental import IncrementalEngine, ObjectCache
+from broker_plugin.inference.preprocess import (
+    FluxNormalisation,
+    ModelInput,
+    collate,
+    frames_to_input,
+    select_window,
+    window_start,
+)
+from broker_plugin.records import Frame
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The ensemble's answer for one object.
+
+    Attributes
+    ----------
+    probabilities
+        ``(classes,)`` mean of the members' class probabilities.
+    spread
+        ``(classes,)`` standard deviation of the members' probabilities.
+    n_frames
+        Frames in the window the prediction used.
+    """
+
+    probabilities: np.ndarray
+    spread: np.ndarray
+    n_frames: int
+
+
+def default_device() -> torch.device:
+    """Return CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Predictor:
+    """Classify objects with an ensemble of nets of one architecture.
+
+    Parameters
+    ----------
+    members
+        The ensemble (moved to ``device`` and put in eval mode).
+    model_id
+        Version of the weights; keys the incremental caches.
+    normalisation
+        Flux normalisation the members were trained with.
+    class_names
+        Output classes, in logit order.
+    device
+        Where to run; CUDA when available by default.
+    bf16
+        Run under bfloat16 autocast.
+    max_batch_size
+        Objects per forward pass.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        *,
+        model_id: str,
+        normalisation: FluxNormalisation,
+        class_names: Sequence[str] = CLASS_NAMES,
+        device: torch.device | str | None = None,
+        bf16: bool = False,
+        max_batch_size: int = 64,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        self.members = [m.to(self.device).eval() for m in members]
+        self.model_id, self.normalisation = model_id, normalisation
+        self.class_names = list(class_names)
+        self.bf16, self.max_batch_size = bf16, max_batch_size
+        self.engine = IncrementalEngine(self.members, model_id=model_id, device=self.device)
+        first = self.members[0]
+        self.chunk_size, self.max_chunks = first.chunk_size, first.max_chunks
+        self.band_offset, self.pad_window = first.band_offset, first.pad_window
+        self.stamp: int = first.config.stamp
+
+    @classmethod
+    def from_artifact(
+        cls,
+        directory: str | Path,
+        *,
+        expected_pixel_scale_arcsec: float | None = None,
+        device: torch.device | str | None = None,
+        bf16: bool = False,
+        max_batch_size: int = 64,
+    ) -> Predictor:
+        """Load a verified artifact (see :func:`~broker_plugin.inference.artifact.load_artifact`)."""
+        art = load_artifact(directory, expected_pixel_scale_arcsec=expected_pixel_scale_arcsec)
+        return cls(
+            art.members, model_id=art.model_id, normalisation=art.normalisation,
+            class_names=art.class_names, device=device, bf16=bf16, max_batch_size=max_batch_size,
+        )  # fmt: skip
+
+    def preprocess(self, frames: Sequence[Frame]) -> ModelInput:
+        """Turn an object's frames (time order) into model input for this ensemble."""
+        return frames_to_input(frames, self.normalisation, band_offset=self.band_offset, stamp=self.stamp)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _batches(self, order: Sequence[int]) -> Iterator[list[int]]:
+        for start in range(0, len(order), self.max_batch_size):
+            yield list(order[start : start + self.max_batch_size])
+
+    @staticmethod
+    def _summarise(member_probs: np.ndarray, n_frames: int) -> Prediction:
+        return Prediction(member_probs.mean(axis=0), member_probs.std(axis=0), n_frames)
+
+    @torch.inference_mode()
+    def predict(self, inputs: Sequence[ModelInput]) -> list[Prediction]:
+        """Full recompute: classify each object's window (the most recent ``max_chunks`` chunks)."""
+        windows = [select_window(inp, self.chunk_size, self.max_chunks) for inp in inputs]
+        if any(len(w) == 0 for w in windows):
+            raise InferenceInputError("cannot classify an object without frames")
+        results: list[Prediction | None] = [None] * len(windows)
+        # Similar lengths share a micro-batch, so little compute goes to padding.
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+        for batch in self._batches(order):
+            longest = max(len(windows[i]) for i in batch)
+            chunks = self.max_chunks if self.pad_window else -(-longest // self.chunk_size)
+            frames = self.chunk_size * chunks
+            x, band = collate([windows[i] for i in batch], frames=frames, stamp=self.stamp)
+            xt, bt = torch.from_numpy(x).to(self.device), torch.from_numpy(band).to(self.device)
+            with self._autocast():
+                probs = np.stack([m(xt, bt).float().softmax(dim=-1).cpu().numpy() for m in self.members])
+            for j, i in enumerate(batch):
+                results[i] = self._summarise(probs[:, j], len(windows[i]))
+        return [r for r in results if r is not None]
+
+    def predict_frames(self, sequences: Sequence[Sequence[Frame]]) -> list[Prediction]:
+        """Preprocess and classify objects given as frame lists (time order)."""
+        return self.predict([self.preprocess(frames) for frames in sequences])
+
+    def new_cache(self, history: ModelInput | None = None) -> ObjectCache:
+        """Return an empty cache, or one rebuilt from an object's earlier frames ``history``."""
+        if history is None or len(history) == 0:
+            return self.engine.empty_cache()
+        with self._autocast():
+            return self.engine.rebuild(history)
+
+    def update(
+        self, caches: Sequence[ObjectCache | None], new: Sequence[ModelInput]
+    ) -> list[tuple[Prediction | None, ObjectCache]]:
+        """Incremental path: append each object's new frames to its cache and classify it.
+
+        Parameters
+        ----------
+        caches
+            One per object (distinct objects); None starts an object with no history.
+        new
+            The object's new frames (usually one; none, e.g. a dropped missing frame, gives a None
+            prediction and the cache unchanged).
+
+        Returns
+        -------
+        list
+            ``(prediction after the last new frame, updated cache)`` per object.
+        """
+        current = [c if c is not None else self.engine.empty_cache() for c in caches]
+        last: list[np.ndarray | None] = [None] * len(current)
+        rounds = max((len(n) for n in new), default=0)
+        for k in range(rounds):  # the k-th new frame of every object that has one, batched
+            active = [i for i, n in enumerate(new) if len(n) > k]
+            for batch in self._batches(active):
+                x = np.stack([new[i].x[k] for i in batch])
+                band = np.stack([new[i].band[k] for i in batch])
+                with self._autocast():
+                    probs, updated = self.engine.step([current[i] for i in batch], x, band)
+                for j, i in enumerate(batch):
+                    current[i], last[i] = updated[j], probs[:, j]
+        out: list[tuple[Prediction | None, ObjectCache]] = []
+        for cache, probs in zip(current, last, strict=True):
+            window = cache.n_frames - window_start(cache.n_frames, self.chunk_size, self.max_chunks)
+            out.append((None if probs is None else self._summarise(probs, window), cache))
+        return out
