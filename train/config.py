@@ -1,0 +1,158 @@
+"""Typed configuration of ``python -m train``, read from TOML files (``train/configs/*.toml``).
+
+These are the *model-building* settings (what to simulate, how to train), not the service's
+:class:`broker_plugin.config.Settings`. Every stage reads the sections it needs; unknown keys are errors
+so that a typo in a config file fails loudly instead of silently using a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: The four classes of the paper, in the order of the model's outputs.
+CLASSES: tuple[str, ...] = ("AGN", "SNIa", "Variable", "SNOther")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassCounts(_Strict):
+    """How many objects of each labelled class, and how the SN labels split (convention-spec 2.1)."""
+
+    agn: int = Field(906, ge=0, description="AGN (split in halves between the two pools).")
+    snia_unconfirmed: int = Field(1448, ge=0, description="Photometrically classified SN Ia.")
+    snia_confirmed: int = Field(540, ge=0, description="Spectroscopically confirmed SN Ia.")
+    variable: int = Field(3225, ge=0, description="Variable stars (split in halves between the pools).")
+    snother_unconfirmed: int = Field(2041, ge=0, description="Photometric SN II/Ibc.")
+    snother_confirmed: int = Field(89, ge=0, description="Spectroscopic SN II/Ibc/SLSN.")
+
+    @property
+    def total(self) -> int:
+        """Number of objects."""
+        return (
+            self.agn
+            + self.snia_unconfirmed
+            + self.snia_confirmed
+            + self.variable
+            + self.snother_unconfirmed
+            + self.snother_confirmed
+        )
+
+
+class PopulationConfig(_Strict):
+    """Astrophysical populations."""
+
+    counts: ClassCounts = Field(default_factory=ClassCounts)
+    label_noise: float = Field(
+        0.03, ge=0, le=0.5, description="Fraction of unconfirmed SNe whose true type is the other SN type."
+    )
+    zmax_confirmed: float = Field(0.3, gt=0, description="Highest redshift of spectroscopic SNe.")
+    zmax_unconfirmed: float = Field(0.5, gt=0, description="Highest redshift of photometric SNe.")
+    host_fraction: float = Field(0.92, ge=0, le=1, description="Fraction of SNe with a detectable host.")
+    mw_ebv_max: float = Field(0.12, ge=0, description="Milky Way E(B-V) is drawn in [0.02, this].")
+
+
+class SurveyConfig(_Strict):
+    """Cadence, seeing and depth."""
+
+    cadence: Literal["stripe82", "rubin"] = Field("stripe82", description="Survey strategy.")
+    first_season_mjd: float = Field(53616.0, description="Start of the first season [MJD] (2005-09-01).")
+    n_seasons: int = Field(3, ge=1, description="Seasons objects are spread over.")
+    season_days: float = Field(90.0, gt=0, description="Length of one observing season [days].")
+    night_gap_days: tuple[int, int] = Field((2, 5), description="Range of gaps between survey nights.")
+    weather_loss: float = Field(0.2, ge=0, lt=1, description="Fraction of survey nights lost.")
+    object_loss: float = Field(0.05, ge=0, lt=1, description="Fraction of nights an object is not covered.")
+    missing_frame: float = Field(0.03, ge=0, lt=1, description="Fraction of frames blank (masked).")
+    seeing_median_arcsec: float = Field(1.35, gt=0, description="Median r-band seeing FWHM [arcsec].")
+    seeing_range_arcsec: tuple[float, float] = Field((0.9, 2.0), description="Seeing is clipped to this.")
+    m5_median: dict[str, float] = Field(
+        default={"u": 21.8, "g": 22.6, "r": 22.4, "i": 21.9, "z": 20.6},
+        description="5-sigma point-source depth at median seeing [AB mag], per band.",
+    )
+    sky_mag_arcsec2: dict[str, float] = Field(
+        default={"u": 22.1, "g": 21.8, "r": 20.9, "i": 20.3, "z": 19.0, "y": 18.6},
+        description="Dark-sky surface brightness [AB mag/arcsec^2] (sets the Poisson gain).",
+    )
+    bands: tuple[str, ...] = Field(("u", "g", "r", "i", "z"), description="Bands observed.")
+    rubin_visit_fraction: float = Field(0.35, gt=0, le=1, description="Rubin: nights an object is visited.")
+
+    @model_validator(mode="after")
+    def _depths_cover_bands(self) -> SurveyConfig:
+        missing = [b for b in self.bands if b not in self.m5_median or b not in self.sky_mag_arcsec2]
+        if missing:
+            raise ValueError(f"no depth or sky brightness for bands {missing}")
+        return self
+
+
+class RenderConfig(_Strict):
+    """Pixels: native images, artefacts, and the model frame."""
+
+    frame_size: int = Field(32, ge=8, description="Side of the model frame [pixels].")
+    frame_pixel_scale_arcsec: float = Field(0.4, gt=0, description="Frame pixel scale [arcsec].")
+    native_pixel_scale_arcsec: float = Field(
+        0.4,
+        gt=0,
+        description="Pixel scale of the simulated survey images (SDSS: 0.396; 0.4 = one frame pixel).",
+    )
+    native_rotation_sigma_deg: float = Field(
+        0.5, ge=0, description="Scatter of the native image orientation (SDSS drift scans: near 0)."
+    )
+    psf_wing_weight: float = Field(0.1, ge=0, lt=1, description="Flux in the PSF's 2x wider wing.")
+    mismatch_sigma: float = Field(0.03, ge=0, description="Relative PSF-width error of the subtraction.")
+    misregistration_arcsec: float = Field(0.03, ge=0, description="Template misregistration [arcsec].")
+    astrometric_jitter_arcsec: float = Field(0.04, ge=0, description="Source centring error [arcsec].")
+    bad_column_rate: float = Field(0.03, ge=0, le=1, description="Fraction of images with a bad column.")
+    mask_blob_rate: float = Field(0.03, ge=0, le=1, description="Fraction of images with a masked blob.")
+
+
+class AlertConfig(_Strict):
+    """Rubin alerts written from the simulated objects."""
+
+    schema_version: str | None = Field(None, description="Rubin schema; None = the latest bundled one.")
+    min_snr: float = Field(5.0, ge=0, description="Only epochs with |psfFlux/psfFluxErr| >= this alert.")
+    pixel_scale_arcsec: float = Field(0.2, gt=0, description="Rubin cutout pixel scale [arcsec].")
+    size_range: tuple[int, int] = Field((30, 102), description="Rubin cutout sides [pixels].")
+    size_scale: float = Field(12.0, gt=0, description="Mean excess of the side over the minimum [pixels].")
+    first_object_id: int = Field(3_068_394_000_000_000_000, ge=0, description="diaObjectId of object 0.")
+
+
+class SimulationConfig(_Strict):
+    """Everything ``python -m train simulate`` needs."""
+
+    seed: int = Field(20230523, description="Master seed; every object's randomness derives from it.")
+    shard_objects: int = Field(512, ge=1, description="Objects per shard.")
+    workers: int = Field(2, ge=1, description="Worker processes.")
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+    survey: SurveyConfig = Field(default_factory=SurveyConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
+
+
+class TrainConfig(_Strict):
+    """A whole ``train`` config file; later stages add their sections here."""
+
+    name: str = Field("default", description="Name of this configuration (recorded in outputs).")
+    data_dir: str = Field("data/sim", description="Where ``simulate`` writes the dataset.")
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a TOML config file.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    TrainConfig
+        The validated configuration (defaults fill what the file leaves out).
+    """
+    with Path(path).open("rb") as handle:
+        return TrainConfig.model_validate(tomllib.load(handle))
