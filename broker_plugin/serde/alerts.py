@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import zlib
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -23,12 +24,31 @@ from broker_plugin.exceptions import (
     WrongMagicByteError,
 )
 from broker_plugin.records import Alert
+from broker_plugin.serde.projection import ContainerSchemaCache
 from broker_plugin.serde.rubin import WIRE_HEADER, rubin_record_to_alert
 from broker_plugin.serde.schemas import RubinSchemaStore
 from broker_plugin.serde.ztf import is_ztf_record, ztf_record_to_alert
 
 CONTAINER_MAGIC = b"Obj\x01"
 _RUBIN_NAME = re.compile(r"lsst\.v(\d+)_(\d+)\.alert$")
+_HEADER_SCHEMA = fastavro.parse_schema(fastavro.read.HEADER_SCHEMA, named_schemas={})
+_SYNC_SIZE = 16
+_SCHEMAS = ContainerSchemaCache()
+
+
+def _read_long(fo: IO[bytes]) -> int:
+    """One Avro zig-zag varint (block counts and sizes)."""
+    shift = value = 0
+    while True:
+        byte = fo.read(1)
+        if not byte:
+            raise EOFError("end of data inside a varint")
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return (value >> 1) ^ -(value & 1)
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 64 bits")
 
 
 def _read_error(exc: BaseException, what: str) -> AlertDecodeError:
@@ -66,7 +86,11 @@ def container_version(writer_schema: Any) -> str:
 
 
 def iter_container(fo: IO[bytes]) -> Iterator[tuple[dict[str, Any], str]]:
-    """Yield ``(record, version)`` from an Avro container file, reading one record at a time.
+    """Yield ``(record, version)`` from an Avro container file, one block at a time.
+
+    Records are read through the cached, projected schema (history arrays skipped, see
+    :mod:`.projection`). Codecs ``null`` and ``deflate`` are read here; any other goes through fastavro's
+    generic reader.
 
     Raises
     ------
@@ -74,9 +98,44 @@ def iter_container(fo: IO[bytes]) -> Iterator[tuple[dict[str, Any], str]]:
         Not a container, or corrupt part-way (records before the damage are still yielded).
     """
     try:
+        header = fastavro.schemaless_reader(fo, _HEADER_SCHEMA, None)
+        if header["magic"] != CONTAINER_MAGIC:
+            raise ValueError("not an Avro container file (bad magic)")
+        meta = header["meta"]
+        writer, reader = _SCHEMAS.get(meta["avro.schema"])
+        codec = meta.get("avro.codec", b"null")
+        version = container_version(writer)
+    except Exception as exc:  # fastavro/json: ValueError, EOFError, KeyError, SchemaParseException, ...
+        raise _read_error(exc, "container header") from exc
+    if codec not in (b"null", b"deflate"):
+        yield from _iter_generic(fo, version)
+        return
+    while True:
+        try:
+            first = fo.read(1)
+            if not first:
+                return
+            fo.seek(-1, io.SEEK_CUR)
+            count, size = _read_long(fo), _read_long(fo)
+            data = fo.read(size)
+            if size < 0 or len(data) != size:
+                raise EOFError(f"block of {size} bytes ends early")
+            if fo.read(_SYNC_SIZE) != header["sync"]:
+                raise ValueError("block sync marker does not match the header's")
+            block = io.BytesIO(zlib.decompress(data, -15) if codec == b"deflate" else data)
+            records = [fastavro.schemaless_reader(block, writer, reader) for _ in range(count)]
+        except Exception as exc:  # EOFError, zlib.error, ValueError, UnicodeDecodeError, ...
+            raise _read_error(exc, "container block") from exc
+        for record in records:
+            yield record, version
+
+
+def _iter_generic(fo: IO[bytes], version: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """Container records through fastavro's own reader (codecs this module does not handle)."""
+    fo.seek(0)
+    try:
         reader = fastavro.reader(fo)
-        version = container_version(reader.writer_schema)
-    except Exception as exc:  # fastavro: ValueError, EOFError, SchemaParseException, ...
+    except Exception as exc:
         raise _read_error(exc, "container header") from exc
     while True:
         try:
@@ -139,7 +198,7 @@ class AlertDecoder:
         buffer = io.BytesIO(raw)
         buffer.seek(WIRE_HEADER.size)
         try:
-            record = fastavro.schemaless_reader(buffer, writer.parsed, None)
+            record = fastavro.schemaless_reader(buffer, writer.parsed, writer.reader)
         except Exception as exc:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
             raise _read_error(exc, f"schema {schema_id} body") from exc
         if buffer.tell() != len(raw):

@@ -26,6 +26,7 @@ import fastavro.schema
 
 from broker_plugin.config import SchemaRegistrySettings
 from broker_plugin.exceptions import SchemaRegistryError, UnknownSchemaError
+from broker_plugin.serde.projection import project
 
 _VERSION_DIR = re.compile(r"^\d+$")
 #: How long an id the registry did not know stays unknown before we ask again [s].
@@ -44,11 +45,14 @@ class WriterSchema:
         ``"major.minor"`` for bundled schemas, ``"registry:<id>"`` for fetched ones.
     parsed
         The fastavro-parsed schema.
+    reader
+        The projected reader schema that skips history arrays (see :mod:`.projection`), or ``None``.
     """
 
     schema_id: int
     version: str
     parsed: Any
+    reader: Any = None
 
 
 def schema_id_of(version: str) -> int:
@@ -86,7 +90,8 @@ def load_bundled_schema(version: str) -> WriterSchema:
     path = _schema_root() / major / minor / f"lsst.v{major}_{minor}.alert.avsc"
     if not path.exists():
         raise UnknownSchemaError(f"no bundled Rubin schema {version}")
-    return WriterSchema(schema_id_of(version), version, fastavro.schema.load_schema(str(path)))
+    parsed = fastavro.schema.load_schema(str(path))
+    return WriterSchema(schema_id_of(version), version, parsed, project(parsed))
 
 
 class SchemaRegistryClient:
@@ -138,7 +143,7 @@ class SchemaRegistryClient:
             parsed = fastavro.parse_schema(json.loads(body["schema"]), named_schemas={})
         except Exception as exc:  # fastavro raises several types on an invalid schema
             raise SchemaRegistryError(f"registry schema {schema_id} is not valid Avro: {exc}") from exc
-        return WriterSchema(schema_id, f"registry:{schema_id}", parsed)
+        return WriterSchema(schema_id, f"registry:{schema_id}", parsed, project(parsed))
 
 
 class RubinSchemaStore:

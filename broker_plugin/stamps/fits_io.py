@@ -64,8 +64,13 @@ def read_image(raw: bytes) -> tuple[np.ndarray, fits.Header]:
         raise
     except Exception as exc:  # astropy raises many types on corrupt bytes; all mean "corrupt cutout"
         raise CorruptCutoutError(f"unreadable FITS cutout: {type(exc).__name__}: {exc}") from exc
+    check_shape(image)
+    return image, header
+
+
+def check_shape(image: np.ndarray) -> None:
+    """Refuse images that are not 2-D or whose sides are out of range (:class:`CutoutShapeError`)."""
     if image.ndim != 2:
         raise CutoutShapeError(f"cutout image is {image.ndim}-D, expected 2-D")
     if min(image.shape) < MIN_SIDE or max(image.shape) > MAX_SIDE:
         raise CutoutShapeError(f"cutout shape {image.shape} outside {MIN_SIDE}..{MAX_SIDE} px")
-    return image, header

@@ -20,7 +20,8 @@ from astropy.wcs import WCS
 from broker_plugin.config import StampSettings
 from broker_plugin.exceptions import CutoutWcsError, EmptyCutoutError, MissingCutoutError
 from broker_plugin.records import Alert, Frame, StampFlag, Survey, ZtfCutoutContext
-from broker_plugin.stamps.fits_io import gunzip, read_image
+from broker_plugin.stamps.fast_fits import linear_transform, parse_primary_image
+from broker_plugin.stamps.fits_io import check_shape, gunzip, read_image
 from broker_plugin.stamps.resample import resample_to_frame
 
 #: AB zero point of nJy: m_AB = 31.4 - 2.5 log10(f / nJy).
@@ -117,7 +118,7 @@ class StampNormaliser:
             raise MissingCutoutError("alert has no cutoutDifference")
         flags = StampFlag.NONE
         if alert.survey is Survey.ZTF:
-            image, _ = read_image(gunzip(alert.cutoutDifference))
+            image = self._read_pixels(gunzip(alert.cutoutDifference))
             ctx = alert.ztf or ZtfCutoutContext(magzpsci=NJY_AB_ZEROPOINT, isdiffpos=True)
             scale = self._settings.ztf_pixel_scale_arcsec
             cd_arcsec = np.array([[-scale, 0.0], [0.0, scale]])
@@ -129,9 +130,33 @@ class StampNormaliser:
             if min(image.shape) < ZTF_CUTOUT_SIDE:
                 flags |= StampFlag.EDGE_TRUNCATED
         else:
-            image, header = read_image(alert.cutoutDifference)
-            cd_arcsec, source = wcs_from_header(header, alert.ra, alert.dec)
+            image, cd_arcsec, source = self._read_rubin(alert)
         return self._resample(alert, image, cd_arcsec, source, flags)
+
+    @staticmethod
+    def _read_pixels(raw: bytes) -> np.ndarray:
+        """Pixels of a cutout: the fast reader when it understands the file, else astropy."""
+        parsed = parse_primary_image(raw) if raw.startswith(b"SIMPLE  =") else None
+        if parsed is None:
+            return read_image(raw)[0]
+        check_shape(parsed[0])
+        return parsed[0]
+
+    @staticmethod
+    def _read_rubin(alert: Alert) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """Pixels, linear sky transform and source pixel of a Rubin cutout (fast path, else astropy)."""
+        raw = alert.cutoutDifference or b""
+        parsed = parse_primary_image(raw) if raw.startswith(b"SIMPLE  =") else None
+        transform = linear_transform(parsed[1], alert.ra, alert.dec) if parsed is not None else None
+        if parsed is None or transform is None:
+            image, header = read_image(raw)
+            cd_arcsec, source = wcs_from_header(header, alert.ra, alert.dec)
+            return image, cd_arcsec, source
+        check_shape(parsed[0])
+        cd_arcsec, source = transform
+        if not np.all(np.isfinite(cd_arcsec)) or abs(np.linalg.det(cd_arcsec)) < 1e-12:
+            raise CutoutWcsError("cutout WCS matrix is singular or not finite")
+        return parsed[0], cd_arcsec, source
 
     def _resample(
         self, alert: Alert, image: np.ndarray, cd_arcsec: np.ndarray, source: tuple, flags: StampFlag

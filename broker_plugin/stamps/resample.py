@@ -98,15 +98,19 @@ def resample_to_frame(
 
     img = np.asarray(image, dtype=np.float64)
     finite = np.isfinite(img)
-    clean = np.where(finite, img, 0.0)
+    all_finite = bool(finite.all())
+    clean = img if all_finite else np.where(finite, img, 0.0)
     coords = np.stack([y.ravel(), x.ravel()])
     # mode="nearest" keeps the outer half of the edge pixels usable; the explicit bounds test below is
     # what decides whether a sample lies inside the cutout.
     values = ndimage.map_coordinates(clean, coords, order=1, mode="nearest", prefilter=False)
-    weight = ndimage.map_coordinates(finite.astype(np.float64), coords, order=1, mode="nearest")
     rows, cols = img.shape
     inside = (x.ravel() >= -0.5) & (x.ravel() <= cols - 0.5) & (y.ravel() >= -0.5) & (y.ravel() <= rows - 0.5)
-    good = inside & (weight >= _VALID_THRESHOLD)
+    if all_finite:
+        good = inside  # the common case: no bad pixel to keep away from
+    else:
+        weight = ndimage.map_coordinates(finite.astype(np.float64), coords, order=1, mode="nearest")
+        good = inside & (weight >= _VALID_THRESHOLD)
 
     values = values.reshape(size, n, size, n)
     good = good.reshape(size, n, size, n)
