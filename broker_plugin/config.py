@@ -66,3 +66,26 @@ class Settings(BaseSettings):
     stamps: StampSettings = Field(
         default_factory=StampSettings, description="Cutout normalisation into model frames."
     )
+
+
+def settings_rows(
+    model: type[BaseModel] = Settings, prefix: str = "BROKER_PLUGIN_"
+) -> list[tuple[str, str, str]]:
+    """``(environment variable, default, description)`` for every leaf setting, for docs and env files."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += settings_rows(annotation, f"{prefix}{name.upper()}__")
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = "(unset)" if default is None else str(default)
+        rows.append((f"{prefix}{name.upper()}", shown, field.description or ""))
+    return rows
+
+
+def settings_markdown() -> str:
+    """The README's configuration table."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{var}` | `{default}` | {text} |" for var, default, text in settings_rows()]
+    return "\n".join(lines)
