@@ -7,8 +7,11 @@ the environment.
 
 from __future__ import annotations
 
-from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class SchemaRegistrySettings(BaseModel):
@@ -49,6 +52,101 @@ class StampSettings(BaseModel):
     )
 
 
+class KafkaSettings(BaseModel):
+    """Where alerts come from and where classifications go."""
+
+    bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers (host:port,...).")
+    input_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["alerts"],
+        description="Alert topics, comma-separated; an entry starting with ^ is a regular expression.",
+    )
+    output_topic: str = Field("broker-plugin-classifications", description="Topic classifications go to.")
+    dead_letter_topic: str = Field(
+        "broker-plugin-dead-letter",
+        description="Topic for messages that cannot be processed, with reason headers.",
+    )
+    group_id: str = Field(
+        "broker-plugin", description="Consumer group; instances sharing it split partitions."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol (Rubin's brokers: SASL_SSL)."
+    )
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when the protocol uses SASL."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    ssl_ca_location: str | None = Field(None, description="CA bundle file for TLS (system default if unset).")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new consumer group starts reading."
+    )
+    session_timeout_ms: int = Field(45_000, ge=6_000, description="Consumer group session timeout [ms].")
+    heartbeat_interval_ms: int = Field(3_000, ge=100, description="Consumer heartbeat interval [ms].")
+    fetch_wait_max_ms: int = Field(100, ge=1, description="Longest a fetch waits for data [ms].")
+    transactional_id: str | None = Field(
+        None,
+        description=(
+            "Set to enable exactly-once outputs (transactions); must be unique per instance. Unset: "
+            "at-least-once (offsets committed after outputs are delivered)."
+        ),
+    )
+    output_schema_id: int | None = Field(
+        None, description="Registry id of our output schema: when set, outputs carry Confluent framing."
+    )
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "zstd", description="Compression of produced messages."
+    )
+
+    @field_validator("input_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [topic.strip() for topic in value.split(",") if topic.strip()]
+        return value
+
+
+class StateSettings(BaseModel):
+    """Where per-object frames live."""
+
+    url: str = Field(
+        "sqlite:///broker_plugin_state.db",
+        description="State store: sqlite:///path (embedded, one instance) or postgresql://... (shared).",
+    )
+    max_frames_per_object: int = Field(200, ge=3, description="Newest frames kept per object [count].")
+    object_idle_expiry_s: float = Field(
+        180 * 86400.0, gt=0, description="Forget objects without a new frame for this long [s]."
+    )
+    expire_interval_s: float = Field(600.0, gt=0, description="How often expired objects are removed [s].")
+
+
+class ModelSettings(BaseModel):
+    """The trained model the service loads."""
+
+    artifact: Path = Field(Path("models/convention-default"), description="Model artifact directory.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    bf16: bool = Field(False, description="bfloat16 autocast on CUDA (faster, slightly less exact).")
+    min_frames: int = Field(3, ge=1, description="Frames an object needs before it is classified [count].")
+
+
+class ServiceSettings(BaseModel):
+    """How the consume -> classify -> publish loop batches and paces work."""
+
+    batch_max_size: int = Field(256, ge=1, description="Most alerts processed in one micro-batch [count].")
+    batch_max_wait_ms: int = Field(50, ge=1, description="Longest wait to fill a micro-batch [ms].")
+    queue_max_batches: int = Field(
+        4, ge=1, description="Micro-batches waiting for inference before input partitions are paused [count]."
+    )
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="Grace period on SIGTERM/SIGINT [s].")
+
+
+class MetricsSettings(BaseModel):
+    """The Prometheus endpoint (also /healthz and /readyz)."""
+
+    enabled: bool = Field(True, description="Serve /metrics, /healthz and /readyz.")
+    host: str = Field("0.0.0.0", description="Address the metrics endpoint binds to.")  # noqa: S104 - a service endpoint
+    port: int = Field(9108, ge=0, le=65535, description="Port of the metrics endpoint (0: any free port).")
+
+
 class Settings(BaseSettings):
     """All settings of the plugin."""
 
@@ -66,6 +164,11 @@ class Settings(BaseSettings):
     stamps: StampSettings = Field(
         default_factory=StampSettings, description="Cutout normalisation into model frames."
     )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka input and output.")
+    state: StateSettings = Field(default_factory=StateSettings, description="Per-object state store.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The model the service runs.")
+    service: ServiceSettings = Field(default_factory=ServiceSettings, description="Batching and pacing.")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus endpoint.")
 
 
 def settings_rows(
