@@ -1,0 +1,228 @@
+"""Prometheus metrics and the health endpoints. ``prometheus_client`` is used only here.
+
+Names follow ``<noun>_<verb>_<unit>`` under the namespace ``broker_plugin``; counters end in ``_total``.
+Every label value that can occur (rejection reasons, classes) is created at start so dashboards and
+alert rules see zero-valued series before the first event. Metrics live in a registry owned by a
+:class:`ServiceMetrics` instance (not module globals), so several services can run in one process (the
+tests and the demo do).
+
+``/metrics`` serves the registry, ``/healthz`` answers 200 while the consume loop has run recently
+(liveness), ``/readyz`` 200 once the model is loaded and partitions are assigned (readiness).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from broker_plugin import exceptions
+
+NAMESPACE = "broker_plugin"
+#: Reasons an alert is not turned into a frame (typed errors plus the pipeline's own).
+REJECTION_REASONS: tuple[str, ...] = tuple(
+    sorted(
+        {
+            cls.reason
+            for cls in vars(exceptions).values()
+            if isinstance(cls, type) and issubclass(cls, exceptions.BrokerPluginError)
+        }
+        | {"internal_error"}
+    )
+)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# From shutter to publication: a minute in the live stream, up to years when archives are replayed.
+_OBSERVATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 86400.0, 7 * 86400.0, 365 * 86400.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ServiceMetrics:
+    """Every metric of one service instance, in its own registry.
+
+    Parameters
+    ----------
+    class_names
+        The model's classes (label values of the published-classification counter).
+    registry
+        Registry to register into; a new one by default.
+    """
+
+    def __init__(self, class_names: Iterable[str] = (), registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r, ns = self.registry, NAMESPACE
+        self.alerts_consumed = Counter(
+            "alerts_consumed_total", "Alert messages consumed.", namespace=ns, registry=r
+        )
+        self.alerts_rejected = Counter(
+            "alerts_rejected_total",
+            "Alerts sent to the dead-letter topic, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.alerts_ignored = Counter(
+            "alerts_ignored_total",
+            "Valid alerts not used, by reason (e.g. a band the model lacks).",
+            ["reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.frames_stored = Counter(
+            "frames_stored_total", "New frames written to the state store.", namespace=ns, registry=r
+        )
+        self.frames_duplicate = Counter(
+            "frames_duplicate_total", "Frames already stored (redelivered alerts).", namespace=ns, registry=r
+        )
+        self.classifications_published = Counter(
+            "classifications_published_total",
+            "Classifications delivered, by predicted class.",
+            ["predicted_class"],
+            namespace=ns,
+            registry=r,
+        )
+        self.inference_batch_size = Histogram(
+            "inference_batch_objects",
+            "Objects per inference micro-batch.",
+            namespace=ns,
+            registry=r,
+            buckets=_BATCH_BUCKETS,
+        )
+        self.inference_duration = Histogram(
+            "inference_duration_seconds",
+            "Wall time of one inference micro-batch.",
+            namespace=ns,
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.alert_latency = Histogram(
+            "alert_latency_seconds",
+            "From the alert's producer timestamp to our classification's delivery.",
+            namespace=ns,
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.observation_latency = Histogram(
+            "observation_latency_seconds",
+            "From the exposure mid-point to our classification's delivery.",
+            namespace=ns,
+            registry=r,
+            buckets=_OBSERVATION_BUCKETS,
+        )
+        self.objects_tracked = Gauge(
+            "objects_tracked", "Objects in the state store.", namespace=ns, registry=r
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag_messages",
+            "Messages behind the partition end.",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=r,
+        )
+        self.partitions_paused = Gauge(
+            "partitions_paused",
+            "Input partitions paused by backpressure.",
+            namespace=ns,
+            registry=r,
+        )
+        for reason in REJECTION_REASONS:
+            self.alerts_rejected.labels(reason=reason)
+        self.alerts_ignored.labels(reason="band_not_in_model")
+        for name in class_names:
+            self.classifications_published.labels(predicted_class=name)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class Health:
+    """Liveness and readiness, fed by the service loop (thread-safe)."""
+
+    def __init__(self, stale_after_s: float = 60.0) -> None:
+        self._stale_after_s = stale_after_s
+        self._last_beat = time.monotonic()
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def beat(self) -> None:
+        """The consume loop is alive."""
+        with self._lock:
+            self._last_beat = time.monotonic()
+
+    def set_ready(self, ready: bool) -> None:
+        """Model loaded and partitions assigned (or not)."""
+        with self._lock:
+            self._ready = ready
+
+    @property
+    def alive(self) -> bool:
+        """Whether the loop has beaten recently."""
+        with self._lock:
+            return time.monotonic() - self._last_beat < self._stale_after_s
+
+    @property
+    def ready(self) -> bool:
+        """Whether the service can do useful work."""
+        with self._lock:
+            return self._ready and time.monotonic() - self._last_beat < self._stale_after_s
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` over HTTP, in a daemon thread.
+
+    Parameters
+    ----------
+    metrics, health
+        What to serve.
+    host, port
+        Where to listen (port 0: any free port; see :attr:`port`).
+    """
+
+    def __init__(self, metrics: ServiceMetrics, health: Health, host: str, port: int) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/metrics"):
+                    body, status, kind = metrics.exposition(), 200, CONTENT_TYPE_LATEST
+                elif self.path.startswith("/healthz"):
+                    ok = health.alive
+                    body, status, kind = (b"ok\n" if ok else b"stalled\n"), (200 if ok else 503), "text/plain"
+                elif self.path.startswith("/readyz"):
+                    ok = health.ready
+                    body, status, kind = (
+                        (b"ready\n" if ok else b"not ready\n"),
+                        (200 if ok else 503),
+                        "text/plain",
+                    )
+                else:
+                    body, status, kind = b"not found\n", 404, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:  # scrapes every few seconds: keep logs quiet
+                del args
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        """Start serving in the background."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
