@@ -1,0 +1,194 @@
+"""The embedded state store: one SQLite file, one process, durable across kill -9.
+
+WAL journal with ``synchronous=FULL``: a commit has been fsynced to the WAL when ``add_frames`` returns,
+so neither a killed process nor a power cut loses it. One connection, guarded by a lock, is shared by
+all threads: SQLite serialises writers anyway, and one connection keeps the page cache warm.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from broker_plugin.records import Frame
+from broker_plugin.state.base import AddResult, StateStore
+from broker_plugin.state.rows import add_result, to_rows
+from broker_plugin.state.sequence import decode_frame
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    object_key TEXT PRIMARY KEY,
+    last_write REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_last_write ON objects (last_write);
+CREATE TABLE IF NOT EXISTS frames (
+    object_key TEXT NOT NULL,
+    dia_source_id INTEGER NOT NULL,
+    mjd REAL NOT NULL,
+    blob BLOB NOT NULL,
+    UNIQUE (object_key, dia_source_id)
+);
+CREATE INDEX IF NOT EXISTS frames_order ON frames (object_key, mjd, dia_source_id);
+CREATE TABLE IF NOT EXISTS token_cache (
+    object_key TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    blob BLOB NOT NULL,
+    PRIMARY KEY (object_key, model_version)
+);
+"""
+
+_NEWEST = "SELECT mjd, dia_source_id FROM frames WHERE object_key = ? ORDER BY mjd DESC, dia_source_id DESC"
+
+
+class SqliteStateStore(StateStore):
+    """State in one SQLite file.
+
+    Parameters
+    ----------
+    path
+        The database file (created with its schema if missing).
+    max_frames_per_object
+        Newest frames kept per object; older ones are pruned at write time.
+    clock
+        Wall clock [s] stamped on writes and read by :meth:`expire` (injectable for tests).
+    """
+
+    def __init__(
+        self, path: str | Path, max_frames_per_object: int = 200, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        if max_frames_per_object < 1:
+            raise ValueError(f"max_frames_per_object must be >= 1, got {max_frames_per_object}")
+        self.path = Path(path)
+        self.max_frames_per_object = max_frames_per_object
+        self._clock = clock
+        self._lock = threading.Lock()
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per public call.
+        # check_same_thread=False: the lock, not the thread, guards the connection.
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        with self._transaction() as conn:
+            # Not executescript: it commits first, and the schema belongs in one transaction.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error), under the lock."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise RuntimeError("the state store is closed")
+            # IMMEDIATE takes the write lock up front: no reader-to-writer upgrade that could fail midway.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("the state store is closed")
+            yield self._conn
+
+    def add_frames(self, key: str, frames: list[Frame]) -> AddResult:
+        """Store frames of one object, idempotently by ``diaSourceId``, in one durable transaction."""
+        rows = to_rows(frames)
+        with self._transaction() as conn:
+            last = conn.execute(_NEWEST + " LIMIT 1", (key,)).fetchone()
+            inserted = set()
+            for row in rows:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO frames (object_key, dia_source_id, mjd, blob) VALUES (?, ?, ?, ?)",
+                    (key, row.diaSourceId, row.midpointMjdTai, row.blob),
+                )
+                if cur.rowcount == 1:
+                    inserted.add(row.diaSourceId)
+            pruned = self._prune(conn, key) if inserted else set()
+            (n_frames,) = conn.execute("SELECT COUNT(*) FROM frames WHERE object_key = ?", (key,)).fetchone()
+            if inserted - pruned:
+                conn.execute(
+                    "INSERT INTO objects (object_key, last_write) VALUES (?, ?)"
+                    " ON CONFLICT (object_key) DO UPDATE SET last_write = excluded.last_write",
+                    (key, self._clock()),
+                )
+        return add_result(rows, inserted, pruned, tuple(last) if last else None, n_frames)
+
+    def _prune(self, conn: sqlite3.Connection, key: str) -> set[int]:
+        """Delete all but the newest ``max_frames_per_object`` frames; return the deleted ids."""
+        boundary = conn.execute(
+            _NEWEST + " LIMIT 1 OFFSET ?", (key, self.max_frames_per_object - 1)
+        ).fetchone()
+        if boundary is None:
+            return set()
+        cur = conn.execute(
+            "DELETE FROM frames WHERE object_key = ? AND (mjd, dia_source_id) < (?, ?)"
+            " RETURNING dia_source_id",
+            (key, *boundary),
+        )
+        return {source_id for (source_id,) in cur.fetchall()}
+
+    def frames(self, key: str) -> list[Frame]:
+        """The object's frames, oldest first."""
+        with self._reader() as conn:
+            blobs = conn.execute(
+                "SELECT blob FROM frames WHERE object_key = ? ORDER BY mjd, dia_source_id", (key,)
+            ).fetchall()
+        return [decode_frame(blob) for (blob,) in blobs]
+
+    def frame_count(self, key: str) -> int:
+        """How many frames the object has."""
+        with self._reader() as conn:
+            return conn.execute("SELECT COUNT(*) FROM frames WHERE object_key = ?", (key,)).fetchone()[0]
+
+    def get_cache(self, key: str, model_version: str) -> bytes | None:
+        """The cached token blob, if any."""
+        with self._reader() as conn:
+            row = conn.execute(
+                "SELECT blob FROM token_cache WHERE object_key = ? AND model_version = ?",
+                (key, model_version),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_cache(self, key: str, model_version: str, blob: bytes) -> None:
+        """Replace the cached blob; ignored for an object without frames (expired or never stored)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO token_cache (object_key, model_version, blob)"
+                " SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM objects WHERE object_key = ?)"
+                " ON CONFLICT (object_key, model_version) DO UPDATE SET blob = excluded.blob",
+                (key, model_version, bytes(blob), key),
+            )
+
+    def expire(self, idle_seconds: float) -> int:
+        """Drop objects (frames and cache) whose last new frame is ``idle_seconds`` old or older."""
+        cutoff = self._clock() - idle_seconds
+        with self._transaction() as conn:
+            keys = conn.execute("SELECT object_key FROM objects WHERE last_write <= ?", (cutoff,)).fetchall()
+            for table in ("frames", "token_cache", "objects"):
+                conn.executemany(f"DELETE FROM {table} WHERE object_key = ?", keys)  # noqa: S608
+        count = len(keys)
+        return count
+
+    def object_count(self) -> int:
+        """Number of tracked objects."""
+        with self._reader() as conn:
+            return conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
