@@ -1,0 +1,312 @@
+"""The shared state store: PostgreSQL, written concurrently by every plugin instance of a consumer group.
+
+Rubin's stream is not keyed by object, so two instances may receive alerts of one object at the same
+moment. Every write to an object therefore runs in one transaction that first takes a transaction-scoped
+advisory lock on the object (``pg_advisory_xact_lock(namespace, hashtext(object_key))``): writers of one
+object queue up, writers of different objects do not wait for each other, and a writer sees every frame
+its predecessor committed (READ COMMITTED takes a new snapshot per statement, after the lock). So a
+frame is reported new by exactly one writer, and pruning never races with an insert. :meth:`expire`
+only *tries* that lock: an object being written right now is not idle, and is skipped.
+
+Connections come from a small lock-protected pool (one per concurrent caller, up to ``pool_size``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+
+from broker_plugin.records import Frame
+from broker_plugin.state.base import AddResult, StateStore
+from broker_plugin.state.rows import add_result, to_rows
+from broker_plugin.state.sequence import decode_frame
+
+#: Objects expired per transaction: each holds one advisory lock until commit, and the server's lock
+#: table is shared by all sessions (max_locks_per_transaction x max_connections).
+_EXPIRE_BATCH = 200
+
+
+class _Pool:
+    """At most ``size`` autocommit connections, handed to one caller at a time."""
+
+    def __init__(self, dsn: str, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {size}")
+        self._dsn = dsn
+        self._size = size
+        self._cond = threading.Condition()
+        self._idle: list[psycopg.Connection] = []
+        self._open = 0
+        self._closed = False
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        conn = self._acquire()
+        try:
+            yield conn
+        finally:
+            self._release(conn)
+
+    def _acquire(self) -> psycopg.Connection:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise RuntimeError("the state store is closed")
+                if self._idle:
+                    return self._idle.pop()
+                if self._open < self._size:
+                    self._open += 1
+                    break
+                self._cond.wait()
+        try:
+            # autocommit: transactions are explicit (conn.transaction()), never left open by a read.
+            return psycopg.connect(self._dsn, autocommit=True)
+        except BaseException:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify()
+            raise
+
+    def _release(self, conn: psycopg.Connection) -> None:
+        with self._cond:
+            healthy = not (conn.closed or conn.broken) and (
+                conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            )
+            if healthy and not self._closed:
+                self._idle.append(conn)
+            else:
+                # A broken connection (server restart, network) is dropped; the next caller opens anew.
+                conn.close()
+                self._open -= 1
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for conn in self._idle:
+                conn.close()
+            self._open -= len(self._idle)
+            self._idle.clear()
+            self._cond.notify_all()
+
+
+class PostgresStateStore(StateStore):
+    """State in three PostgreSQL tables, shared by any number of processes.
+
+    Parameters
+    ----------
+    dsn
+        libpq connection string or URL (``postgresql://user@host:5432/db``).
+    max_frames_per_object
+        Newest frames kept per object; older ones are pruned at write time.
+    pool_size
+        Most connections this instance opens (one per concurrent call).
+    schema
+        Schema of the tables (created if missing); ``None``: the connection's search path.
+    table_prefix
+        Prefix of the table names (``<prefix>objects``, ``<prefix>frames``, ``<prefix>token_cache``).
+    clock
+        Wall clock [s] stamped on writes and read by :meth:`expire`; instances sharing a database must
+        agree on it (NTP is plenty for idle times of days).
+    """
+
+    def __init__(
+        self, dsn: str, max_frames_per_object: int = 200, pool_size: int = 4, *, schema: str | None = None,
+        table_prefix: str = "", clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        if max_frames_per_object < 1:
+            raise ValueError(f"max_frames_per_object must be >= 1, got {max_frames_per_object}")
+        self.max_frames_per_object = max_frames_per_object
+        self._clock = clock
+        # Lock namespace per table set, so that stores on other tables never contend (signed int4).
+        self._ns = zlib.crc32(f"{schema}.{table_prefix}".encode()) - 2**31
+        self._q = _Queries(schema, table_prefix)
+        self._pool = _Pool(dsn, pool_size)
+        try:
+            self._create_schema(schema)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _create_schema(self, schema: str | None) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalogue: serialise creators.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._ns,))
+            if schema is not None:
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            for statement in self._q.schema:
+                conn.execute(statement)
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[psycopg.Connection]:
+        """A connection in a transaction holding the object's advisory lock."""
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (self._ns, key))
+            yield conn
+
+    def add_frames(self, key: str, frames: list[Frame]) -> AddResult:
+        """Store frames of one object, idempotently by ``diaSourceId``, in one transaction."""
+        rows = to_rows(frames)
+        with self._locked(key) as conn:
+            newest = conn.execute(self._q.newest, (key,)).fetchone()
+            n_frames = 0 if newest is None else newest[2]
+            inserted: set[int] = set()
+            if rows:
+                cur = conn.execute(
+                    self._q.insert,
+                    (
+                        key,
+                        [row.diaSourceId for row in rows],
+                        [row.midpointMjdTai for row in rows],
+                        [row.blob for row in rows],
+                    ),
+                )
+                inserted = {source_id for (source_id,) in cur.fetchall()}
+            n_frames += len(inserted)
+            pruned: set[int] = set()
+            if n_frames > self.max_frames_per_object:
+                cur = conn.execute(self._q.prune, (key, key, self.max_frames_per_object - 1))
+                pruned = {source_id for (source_id,) in cur.fetchall()}
+                n_frames -= len(pruned)
+            if inserted - pruned:
+                conn.execute(self._q.touch, (key, self._clock()))
+        last = None if newest is None else (newest[0], newest[1])
+        return add_result(rows, inserted, pruned, last, n_frames)
+
+    def frames(self, key: str) -> list[Frame]:
+        """The object's frames, oldest first."""
+        with self._pool.connection() as conn:
+            blobs = conn.execute(self._q.frames, (key,)).fetchall()
+        return [decode_frame(blob) for (blob,) in blobs]
+
+    def frame_count(self, key: str) -> int:
+        """How many frames the object has."""
+        with self._pool.connection() as conn:
+            row = conn.execute(self._q.count, (key,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def get_cache(self, key: str, model_version: str) -> bytes | None:
+        """The cached token blob, if any."""
+        with self._pool.connection() as conn:
+            row = conn.execute(self._q.get_cache, (key, model_version)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_cache(self, key: str, model_version: str, blob: bytes) -> None:
+        """Replace the cached blob; ignored for an object without frames (expired or never stored)."""
+        # Under the object's lock: an expire running now cannot leave this entry behind as an orphan.
+        with self._locked(key) as conn:
+            conn.execute(self._q.put_cache, (key, model_version, bytes(blob), key))
+
+    def expire(self, idle_seconds: float) -> int:
+        """Drop objects (frames and cache) whose last new frame is ``idle_seconds`` old or older."""
+        cutoff = self._clock() - idle_seconds
+        removed = 0
+        after = ""
+        while True:
+            with self._pool.connection() as conn, conn.transaction():
+                candidates = [
+                    k for (k,) in conn.execute(self._q.idle, (cutoff, after, _EXPIRE_BATCH)).fetchall()
+                ]
+                if not candidates:
+                    break
+                keys = [k for (k,) in conn.execute(self._q.expire, (candidates, cutoff, self._ns)).fetchall()]
+                if keys:
+                    conn.execute(self._q.drop_frames, (keys,))
+                    conn.execute(self._q.drop_cache, (keys,))
+                removed += len(keys)
+            if len(candidates) < _EXPIRE_BATCH:
+                break
+            after = candidates[-1]
+        return removed
+
+    def object_count(self) -> int:
+        """Number of tracked objects."""
+        with self._pool.connection() as conn:
+            row = conn.execute(self._q.object_count).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def close(self) -> None:
+        """Close the pool's connections (idempotent)."""
+        self._pool.close()
+
+
+class _Queries:
+    """Every statement, composed once for the configured schema and table prefix."""
+
+    def __init__(self, schema: str | None, prefix: str) -> None:
+        def table(name: str) -> sql.Identifier:
+            return sql.Identifier(prefix + name) if schema is None else sql.Identifier(schema, prefix + name)
+
+        names = {"objects": table("objects"), "frames": table("frames"), "cache": table("token_cache")}
+
+        def q(text: str) -> sql.Composed:
+            return sql.SQL(text).format(**names)
+
+        def index(name: str) -> sql.Identifier:
+            return sql.Identifier(prefix + name)
+
+        self.schema = [
+            q(
+                "CREATE TABLE IF NOT EXISTS {objects}"
+                " (object_key text PRIMARY KEY, last_write float8 NOT NULL)"
+            ),
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (last_write)").format(
+                index("objects_last_write"), names["objects"]
+            ),
+            q(
+                "CREATE TABLE IF NOT EXISTS {frames} (object_key text NOT NULL, dia_source_id int8 NOT NULL,"
+                " mjd float8 NOT NULL, blob bytea NOT NULL, PRIMARY KEY (object_key, dia_source_id))"
+            ),
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (object_key, mjd, dia_source_id)").format(
+                index("frames_order"), names["frames"]
+            ),
+            q(
+                "CREATE TABLE IF NOT EXISTS {cache} (object_key text NOT NULL, model_version text NOT NULL,"
+                " blob bytea NOT NULL, PRIMARY KEY (object_key, model_version))"
+            ),
+        ]
+        # The newest frame and, via the window, how many the object has: one round trip.
+        self.newest = q(
+            "SELECT mjd, dia_source_id, COUNT(*) OVER () FROM {frames} WHERE object_key = %s"
+            " ORDER BY mjd DESC, dia_source_id DESC LIMIT 1"
+        )
+        self.insert = q(
+            "INSERT INTO {frames} (object_key, dia_source_id, mjd, blob)"
+            " SELECT %s, * FROM unnest(%s::int8[], %s::float8[], %s::bytea[])"
+            " ON CONFLICT (object_key, dia_source_id) DO NOTHING RETURNING dia_source_id"
+        )
+        self.prune = q(
+            "DELETE FROM {frames} WHERE object_key = %s AND (mjd, dia_source_id) < ("
+            " SELECT mjd, dia_source_id FROM {frames} WHERE object_key = %s"
+            " ORDER BY mjd DESC, dia_source_id DESC OFFSET %s LIMIT 1) RETURNING dia_source_id"
+        )
+        self.touch = q(
+            "INSERT INTO {objects} (object_key, last_write) VALUES (%s, %s)"
+            " ON CONFLICT (object_key) DO UPDATE SET last_write = EXCLUDED.last_write"
+        )
+        self.frames = q("SELECT blob FROM {frames} WHERE object_key = %s ORDER BY mjd, dia_source_id")
+        self.count = q("SELECT COUNT(*) FROM {frames} WHERE object_key = %s")
+        self.get_cache = q("SELECT blob FROM {cache} WHERE object_key = %s AND model_version = %s")
+        self.put_cache = q(
+            "INSERT INTO {cache} (object_key, model_version, blob)"
+            " SELECT %s, %s, %s WHERE EXISTS (SELECT 1 FROM {objects} WHERE object_key = %s)"
+            " ON CONFLICT (object_key, model_version) DO UPDATE SET blob = EXCLUDED.blob"
+        )
+        # Keyset pages of idle objects, then delete those whose lock is free (not being written now).
+        self.idle = q(
+            "SELECT object_key FROM {objects} WHERE last_write <= %s AND object_key > %s"
+            " ORDER BY object_key LIMIT %s"
+        )
+        self.expire = q(
+            "DELETE FROM {objects} WHERE object_key = ANY(%s) AND last_write <= %s"
+            " AND pg_try_advisory_xact_lock(%s, hashtext(object_key)) RETURNING object_key"
+        )
+        self.drop_frames = q("DELETE FROM {frames} WHERE object_key = ANY(%s)")
+        self.drop_cache = q("DELETE FROM {cache} WHERE object_key = ANY(%s)")
+        self.object_count = q("SELECT COUNT(*) FROM {objects}")
