@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch is installed first so that pip never resolves `torch>=2.4` to a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,19 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(PY) -m broker_plugin demo
 
-test: $(VENV)/.installed
+# Debian tools the deployment tests run for real (tests/deploy): promtool and prometheus (package prometheus),
+# yamllint, and docker-compose (validates deploy/compose.yaml without a Docker engine). Installed only when
+# missing and only as root (CI runs `make test` as root on a clean clone); otherwise those tests skip and say why.
+SYSTEM_PACKAGES ?= prometheus yamllint docker-compose
+system-deps:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v yamllint >/dev/null \
+		&& command -v docker-compose >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "system-deps: not root or no apt-get; install $(SYSTEM_PACKAGES) yourself (tests/deploy skips without them)"; fi
+
+test: system-deps $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

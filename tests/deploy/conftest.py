@@ -1,0 +1,57 @@
+"""Shared helpers for the deployment checks: paths, the generator module, metric and setting names."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from broker_plugin.config import settings_rows
+from broker_plugin.metrics import ServiceMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+def load_env_module() -> ModuleType:
+    """``deploy/env.py`` (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("deploy_env", DEPLOY / "env.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def metric_families() -> dict[str, set[str]]:
+    """Every metric family the service exports, with its label names."""
+    families: dict[str, set[str]] = {}
+    for family in ServiceMetrics(class_names=["SNIa"]).registry.collect():
+        labels: set[str] = set()
+        for sample in family.samples:
+            labels |= set(sample.labels) - {"le"}
+        families[family.name] = labels
+    return families
+
+
+def exported_series_names() -> set[str]:
+    """Every series name a scrape can return (counters with ``_total``, histogram ``_bucket`` etc.)."""
+    names: set[str] = set()
+    for family in ServiceMetrics(class_names=["SNIa"]).registry.collect():
+        names |= {sample.name for sample in family.samples}
+    return names
+
+
+def setting_variables() -> set[str]:
+    """Every ``BROKER_PLUGIN_*`` variable ``Settings`` reads."""
+    return {var for var, _, _ in settings_rows()}
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; skip with the reason when it is not installed (``make system-deps`` installs it)."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (Debian: `make system-deps` as root installs it)")
+    return path
