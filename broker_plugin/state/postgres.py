@@ -110,7 +110,8 @@ class PostgresStateStore(StateStore):
     schema
         Schema of the tables (created if missing); ``None``: the connection's search path.
     table_prefix
-        Prefix of the table names (``<prefix>objects``, ``<prefix>frames``, ``<prefix>token_cache``).
+        Prefix of the table names (``<prefix>objects``, ``<prefix>frames``, ``<prefix>token_cache``); the
+        default keeps them apart from other applications' tables in a shared database.
     clock
         Wall clock [s] stamped on writes and read by :meth:`expire`; instances sharing a database must
         agree on it (NTP is plenty for idle times of days).
@@ -118,7 +119,7 @@ class PostgresStateStore(StateStore):
 
     def __init__(
         self, dsn: str, max_frames_per_object: int = 200, pool_size: int = 4, *, schema: str | None = None,
-        table_prefix: str = "", clock: Callable[[], float] = time.time,
+        table_prefix: str = "broker_plugin_", clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         if max_frames_per_object < 1:
             raise ValueError(f"max_frames_per_object must be >= 1, got {max_frames_per_object}")
