@@ -26,8 +26,9 @@ from broker_plugin.serde.schemas import RubinSchemaStore, latest_rubin_version
 from broker_plugin.stamps import RubinCutoutGeometry, StampNormaliser, write_rubin_cutout
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_ZTF = ROOT.parent / "shared" / "data" / "ztf"
 GOLDEN_ZTF = ROOT / "tests" / "data" / "ztf"
+#: The 145 shared real ZTF alerts when this machine has them, else the 6 golden ones.
+ZTF_DIRS = (ROOT.parent / "shared" / "data" / "ztf", Path("/work/shared/data/ztf"), GOLDEN_ZTF)
 
 
 def rubin_messages(n: int, seed: int = 0) -> list[bytes]:
@@ -58,7 +59,7 @@ def rubin_messages(n: int, seed: int = 0) -> list[bytes]:
 
 
 def ztf_messages(n: int) -> list[bytes]:
-    folder = SHARED_ZTF if SHARED_ZTF.is_dir() else GOLDEN_ZTF
+    folder = next(p for p in ZTF_DIRS if p.is_dir())
     raw = [payload for _, payload in iter_alert_payloads(folder)]
     return [raw[i % len(raw)] for i in range(n)]
 

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 
 from broker_plugin.serde.rubin import encode_rubin_message, rubin_alert_record
 from broker_plugin.stamps import RubinCutoutGeometry, write_rubin_cutout
 
-ZTF_GOLDEN = __import__("pathlib").Path(__file__).parent / "data" / "ztf"
+ZTF_GOLDEN = Path(__file__).parent / "data" / "ztf"
+
+
+def shared_ztf_dir() -> Path | None:
+    """The 145 real ZTF alerts shared beside the repository, if this machine has them."""
+    candidates = [
+        os.environ.get("BROKER_PLUGIN_TEST_ZTF_DIR", ""),
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "ztf",
+        "/work/shared/data/ztf",
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
 
 
 def gaussian_source(

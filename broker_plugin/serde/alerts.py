@@ -85,12 +85,12 @@ def container_version(writer_schema: Any) -> str:
     return f"{match.group(1)}.{match.group(2)}" if match else ""
 
 
-def iter_container(fo: IO[bytes]) -> Iterator[tuple[dict[str, Any], str]]:
+def iter_container(fo: IO[bytes], *, full: bool = False) -> Iterator[tuple[dict[str, Any], str]]:
     """Yield ``(record, version)`` from an Avro container file, one block at a time.
 
     Records are read through the cached, projected schema (history arrays skipped, see
-    :mod:`.projection`). Codecs ``null`` and ``deflate`` are read here; any other goes through fastavro's
-    generic reader.
+    :mod:`.projection`) unless ``full``. Codecs ``null`` and ``deflate`` are read here; any other goes
+    through fastavro's generic reader (always full records).
 
     Raises
     ------
@@ -123,7 +123,8 @@ def iter_container(fo: IO[bytes]) -> Iterator[tuple[dict[str, Any], str]]:
             if fo.read(_SYNC_SIZE) != header["sync"]:
                 raise ValueError("block sync marker does not match the header's")
             block = io.BytesIO(zlib.decompress(data, -15) if codec == b"deflate" else data)
-            records = [fastavro.schemaless_reader(block, writer, reader) for _ in range(count)]
+            projection = None if full else reader
+            records = [fastavro.schemaless_reader(block, writer, projection) for _ in range(count)]
         except Exception as exc:  # EOFError, zlib.error, ValueError, UnicodeDecodeError, ...
             raise _read_error(exc, "container block") from exc
         for record in records:

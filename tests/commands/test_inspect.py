@@ -10,9 +10,9 @@ import pytest
 
 from broker_plugin.commands.inspect import run_inspect
 from broker_plugin.config import Settings
-from tests.factories import ZTF_GOLDEN, rubin_message
+from tests.factories import ZTF_GOLDEN, rubin_message, shared_ztf_dir
 
-SHARED_ZTF = Path(__file__).resolve().parents[3] / "shared" / "data" / "ztf"
+SHARED_ZTF = shared_ztf_dir()
 
 
 def lines(path: Path, settings: Settings) -> tuple[int, list[dict]]:
@@ -29,7 +29,7 @@ def test_golden_ztf_alerts_are_all_usable(settings: Settings) -> None:
     assert edge["originalShape"] == [63, 45] and "EDGE_TRUNCATED" in edge["flags"]
 
 
-@pytest.mark.skipif(not SHARED_ZTF.is_dir(), reason="the shared ZTF sample is not on this machine")
+@pytest.mark.skipif(SHARED_ZTF is None, reason="the shared ZTF sample is not on this machine")
 def test_every_real_ztf_alert_decodes_and_normalises(settings: Settings) -> None:
     status, rows = lines(SHARED_ZTF, settings)
     assert len(rows) == 145
