@@ -62,6 +62,7 @@ def postgres_schema() -> Iterator[str]:
     except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL unreachable at {POSTGRES_DSN} (set BROKER_PLUGIN_TEST_POSTGRES_DSN): {exc}")
     schema = f"bp_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
         yield schema
     finally:
