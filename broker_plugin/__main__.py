@@ -18,11 +18,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m broker_plugin", description=__doc__)
     parser.add_argument("--version", action="version", version=f"broker_plugin {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    inspect = commands.add_parser(
-        "inspect", help="one JSON line per alert in a file, folder or .tar(.gz): ids, band, stamp status"
-    )
+    commands.add_parser("run", help="the long-lived service (all settings from env / .env)")
+    commands.add_parser("demo", help="embedded broker + replay of bundled alerts + service + summary")
+    replay = commands.add_parser("replay", help="archived alerts (files, folders, .tar/.tar.gz) into a topic")
+    replay.add_argument("path", type=Path, help="alert file, folder or tar archive")
+    replay.add_argument("--topic", required=True, help="topic to produce to")
+    replay.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: the settings')")
+    replay.add_argument("--rate", type=float, default=0.0, help="alerts per second (0: as fast as possible)")
+    inspect = commands.add_parser("inspect", help="one JSON line per alert: ids, band, stamp status")
     inspect.add_argument("path", type=Path, help="alert file, folder or tar archive")
-    commands.add_parser("demo", help="self-contained demonstration; needs no outside service")
+    classify = commands.add_parser("classify", help="offline: the whole pipeline over alert files")
+    classify.add_argument("path", type=Path, help="alert file, folder or tar archive")
+    classify.add_argument("--state", help="state store URL (default: a temporary SQLite store)")
     return parser
 
 
@@ -31,13 +38,31 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    path = getattr(args, "path", None)
+    if path is not None and not path.exists():
+        print(f"error: {path} does not exist", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        from broker_plugin.commands.run import run_service
+
+        return run_service(settings)
+    if args.command == "replay":
+        from broker_plugin.commands.replay import replay
+
+        kafka = settings.kafka
+        if args.bootstrap_servers:
+            kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+        sent = replay(args.path, args.topic, kafka, rate=args.rate)
+        print(f"replayed {sent} alerts into {args.topic}")
+        return 0
     if args.command == "inspect":
         from broker_plugin.commands.inspect import run_inspect
 
-        if not args.path.exists():
-            print(f"error: {args.path} does not exist", file=sys.stderr)
-            return 2
         return run_inspect(args.path, settings, sys.stdout)
+    if args.command == "classify":
+        from broker_plugin.commands.classify import classify_path
+
+        return classify_path(args.path, settings, sys.stdout, state_url=args.state)
     from broker_plugin.commands.demo import run_demo
 
     return run_demo(settings, sys.stdout)

@@ -137,6 +137,11 @@ class ServiceSettings(BaseModel):
         4, ge=1, description="Micro-batches waiting for inference before input partitions are paused [count]."
     )
     shutdown_timeout_s: float = Field(30.0, gt=0, description="Grace period on SIGTERM/SIGINT [s].")
+    max_message_bytes: int = Field(
+        1_500_000,
+        ge=1000,
+        description="Larger messages are dead-lettered (Rubin and ZTF alerts are 50-500 kB) [bytes].",
+    )
 
 
 class MetricsSettings(BaseModel):

@@ -12,6 +12,12 @@ class BrokerPluginError(Exception):
     reason = "error"
 
 
+class MessageTooLargeError(BrokerPluginError):
+    """A message larger than the configured limit (no alert is that large)."""
+
+    reason = "message_too_large"
+
+
 class AlertDecodeError(BrokerPluginError):
     """The message bytes are not an alert we can read."""
 

@@ -14,9 +14,9 @@ from typing import TextIO
 
 import numpy as np
 
-from broker_plugin.commands.inspect import build_decoder
 from broker_plugin.config import Settings
 from broker_plugin.exceptions import BrokerPluginError
+from broker_plugin.factory import build_decoder
 from broker_plugin.serde.rubin import encode_rubin_message, rubin_alert_record
 from broker_plugin.serde.schemas import bundled_rubin_versions
 from broker_plugin.stamps import RubinCutoutGeometry, StampNormaliser, write_rubin_cutout

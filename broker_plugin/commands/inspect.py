@@ -14,17 +14,11 @@ from typing import Any, TextIO
 
 from broker_plugin.config import Settings
 from broker_plugin.exceptions import BrokerPluginError
+from broker_plugin.factory import build_decoder
 from broker_plugin.records import Alert
-from broker_plugin.serde.alerts import AlertDecoder, iter_payload
+from broker_plugin.serde.alerts import iter_payload
 from broker_plugin.serde.files import iter_alert_payloads
-from broker_plugin.serde.schemas import RubinSchemaStore, SchemaRegistryClient
 from broker_plugin.stamps import StampNormaliser
-
-
-def build_decoder(settings: Settings) -> AlertDecoder:
-    """The alert decoder the settings describe (bundled schemas, plus the registry if configured)."""
-    registry = SchemaRegistryClient(settings.schema_registry) if settings.schema_registry.url else None
-    return AlertDecoder(RubinSchemaStore(registry))
 
 
 def inspect_alert(alert: Alert, normaliser: StampNormaliser) -> dict[str, Any]:

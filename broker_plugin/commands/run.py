@@ -1,0 +1,38 @@
+"""``python -m broker_plugin run``: the long-lived service, configured only by :class:`Settings`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from broker_plugin.config import Settings
+from broker_plugin.factory import build_parts, build_service
+
+log = logging.getLogger(__name__)
+
+
+def run_service(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; exit status 0 on a clean stop, 1 after a fatal error."""
+    parts = build_parts(settings)
+    service, server, _metrics = build_service(settings, parts)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: service.stop())
+    if server is not None:
+        log.info("metrics on http://%s:%d/metrics", settings.metrics.host, server.port)
+    log.info(
+        "consuming %s from %s as group %s; model %s (%s)",
+        ",".join(settings.kafka.input_topics), settings.kafka.bootstrap_servers, settings.kafka.group_id,
+        parts.model.name, parts.model.version,
+    )  # fmt: skip
+    try:
+        service.run()
+    except Exception:
+        log.exception("service stopped on a fatal error")
+        return 1
+    finally:
+        if server is not None:
+            server.stop()
+        parts.close()
+    return 0

@@ -1,0 +1,102 @@
+"""Build the plugin's parts from :class:`~broker_plugin.config.Settings`: one place, used by every command."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+
+from broker_plugin.config import Settings, StampSettings
+from broker_plugin.inference.artifact import CHECKSUM_FILE, Artifact, load_artifact
+from broker_plugin.inference.predictor import Predictor
+from broker_plugin.metrics import Health, MetricsServer, ServiceMetrics
+from broker_plugin.pipeline import ModelInfo, Pipeline
+from broker_plugin.serde.alerts import AlertDecoder
+from broker_plugin.serde.schemas import RubinSchemaStore, SchemaRegistryClient
+from broker_plugin.service import Service
+from broker_plugin.stamps import StampNormaliser
+from broker_plugin.state.base import StateStore
+from broker_plugin.state.factory import open_state_store
+
+
+def build_decoder(settings: Settings) -> AlertDecoder:
+    """The alert decoder (bundled schemas, plus the registry if configured)."""
+    registry = SchemaRegistryClient(settings.schema_registry) if settings.schema_registry.url else None
+    return AlertDecoder(RubinSchemaStore(registry))
+
+
+def model_stamp_settings(settings: Settings, artifact: Artifact) -> StampSettings:
+    """Stamp settings with the frame size and scale the model was trained on (the artifact decides)."""
+    stamp = artifact.metadata["stamp"]
+    return settings.stamps.model_copy(
+        update={"size": int(stamp["size"]), "pixel_scale_arcsec": float(stamp["pixel_scale_arcsec"])}
+    )
+
+
+def model_info(settings: Settings, artifact: Artifact) -> ModelInfo:
+    """What outputs say about the model."""
+    sums = (settings.model.artifact / CHECKSUM_FILE).read_bytes()
+    return ModelInfo(
+        name=settings.model.artifact.resolve().name,
+        version=artifact.model_id,
+        checksum=hashlib.sha256(sums).hexdigest(),
+        bands=tuple(artifact.metadata["bands"]),
+        ensemble_size=len(artifact.members),
+    )
+
+
+@dataclass
+class Parts:
+    """Everything a running pipeline holds (closed by the caller via :meth:`close`)."""
+
+    pipeline: Pipeline
+    decoder: AlertDecoder
+    store: StateStore
+    predictor: Predictor
+    model: ModelInfo
+
+    def close(self) -> None:
+        """Release the state store."""
+        self.store.close()
+
+
+def build_parts(settings: Settings) -> Parts:
+    """Load the model, open the state store and assemble the pipeline."""
+    artifact = load_artifact(settings.model.artifact)
+    device = None if settings.model.device == "auto" else settings.model.device
+    predictor = Predictor(
+        artifact.members,
+        model_id=artifact.model_id,
+        normalisation=artifact.normalisation,
+        class_names=artifact.class_names,
+        device=device,
+        bf16=settings.model.bf16,
+        max_batch_size=settings.service.batch_max_size,
+    )
+    info = model_info(settings, artifact)
+    store = open_state_store(settings.state.url, settings.state.max_frames_per_object)
+    pipeline = Pipeline(
+        normaliser=StampNormaliser(model_stamp_settings(settings, artifact)),
+        store=store,
+        predictor=predictor,
+        model=info,
+        min_frames=settings.model.min_frames,
+        max_frames_per_object=settings.state.max_frames_per_object,
+    )
+    return Parts(pipeline, build_decoder(settings), store, predictor, info)
+
+
+def build_service(settings: Settings, parts: Parts) -> tuple[Service, MetricsServer | None, ServiceMetrics]:
+    """The Kafka service around ``parts``, and its metrics endpoint (started) if enabled."""
+    metrics = ServiceMetrics(class_names=parts.predictor.class_names)
+    health = Health()
+    server = None
+    if settings.metrics.enabled:
+        server = MetricsServer(metrics, health, settings.metrics.host, settings.metrics.port).start()
+    client_id = f"broker-plugin-{socket.gethostname()}-{os.getpid()}"
+    service = Service(
+        settings, pipeline=parts.pipeline, decoder=parts.decoder, store=parts.store,
+        metrics=metrics, health=health, client_id=client_id,
+    )  # fmt: skip
+    return service, server, metrics

@@ -1,0 +1,329 @@
+"""The long-lived service: the only place that wires Kafka to the pipeline.
+
+Two threads. The *consumer* thread polls micro-batches, decodes them, and hands them to a bounded queue;
+when the queue is full it pauses every assigned partition (backpressure: librdkafka keeps the group
+membership alive while paused) and resumes once it has drained. The *worker* thread runs the pipeline
+(normalise, store, classify), produces classifications and dead letters, waits until Kafka has every one
+of them, and only then releases the batch's offsets, which the consumer thread commits: at-least-once.
+With ``transactional_id`` set, outputs and offsets are committed in one transaction instead: exactly-once.
+
+Bad input never stops the service: a message that cannot be decoded or normalised goes to the
+dead-letter topic with ``dead_letter_reason`` and ``dead_letter_error`` headers and counts in
+``alerts_rejected_total{reason}``; an unexpected failure of a whole batch is retried message by message
+so that only the culprit is dead-lettered (reason ``internal_error``). What does stop it: the output
+topic refusing deliveries (nothing is committed, so a restart redelivers) and SIGTERM/SIGINT, on which
+it finishes the queued batches, publishes, commits and closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from confluent_kafka import Message
+
+from broker_plugin import __version__
+from broker_plugin.config import Settings
+from broker_plugin.exceptions import AlertDecodeError, BrokerPluginError, MessageTooLargeError
+from broker_plugin.kafka.consumer import AlertConsumer, Offsets
+from broker_plugin.kafka.producer import OutputProducer
+from broker_plugin.metrics import Health, ServiceMetrics
+from broker_plugin.pipeline import BatchResult, Inbound, Pipeline
+from broker_plugin.serde.alerts import AlertDecoder
+from broker_plugin.serde.classifications import classification_key, encode_classification
+from broker_plugin.state.base import StateStore
+
+log = logging.getLogger(__name__)
+
+_MJD_UNIX_EPOCH = 40587.0
+_TAI_MINUS_UTC_S = 37.0
+
+
+@dataclass
+class _Batch:
+    """Messages polled together, decoded, waiting for the worker."""
+
+    messages: list[Message]
+    inbound: list[Inbound] = field(default_factory=list)
+    failed: list[tuple[Message, str, str]] = field(default_factory=list)
+
+    def offsets(self) -> Offsets:
+        """Next offset to commit per partition."""
+        out: Offsets = {}
+        for m in self.messages:
+            key = (m.topic(), m.partition())
+            out[key] = max(out.get(key, 0), m.offset() + 1)
+        return out
+
+
+def alert_timestamp_ms(message: Message) -> int | None:
+    """When the alert was produced: Rubin's ``producer_timestamp`` header [ms], else the message time."""
+    for name, value in message.headers() or []:
+        if name == "producer_timestamp" and value:
+            try:
+                return int(float(value))
+            except ValueError:
+                break
+    kind, stamp = message.timestamp()
+    return stamp if kind != 0 and stamp > 0 else None
+
+
+def mjd_tai_to_unix(mjd_tai: float) -> float:
+    """MJD (TAI) -> seconds since the Unix epoch (UTC)."""
+    return (mjd_tai - _MJD_UNIX_EPOCH) * 86400.0 - _TAI_MINUS_UTC_S
+
+
+class Service:
+    """Consume alerts, classify, publish; see the module docstring.
+
+    Parameters
+    ----------
+    settings
+        All settings (Kafka, batching, state expiry).
+    pipeline
+        Records-level processing.
+    decoder
+        Message bytes -> alerts.
+    store
+        The state store (for expiry and the tracked-objects gauge).
+    metrics, health
+        Where to report.
+    client_id
+        Kafka client id of this instance.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pipeline: Pipeline,
+        decoder: AlertDecoder,
+        store: StateStore,
+        metrics: ServiceMetrics,
+        health: Health,
+        client_id: str = "broker-plugin",
+    ) -> None:
+        self._settings, self._kafka, self._service = settings, settings.kafka, settings.service
+        self._pipeline, self._decoder, self._store = pipeline, decoder, store
+        self._metrics, self._health = metrics, health
+        self._stop = threading.Event()
+        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=settings.service.queue_max_batches)
+        self._ready: queue.Queue[Offsets] = queue.Queue()
+        self._worker_error: BaseException | None = None
+        self._producer = OutputProducer(self._kafka, client_id)
+        self._consumer = AlertConsumer(
+            self._kafka, client_id, on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        self._next_expiry = time.monotonic()
+
+    # ---- consumer thread -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the service to finish what it holds and exit (safe from signal handlers and other threads)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Run until :meth:`stop` (or a fatal error); then flush, commit and close.
+
+        Raises
+        ------
+        BaseException
+            A fatal error of the worker (e.g. outputs could not be delivered), after shutting down.
+        """
+        worker = threading.Thread(target=self._work, name="pipeline-worker", daemon=True)
+        worker.start()
+        self._consumer.subscribe()
+        wait_s = self._service.batch_max_wait_ms / 1000.0
+        try:
+            while not self._stop.is_set() and self._worker_error is None:
+                self._health.beat()
+                self._commit_ready()
+                if self._queue.full():
+                    self._pause()
+                    self._consumer.poll_batch(1, 0.05)  # paused: returns nothing, keeps the membership alive
+                    continue
+                self._resume_if_drained()
+                messages = self._consumer.poll_batch(self._service.batch_max_size, wait_s)
+                if messages:
+                    self._metrics.alerts_consumed.inc(len(messages))
+                    self._queue.put(self._decode(messages))
+                self._observe_lag()
+        finally:
+            self._shutdown(worker)
+        if self._worker_error is not None:
+            raise self._worker_error
+
+    def _decode(self, messages: list[Message]) -> _Batch:
+        batch = _Batch(messages)
+        limit = self._service.max_message_bytes
+        for message in messages:
+            value = message.value() or b""
+            if len(value) > limit:
+                batch.failed.append((message, MessageTooLargeError.reason, f"{len(value)} bytes > {limit}"))
+                continue
+            try:
+                alerts = self._decoder.decode_message(value)
+            except AlertDecodeError as exc:
+                batch.failed.append((message, exc.reason, str(exc)))
+                continue
+            stamp = alert_timestamp_ms(message)
+            batch.inbound.extend(Inbound(alert, stamp, message) for alert in alerts)
+        return batch
+
+    def _pause(self) -> None:
+        if not self._consumer.paused:
+            self._consumer.pause()
+            self._metrics.partitions_paused.set(len(self._consumer.assignment))
+            log.info("inference queue full: %d partitions paused", len(self._consumer.assignment))
+
+    def _resume_if_drained(self) -> None:
+        if self._consumer.paused and self._queue.qsize() <= self._queue.maxsize // 2:
+            self._consumer.resume()
+            self._metrics.partitions_paused.set(0)
+            log.info("inference queue drained: partitions resumed")
+
+    def _commit_ready(self) -> None:
+        merged: Offsets = {}
+        while True:
+            try:
+                offsets = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            for key, offset in offsets.items():
+                merged[key] = max(merged.get(key, 0), offset)
+        if merged and not self._producer.transactional:
+            self._consumer.commit(merged)
+
+    def _observe_lag(self) -> None:
+        for (topic, partition), lag in self._consumer.lag().items():
+            self._metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+    def _on_assign(self, partitions: list[tuple[str, int]]) -> None:
+        del partitions
+        self._health.set_ready(True)
+
+    def _on_revoke(self, partitions: list[tuple[str, int]]) -> None:
+        """Before partitions go: let the worker finish what was polled from them, then commit it."""
+        del partitions
+        self._queue.join()
+        self._commit_ready()
+
+    def _shutdown(self, worker: threading.Thread) -> None:
+        self._queue.put(None)  # the worker finishes every queued batch first
+        worker.join(timeout=self._service.shutdown_timeout_s)
+        self._commit_ready()
+        self._health.set_ready(False)
+        self._consumer.close()
+        self._producer.close()
+        log.info("service stopped")
+
+    # ---- worker thread ---------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                if batch is None:
+                    return
+                self._handle(batch)
+            except BaseException as exc:  # fatal: stop the consumer loop; nothing of this batch is committed
+                log.exception("fatal error in the pipeline worker")
+                self._worker_error = exc
+                self._stop.set()
+                return
+            finally:
+                self._queue.task_done()
+
+    def _handle(self, batch: _Batch) -> None:
+        transactional = self._producer.transactional
+        if transactional:
+            self._producer.begin()
+        try:
+            result = self._process(batch.inbound)
+            for message, reason, error in batch.failed:
+                self._dead_letter(message, reason, error)
+            for ref, reason, error in result.rejected:
+                self._dead_letter(ref, reason, error)
+            for ref, classification in result.classifications:
+                del ref
+                value = encode_classification(classification, self._kafka.output_schema_id)
+                self._producer.produce(
+                    self._kafka.output_topic, value, key=classification_key(classification)
+                )
+            if transactional:
+                self._producer.commit_transaction(batch.offsets(), self._consumer.group_metadata())
+            else:
+                self._producer.flush()
+        except BaseException:
+            if transactional:
+                self._producer.abort()
+            raise
+        self._ready.put(batch.offsets())
+        self._record(batch, result)
+        self._maybe_expire()
+
+    def _process(self, inbound: Sequence[Inbound]) -> BatchResult:
+        """The pipeline over a batch; on an unexpected failure, message by message to isolate the culprit."""
+        try:
+            return self._pipeline.process(inbound)
+        except BrokerPluginError:
+            raise
+        except Exception:
+            log.exception("batch of %d alerts failed; retrying one by one", len(inbound))
+        result = BatchResult()
+        for item in inbound:
+            try:
+                one = self._pipeline.process([item])
+            except Exception as exc:
+                result.rejected.append((item.ref, "internal_error", f"{type(exc).__name__}: {exc}"))
+                continue
+            result.classifications += one.classifications
+            result.rejected += one.rejected
+            result.ignored += one.ignored
+            result.frames_new += one.frames_new
+            result.frames_duplicate += one.frames_duplicate
+            result.objects_classified += one.objects_classified
+            result.inference_seconds += one.inference_seconds
+        return result
+
+    def _dead_letter(self, message: object, reason: str, error: str) -> None:
+        assert isinstance(message, Message)  # noqa: S101 - refs are the consumed messages
+        headers = [
+            *(message.headers() or []),
+            ("dead_letter_reason", reason.encode()),
+            ("dead_letter_error", error[:2000].encode()),
+            ("dead_letter_source", f"{message.topic()}/{message.partition()}/{message.offset()}".encode()),
+            ("dead_letter_plugin_version", __version__.encode()),
+        ]
+        self._producer.produce(self._kafka.dead_letter_topic, message.value() or b"", message.key(), headers)
+        self._metrics.alerts_rejected.labels(reason=reason).inc()
+
+    def _record(self, batch: _Batch, result: BatchResult) -> None:
+        metrics = self._metrics
+        now = time.time()
+        for _ref, reason in result.ignored:
+            metrics.alerts_ignored.labels(reason=reason).inc()
+        metrics.frames_stored.inc(result.frames_new)
+        metrics.frames_duplicate.inc(result.frames_duplicate)
+        if result.objects_classified:
+            metrics.inference_batch_size.observe(result.objects_classified)
+            metrics.inference_duration.observe(result.inference_seconds)
+        for _ref, c in result.classifications:
+            metrics.classifications_published.labels(predicted_class=c.predictedClass).inc()
+            if c.alertTimestamp is not None:
+                metrics.alert_latency.observe(max(0.0, now - c.alertTimestamp / 1000.0))
+            metrics.observation_latency.observe(max(0.0, now - mjd_tai_to_unix(c.midpointMjdTai)))
+        del batch
+
+    def _maybe_expire(self) -> None:
+        if time.monotonic() < self._next_expiry:
+            return
+        self._next_expiry = time.monotonic() + self._settings.state.expire_interval_s
+        removed = self._store.expire(self._settings.state.object_idle_expiry_s)
+        if removed:
+            log.info("expired %d idle objects", removed)
+        self._metrics.objects_tracked.set(self._store.object_count())
