@@ -37,3 +37,21 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
         if key.startswith("BROKER_PLUGIN_"):
             monkeypatch.delenv(key)
     return Settings(_env_file=None)
+
+
+@pytest.fixture(scope="session")
+def model_artifact(tmp_path_factory: pytest.TempPathFactory):
+    """A small two-member artifact with random weights, shared by the pipeline and service tests."""
+    from tests.factories import make_artifact
+
+    return make_artifact(tmp_path_factory.mktemp("model") / "convention-test")
+
+
+@pytest.fixture
+def service_settings(settings: Settings, model_artifact, tmp_path) -> Settings:
+    """Settings for a pipeline on the test artifact with a fresh SQLite store."""
+    model = {"artifact": model_artifact, "min_frames": 3, "device": "cpu"}
+    return settings.model_copy(update={
+        "model": settings.model.model_copy(update=model),
+        "state": settings.state.model_copy(update={"url": f"sqlite:///{tmp_path / 'state.db'}"}),
+    })  # fmt: skip

@@ -81,3 +81,57 @@ def rubin_message(
         cutoutDifference=cutout,
     )
     return encode_rubin_message(record, version)
+
+
+def make_artifact(
+    directory: Path, net: str = "convention-small", members: int = 2, **overrides: object
+) -> Path:
+    """A model artifact with random (seeded) weights: real format, meaningless predictions."""
+    import torch
+
+    from broker_plugin.inference import create_net
+    from broker_plugin.inference.artifact import save_artifact
+    from broker_plugin.inference.preprocess import FluxNormalisation
+
+    nets = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        nets.append(create_net(net, **overrides).eval())
+    save_artifact(
+        directory,
+        nets,
+        normalisation=FluxNormalisation(),
+        pixel_scale_arcsec=0.4,
+        training_data_hash="test-random-weights",
+    )
+    return directory
+
+
+def object_alerts(
+    diaObjectId: int,
+    n: int,
+    *,
+    first_source: int,
+    mjd0: float = 60_000.0,
+    bands: str = "grizu",
+    version: str = "11.1",
+) -> list[bytes]:
+    """``n`` framed Rubin alerts of one object, one per night, cycling through ``bands``."""
+    rng = np.random.default_rng(diaObjectId)
+    out = []
+    for k in range(n):
+        size = int(rng.integers(30, 80))
+        cutout = rubin_cutout_bytes(
+            size=size, rotation_deg=float(rng.uniform(0, 360)), flux=float(rng.uniform(200, 3000))
+        )
+        out.append(
+            rubin_message(
+                version,
+                diaSourceId=first_source + k,
+                diaObjectId=diaObjectId,
+                cutout=cutout,
+                band=bands[k % len(bands)],
+                midpointMjdTai=mjd0 + 1.7 * k,
+            )
+        )
+    return out
