@@ -1,0 +1,99 @@
+"""Helpers for tests against a real Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Client settings that tame the test broker's quirks (see kafka-testing.md).
+FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "fetch_wait_max_ms": 20}
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:10]}"
+
+
+def create_topics(bootstrap: str, *topics: str, partitions: int = 4) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics]
+    )
+    for future in futures.values():
+        future.result(timeout=30)
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], headers: list | None = None) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 10_000_000})
+    for value in values:
+        producer.produce(
+            topic, value=value, headers=headers or [("producer_timestamp", str(time.time() * 1000))]
+        )
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, partitions: int = 4) -> list:
+    """Every message of ``topic`` (from the start), waiting until ``expected`` arrived or the timeout."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": unique("reader"), "enable.auto.commit": False,
+        "fetch.wait.max.ms": 20, "isolation.level": "read_committed",
+    })  # fmt: skip
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and len(out) < expected:
+            for message in consumer.consume(500, 0.2):
+                if message.error() is None:
+                    out.append(message)
+        # A short grace period shows whether anything beyond ``expected`` arrives.
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            out += [m for m in consumer.consume(500, 0.2) if m.error() is None]
+    finally:
+        consumer.close()
+    return out
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int = 4) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        consumer.close()
+    return sum(max(0, tp.offset) for tp in offsets)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval_s)
+    return condition()
+
+
+def service_env(settings_env: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_PLUGIN_")}
+    return env | settings_env
+
+
+def start_service_process(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """``python -m broker_plugin run`` in a child process (its log in ``log_path``)."""
+    handle = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "broker_plugin", "run"],
+        env=env,
+        cwd=ROOT,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+    )
