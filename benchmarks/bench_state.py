@@ -3,7 +3,8 @@
 Usage: ``python benchmarks/bench_state.py [--objects 200] [--frames 10] [--out FILE]``
 
 Each ``add_frames`` call stores one new 32x32 frame (what the service does per alert), objects taken in
-turn, so every call is one durable transaction (SQLite: an fsync of the WAL; PostgreSQL: a commit). Reads
+turn, so every call is one durable transaction (SQLite: an fsync of the WAL; PostgreSQL: a commit); then the
+same with ``add_batch`` (one transaction per micro-batch of 100 objects). Reads
 fetch and decode one object's whole sequence. PostgreSQL runs against ``BROKER_PLUGIN_TEST_POSTGRES_DSN``
 (default ``postgresql://postgres@127.0.0.1:5432/test``) in a scratch schema dropped afterwards; it is
 skipped when no server answers. Rates are wall clock (the database server's work counts too).
@@ -19,6 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,8 @@ from broker_plugin.state.base import StateStore
 from broker_plugin.state.sqlite import SqliteStateStore
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Frames per ``add_batch`` call (one frame per object).
+BATCH = 100
 DSN = os.environ.get("BROKER_PLUGIN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -59,6 +63,12 @@ def measure(store: StateStore, n_objects: int, per_object: int) -> dict[str, flo
     for key, batch in calls[: len(calls) // 2]:  # redeliveries: idempotent no-ops
         store.add_frames(key, batch)
     t_dup = time.perf_counter() - t0
+    # Micro-batches as the service forms them: one frame each of up to 100 objects, one commit per batch.
+    batched = [(key, [replace(frame, diaSourceId=frame.diaSourceId + len(pool))]) for key, (frame,) in calls]
+    t0 = time.perf_counter()
+    for i in range(0, len(batched), BATCH):
+        store.add_batch(batched[i : i + BATCH])
+    t_batch = time.perf_counter() - t0
     t0 = time.perf_counter()
     n_read = 0
     for _ in range(3):
@@ -67,6 +77,7 @@ def measure(store: StateStore, n_objects: int, per_object: int) -> dict[str, flo
     t_read = time.perf_counter() - t0
     return {
         "add_frames_per_second": round(len(calls) / t_add, 1),
+        f"add_batch_of_{BATCH}_frames_per_second": round(len(batched) / t_batch, 1),
         "redelivered_add_frames_per_second": round(len(calls) // 2 / t_dup, 1),
         "frames_reads_per_second": round(3 * n_objects / t_read, 1),
         "frames_decoded_per_second": round(n_read / t_read, 1),

@@ -18,6 +18,7 @@ Semantics (the contract tests check each):
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from broker_plugin.records import Frame
@@ -54,6 +55,15 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def add_frames(self, key: str, frames: list[Frame]) -> AddResult:
         """Store frames of one object, idempotently by ``diaSourceId``; durable on return."""
+
+    def add_batch(self, items: Sequence[tuple[str, list[Frame]]]) -> list[AddResult]:
+        """:meth:`add_frames` for several objects (one micro-batch), one result per item, in order.
+
+        Each write is one durable commit (an fsync), which caps a writer at a few hundred calls per
+        second; the backends override this to commit a whole batch at once, atomically. This default
+        adds item by item.
+        """
+        return [self.add_frames(key, frames) for key, frames in items]
 
     @abc.abstractmethod
     def frames(self, key: str) -> list[Frame]:

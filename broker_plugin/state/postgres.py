@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
@@ -24,7 +24,7 @@ from psycopg import sql
 
 from broker_plugin.records import Frame
 from broker_plugin.state.base import AddResult, StateStore
-from broker_plugin.state.rows import add_result, to_rows
+from broker_plugin.state.rows import FrameRow, add_result, to_rows
 from broker_plugin.state.sequence import decode_frame
 
 #: Objects expired per transaction: each holds one advisory lock until commit, and the server's lock
@@ -145,38 +145,51 @@ class PostgresStateStore(StateStore):
                 conn.execute(statement)
 
     @contextmanager
-    def _locked(self, key: str) -> Iterator[psycopg.Connection]:
-        """A connection in a transaction holding the object's advisory lock."""
+    def _locked(self, *keys: str) -> Iterator[psycopg.Connection]:
+        """A connection in a transaction holding the objects' advisory locks."""
         with self._pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (self._ns, key))
+            if len(keys) == 1:
+                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (self._ns, keys[0]))
+            else:
+                # Several objects: locks taken in one global order, so two batches cannot deadlock.
+                conn.execute(self._q.lock_many, (self._ns, list(keys)))
             yield conn
 
     def add_frames(self, key: str, frames: list[Frame]) -> AddResult:
         """Store frames of one object, idempotently by ``diaSourceId``, in one transaction."""
-        rows = to_rows(frames)
-        with self._locked(key) as conn:
-            newest = conn.execute(self._q.newest, (key,)).fetchone()
-            n_frames = 0 if newest is None else newest[2]
-            inserted: set[int] = set()
-            if rows:
-                cur = conn.execute(
-                    self._q.insert,
-                    (
-                        key,
-                        [row.diaSourceId for row in rows],
-                        [row.midpointMjdTai for row in rows],
-                        [row.blob for row in rows],
-                    ),
-                )
-                inserted = {source_id for (source_id,) in cur.fetchall()}
-            n_frames += len(inserted)
-            pruned: set[int] = set()
-            if n_frames > self.max_frames_per_object:
-                cur = conn.execute(self._q.prune, (key, key, self.max_frames_per_object - 1))
-                pruned = {source_id for (source_id,) in cur.fetchall()}
-                n_frames -= len(pruned)
-            if inserted - pruned:
-                conn.execute(self._q.touch, (key, self._clock()))
+        return self.add_batch([(key, frames)])[0]
+
+    def add_batch(self, items: Sequence[tuple[str, list[Frame]]]) -> list[AddResult]:
+        """Store frames of several objects in one transaction (one commit for the batch)."""
+        prepared = [(key, to_rows(frames)) for key, frames in items]
+        if not prepared:
+            return []
+        with self._locked(*sorted({key for key, _ in prepared})) as conn:
+            return [self._add(conn, key, rows) for key, rows in prepared]
+
+    def _add(self, conn: psycopg.Connection, key: str, rows: list[FrameRow]) -> AddResult:
+        newest = conn.execute(self._q.newest, (key,)).fetchone()
+        n_frames = 0 if newest is None else newest[2]
+        inserted: set[int] = set()
+        if rows:
+            cur = conn.execute(
+                self._q.insert,
+                (
+                    key,
+                    [row.diaSourceId for row in rows],
+                    [row.midpointMjdTai for row in rows],
+                    [row.blob for row in rows],
+                ),
+            )
+            inserted = {source_id for (source_id,) in cur.fetchall()}
+        n_frames += len(inserted)
+        pruned: set[int] = set()
+        if n_frames > self.max_frames_per_object:
+            cur = conn.execute(self._q.prune, (key, key, self.max_frames_per_object - 1))
+            pruned = {source_id for (source_id,) in cur.fetchall()}
+            n_frames -= len(pruned)
+        if inserted - pruned:
+            conn.execute(self._q.touch, (key, self._clock()))
         last = None if newest is None else (newest[0], newest[1])
         return add_result(rows, inserted, pruned, last, n_frames)
 
@@ -311,3 +324,7 @@ class _Queries:
         self.drop_frames = q("DELETE FROM {frames} WHERE object_key = ANY(%s)")
         self.drop_cache = q("DELETE FROM {cache} WHERE object_key = ANY(%s)")
         self.object_count = q("SELECT COUNT(*) FROM {objects}")
+        self.lock_many = sql.SQL(
+            "SELECT pg_advisory_xact_lock(%s, h) FROM"
+            " (SELECT DISTINCT hashtext(k) AS h FROM unnest(%s::text[]) AS k ORDER BY h) AS ordered"
+        )

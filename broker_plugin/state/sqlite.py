@@ -10,13 +10,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from broker_plugin.records import Frame
 from broker_plugin.state.base import AddResult, StateStore
-from broker_plugin.state.rows import add_result, to_rows
+from broker_plugin.state.rows import FrameRow, add_result, to_rows
 from broker_plugin.state.sequence import decode_frame
 
 _SCHEMA = """
@@ -104,25 +104,32 @@ class SqliteStateStore(StateStore):
 
     def add_frames(self, key: str, frames: list[Frame]) -> AddResult:
         """Store frames of one object, idempotently by ``diaSourceId``, in one durable transaction."""
-        rows = to_rows(frames)
+        return self.add_batch([(key, frames)])[0]
+
+    def add_batch(self, items: Sequence[tuple[str, list[Frame]]]) -> list[AddResult]:
+        """Store frames of several objects in one durable transaction (one fsync for the batch)."""
+        prepared = [(key, to_rows(frames)) for key, frames in items]
         with self._transaction() as conn:
-            last = conn.execute(_NEWEST + " LIMIT 1", (key,)).fetchone()
-            inserted = set()
-            for row in rows:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO frames (object_key, dia_source_id, mjd, blob) VALUES (?, ?, ?, ?)",
-                    (key, row.diaSourceId, row.midpointMjdTai, row.blob),
-                )
-                if cur.rowcount == 1:
-                    inserted.add(row.diaSourceId)
-            pruned = self._prune(conn, key) if inserted else set()
-            (n_frames,) = conn.execute("SELECT COUNT(*) FROM frames WHERE object_key = ?", (key,)).fetchone()
-            if inserted - pruned:
-                conn.execute(
-                    "INSERT INTO objects (object_key, last_write) VALUES (?, ?)"
-                    " ON CONFLICT (object_key) DO UPDATE SET last_write = excluded.last_write",
-                    (key, self._clock()),
-                )
+            return [self._add(conn, key, rows) for key, rows in prepared]
+
+    def _add(self, conn: sqlite3.Connection, key: str, rows: list[FrameRow]) -> AddResult:
+        last = conn.execute(_NEWEST + " LIMIT 1", (key,)).fetchone()
+        inserted = set()
+        for row in rows:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO frames (object_key, dia_source_id, mjd, blob) VALUES (?, ?, ?, ?)",
+                (key, row.diaSourceId, row.midpointMjdTai, row.blob),
+            )
+            if cur.rowcount == 1:
+                inserted.add(row.diaSourceId)
+        pruned = self._prune(conn, key) if inserted else set()
+        (n_frames,) = conn.execute("SELECT COUNT(*) FROM frames WHERE object_key = ?", (key,)).fetchone()
+        if inserted - pruned:
+            conn.execute(
+                "INSERT INTO objects (object_key, last_write) VALUES (?, ?)"
+                " ON CONFLICT (object_key) DO UPDATE SET last_write = excluded.last_write",
+                (key, self._clock()),
+            )
         return add_result(rows, inserted, pruned, tuple(last) if last else None, n_frames)
 
     def _prune(self, conn: sqlite3.Connection, key: str) -> set[int]:

@@ -264,3 +264,48 @@ def test_two_instances_write_one_object(make_store: StoreFactory, max_frames: in
     assert set(expected) <= set(counts)
     if max_frames >= len(frames):
         assert sorted(counts) == sorted(frame.diaSourceId for frame in frames)
+
+
+def test_add_batch(store: StateStore) -> None:
+    store.add_frames("a", [make_frame(1, 5.0)])
+    results = store.add_batch(
+        [
+            ("a", [make_frame(2, 1.0), make_frame(1, 5.0)]),
+            ("b", [make_frame(1, 1.0)]),
+            ("a", [make_frame(3, 9.0), make_frame(2, 1.0)]),  # the same object twice in one batch
+            ("c", []),
+        ]
+    )
+    assert [(r.new, r.n_frames, r.inserted_before_last) for r in results] == [
+        ((2,), 2, True), ((1,), 1, False), ((3,), 3, False), ((), 0, False),
+    ]  # fmt: skip
+    assert ids(store, "a") == [2, 1, 3]
+    assert store.object_count() == 2
+    assert store.add_batch([]) == []
+    bad = make_frame(9, float("inf"))
+    with pytest.raises(ValueError, match="midpointMjdTai"):
+        store.add_batch([("d", [make_frame(8, 1.0)]), ("e", [bad])])
+    assert store.frame_count("d") == 0  # all or nothing
+
+
+def test_two_instances_batch_overlapping_objects(make_store: StoreFactory) -> None:
+    """Batches spanning the same objects in opposite orders from two instances: no deadlock, no loss."""
+    stores = [make_store() for _ in range(2)]
+    keys = [f"rubin:{i}" for i in range(12)]
+    barrier = threading.Barrier(2)
+
+    def work(s: int) -> list[int]:
+        order = keys if s == 0 else keys[::-1]
+        new: list[int] = []
+        barrier.wait()
+        for round_ in range(15):
+            batch = [(key, [make_frame(1000 * keys.index(key) + round_, float(round_))]) for key in order]
+            for result in stores[s].add_batch(batch):
+                new += result.new
+        return new
+
+    with ThreadPoolExecutor(2) as pool:
+        reported = [source_id for new in pool.map(work, range(2)) for source_id in new]
+    assert Counter(reported) == Counter(1000 * k + r for k in range(12) for r in range(15))
+    for k, key in enumerate(keys):
+        assert ids(stores[1], key) == [1000 * k + r for r in range(15)]
