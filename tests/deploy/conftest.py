@@ -26,21 +26,27 @@ def load_env_module() -> ModuleType:
 
 
 def metric_families() -> dict[str, set[str]]:
-    """Every metric family the service exports, with its label names."""
-    families: dict[str, set[str]] = {}
-    for family in ServiceMetrics(class_names=["SNIa"]).registry.collect():
-        labels: set[str] = set()
-        for sample in family.samples:
-            labels |= set(sample.labels) - {"le"}
-        families[family.name] = labels
-    return families
+    """Every metric the service exports (name without suffixes), with its label names."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    metrics = ServiceMetrics(class_names=["SNIa"])
+    return {
+        metric._name: set(metric._labelnames)  # private in prometheus_client
+        for metric in vars(metrics).values()
+        if isinstance(metric, MetricWrapperBase)
+    }
 
 
 def exported_series_names() -> set[str]:
     """Every series name a scrape can return (counters with ``_total``, histogram ``_bucket`` etc.)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "gauge": ("",),
+    }
     names: set[str] = set()
     for family in ServiceMetrics(class_names=["SNIa"]).registry.collect():
-        names |= {sample.name for sample in family.samples}
+        names |= {family.name + suffix for suffix in suffixes[family.type]}
     return names
 
 
