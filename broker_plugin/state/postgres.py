@@ -162,36 +162,48 @@ class PostgresStateStore(StateStore):
     def add_batch(self, items: Sequence[tuple[str, list[Frame]]]) -> list[AddResult]:
         """Store frames of several objects in one transaction (one commit for the batch)."""
         prepared = [(key, to_rows(frames)) for key, frames in items]
-        if not prepared:
-            return []
-        with self._locked(*sorted({key for key, _ in prepared})) as conn:
-            return [self._add(conn, key, rows) for key, rows in prepared]
+        results: dict[int, AddResult] = {}
+        if prepared:
+            with self._locked(*sorted({key for key, _ in prepared})) as conn:
+                for round_ in _rounds([key for key, _ in prepared]):
+                    self._add_round(conn, [(i, *prepared[i]) for i in round_], results)
+        return [results[i] for i in range(len(prepared))]
 
-    def _add(self, conn: psycopg.Connection, key: str, rows: list[FrameRow]) -> AddResult:
-        newest = conn.execute(self._q.newest, (key,)).fetchone()
-        n_frames = 0 if newest is None else newest[2]
-        inserted: set[int] = set()
-        if rows:
-            cur = conn.execute(
-                self._q.insert,
-                (
-                    key,
-                    [row.diaSourceId for row in rows],
-                    [row.midpointMjdTai for row in rows],
-                    [row.blob for row in rows],
-                ),
-            )
-            inserted = {source_id for (source_id,) in cur.fetchall()}
-        n_frames += len(inserted)
-        pruned: set[int] = set()
-        if n_frames > self.max_frames_per_object:
-            cur = conn.execute(self._q.prune, (key, key, self.max_frames_per_object - 1))
-            pruned = {source_id for (source_id,) in cur.fetchall()}
-            n_frames -= len(pruned)
-        if inserted - pruned:
-            conn.execute(self._q.touch, (key, self._clock()))
-        last = None if newest is None else (newest[0], newest[1])
-        return add_result(rows, inserted, pruned, last, n_frames)
+    def _add_round(
+        self, conn: psycopg.Connection, items: list[tuple[int, str, list[FrameRow]]],
+        results: dict[int, AddResult],
+    ) -> None:  # fmt: skip
+        """Add distinct objects' frames in three pipelined steps (read + insert, prune, stamp).
+
+        Pipelining makes it a few round trips per batch instead of a few per object.
+        """
+        with conn.pipeline():
+            pending = [
+                (conn.execute(self._q.newest, (key,)), conn.execute(self._q.insert, _insert_args(key, rows)))
+                for _, key, rows in items
+            ]
+        newest = [cur_newest.fetchone() for cur_newest, _ in pending]
+        inserted = [{source_id for (source_id,) in cur_insert.fetchall()} for _, cur_insert in pending]
+        n_frames = [
+            (0 if top is None else top[2]) + len(new) for top, new in zip(newest, inserted, strict=True)
+        ]
+        with conn.pipeline():
+            pruning = {
+                j: conn.execute(self._q.prune, (key, key, self.max_frames_per_object - 1))
+                for j, (_, key, _) in enumerate(items)
+                if n_frames[j] > self.max_frames_per_object
+            }
+        pruned = [
+            {sid for (sid,) in pruning[j].fetchall()} if j in pruning else set() for j in range(len(items))
+        ]
+        now = self._clock()
+        with conn.pipeline():
+            for j, (i, key, rows) in enumerate(items):
+                if inserted[j] - pruned[j]:
+                    conn.execute(self._q.touch, (key, now))
+                top = newest[j]
+                last = None if top is None else (top[0], top[1])
+                results[i] = add_result(rows, inserted[j], pruned[j], last, n_frames[j] - len(pruned[j]))
 
     def frames(self, key: str) -> list[Frame]:
         """The object's frames, oldest first."""
@@ -248,6 +260,26 @@ class PostgresStateStore(StateStore):
     def close(self) -> None:
         """Close the pool's connections (idempotent)."""
         self._pool.close()
+
+
+def _insert_args(key: str, rows: list[FrameRow]) -> tuple[object, ...]:
+    # Arrays for unnest(): one statement inserts the whole list (an empty one inserts nothing).
+    return (key, [r.diaSourceId for r in rows], [r.midpointMjdTai for r in rows], [r.blob for r in rows])
+
+
+def _rounds(keys: list[str]) -> list[list[int]]:
+    """Indices of ``keys`` in rounds where no key repeats.
+
+    An object's second item in a batch must see the effects of its first.
+    """
+    rounds: list[list[int]] = []
+    depth: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        r = depth[key] = depth.get(key, -1) + 1
+        if r == len(rounds):
+            rounds.append([])
+        rounds[r].append(i)
+    return rounds
 
 
 class _Queries:
