@@ -56,8 +56,13 @@ def setting_variables() -> set[str]:
 
 
 def require_tool(name: str) -> str:
-    """The tool's path; skip with the reason when it is not installed (``make system-deps`` installs it)."""
+    """The tool's path; skip, saying why, when it is not installed."""
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (Debian: `make system-deps` as root installs it)")
+        how = (
+            "not a Debian package: install it from the Kubernetes apt repository"
+            if name == "kubectl"
+            else "`make system-deps` as root installs it from Debian"
+        )
+        pytest.skip(f"{name} is not installed ({how})")
     return path

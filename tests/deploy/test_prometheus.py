@@ -153,8 +153,9 @@ def test_real_prometheus_scrapes_the_plugin(tmp_path: Path, plugin_endpoint: Met
         "job_name": "broker-plugin",
         "static_configs": [{"targets": [f"127.0.0.1:{plugin_endpoint.port}"]}],
     }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = _free_port()
+    config["scrape_configs"][1]["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen(
