@@ -1,0 +1,128 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from broker_plugin.inference.artifact import (
+    CHECKSUM_FILE,
+    METADATA_FILE,
+    _sha256,
+    load_artifact,
+    save_artifact,
+)
+from broker_plugin.inference.errors import (
+    ArtifactChecksumError,
+    ArtifactFormatError,
+    ArtifactMismatchError,
+    ArtifactMissingError,
+)
+from broker_plugin.inference.preprocess import FluxNormalisation
+
+from .conftest import make_members
+
+NORM = FluxNormalisation("asinh", scale=(50.0, 60.0, 70.0, 80.0, 90.0, 100.0))
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    members = make_members("convention-small")
+    model_id = save_artifact(
+        tmp_path / "model", members, normalisation=NORM, pixel_scale_arcsec=0.2,
+        training_data_hash="sha256:abc", metrics={"macro_f1": 0.71}, member_info=[{"seed": 0}, {"seed": 1}],
+    )
+    return tmp_path / "model", members, model_id
+
+
+def resign(root):
+    """Recompute SHA256SUMS, as someone editing the artifact on purpose would."""
+    names = [line.split("  ")[1] for line in (root / CHECKSUM_FILE).read_text().splitlines()]
+    (root / CHECKSUM_FILE).write_text("".join(f"{_sha256(root / n)}  {n}\n" for n in names))
+
+
+def edit_metadata(root, change):
+    meta = json.loads((root / METADATA_FILE).read_text())
+    change(meta)
+    (root / METADATA_FILE).write_text(json.dumps(meta))
+    resign(root)
+
+
+def test_round_trip_is_bit_exact(artifact):
+    root, members, model_id = artifact
+    loaded = load_artifact(root, expected_pixel_scale_arcsec=0.2, expected_stamp_size=32)
+    assert loaded.model_id == model_id and len(loaded.members) == 2
+    for original, back in zip(members, loaded.members, strict=True):
+        ref, got = original.state_dict(), back.state_dict()
+        assert ref.keys() == got.keys()
+        assert all(torch.equal(ref[k], got[k]) and ref[k].dtype == got[k].dtype for k in ref)
+        assert not back.training
+    assert loaded.normalisation == NORM
+    meta = loaded.metadata
+    assert meta["net"]["name"] == "convention-small"
+    assert meta["class_names"] == ["AGN", "SNIa", "Variable", "SNOther"]
+    assert meta["members"][1]["seed"] == 1 and meta["training_data_hash"] == "sha256:abc"
+    assert {"created", "plugin_version", "metrics", "bands", "stamp", "format_version"} <= meta.keys()
+
+
+def test_weights_are_safetensors_not_pickle(artifact):
+    raw = (artifact[0] / "member-0.safetensors").read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    assert json.loads(raw[8 : 8 + header_len])["__metadata__"]["net"] == "convention-small"
+    assert not raw.startswith(b"\x80") and b"PK" not in raw[:4]  # neither pickle nor torch.save zip
+
+
+def test_tampered_weights_are_refused(artifact):
+    root = artifact[0]
+    raw = bytearray((root / "member-1.safetensors").read_bytes())
+    raw[-3] ^= 0x01
+    (root / "member-1.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ArtifactChecksumError, match="member-1"):
+        load_artifact(root)
+
+
+def test_tampered_metadata_is_refused(artifact):
+    root = artifact[0]
+    text = (root / METADATA_FILE).read_text().replace('"SNIa"', '"SNII"')
+    (root / METADATA_FILE).write_text(text)
+    with pytest.raises(ArtifactChecksumError, match=METADATA_FILE):
+        load_artifact(root)
+
+
+def test_swapped_member_file_is_refused_even_when_resigned(artifact, tmp_path):
+    root = artifact[0]
+    other = tmp_path / "other"
+    save_artifact(other, make_members("convention-small", count=1), normalisation=NORM,
+                  pixel_scale_arcsec=0.2, training_data_hash="x")
+    shutil.copy(other / "member-0.safetensors", root / "member-0.safetensors")
+    resign(root)  # SHA256SUMS now agrees, but the metadata's member hash does not
+    with pytest.raises(ArtifactChecksumError, match="member-0"):
+        load_artifact(root)
+
+
+def test_mismatched_expectations_are_refused(artifact):
+    root = artifact[0]
+    with pytest.raises(ArtifactMismatchError, match="arcsec"):
+        load_artifact(root, expected_pixel_scale_arcsec=1.01)
+    with pytest.raises(ArtifactMismatchError, match="px"):
+        load_artifact(root, expected_stamp_size=63)
+    with pytest.raises(ArtifactMismatchError, match="classes"):
+        load_artifact(root, expected_class_names=["SN", "AGN"])
+
+
+def test_inconsistent_metadata_is_refused(artifact):
+    root = artifact[0]
+    edit_metadata(root, lambda m: m["net"]["args"].update(channels=[8, 16, 16, 16]))
+    with pytest.raises(ArtifactFormatError, match="does not fit"):
+        load_artifact(root)
+    edit_metadata(root, lambda m: m.update(format_version=99))
+    with pytest.raises(ArtifactFormatError, match="format"):
+        load_artifact(root)
+
+
+def test_missing_files_are_refused(artifact, tmp_path):
+    root = artifact[0]
+    with pytest.raises(ArtifactMissingError):
+        load_artifact(tmp_path)
+    (root / "member-0.safetensors").unlink()
+    with pytest.raises(ArtifactMissingError, match="member-0"):
+        load_artifact(root)

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from broker_plugin.inference.errors import CacheError
+from broker_plugin.inference.incremental import IncrementalEngine, ObjectCache
+from broker_plugin.inference.predictor import Predictor
+from broker_plugin.inference.preprocess import FluxNormalisation
+
+from .conftest import TINY, make_input, make_members
+
+
+def assert_incremental_equals_full(members, prefixes, n_total=150):
+    """Feed frames one by one (cache through bytes each time) and compare with full recomputes."""
+    predictor = Predictor(members, model_id="m1", normalisation=FluxNormalisation(), device="cpu")
+    inp = make_input(n_total, members[0].band_offset)
+    full = predictor.predict([inp[:n] for n in prefixes])
+    cache, worst = None, 0.0
+    for n in range(1, n_total + 1):
+        ((pred, cache),) = predictor.update([cache], [inp[n - 1 : n]])
+        cache = ObjectCache.from_bytes(cache.to_bytes(), model_id="m1")
+        if n in prefixes:
+            ref = full[prefixes.index(n)]
+            worst = max(worst, float(np.abs(pred.probabilities - ref.probabilities).max()))
+            assert pred.n_frames == ref.n_frames
+            np.testing.assert_allclose(pred.spread, ref.spread, atol=1e-5)
+    assert worst <= 1e-5, worst
+    return cache, inp, predictor
+
+
+EVERY = list(range(1, 151))
+#: Chunk boundaries, the first roll of the window (99 -> 100 frames) and the end.
+EDGES = [1, 2, 3, 4, 50, 98, 99, 100, 101, 102, 103, 150]
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "prefixes", "count"),
+    [
+        pytest.param("convention-paper", TINY, EVERY, 1, marks=pytest.mark.slow),
+        ("convention-paper", TINY, EDGES, 2),
+        ("convention-fixed", TINY, EDGES, 1),
+        ("convention-small", {}, EDGES, 1),
+        ("cnn-gru", {}, EDGES, 1),
+        ("cnn-lstm", {}, [1, 99, 100, 150], 1),
+    ],
+)
+def test_incremental_equals_full_recompute_at_every_prefix(name, overrides, prefixes, count):
+    members = make_members(name, count=count, **overrides)
+    cache, inp, predictor = assert_incremental_equals_full(members, prefixes)
+    rebuilt = predictor.new_cache(inp)  # the cache is only a cache: frames rebuild it
+    assert rebuilt.n_frames == cache.n_frames == 150
+    np.testing.assert_allclose(rebuilt.tokens, cache.tokens, atol=1e-5)
+    np.testing.assert_array_equal(rebuilt.pending_band, cache.pending_band)
+
+
+@pytest.mark.slow
+def test_incremental_equals_full_for_the_real_paper_model():
+    assert_incremental_equals_full(make_members("convention-paper", count=1), EVERY)
+
+
+def test_cache_keeps_only_the_window(tiny_paper):
+    predictor = Predictor(tiny_paper, model_id="m1", normalisation=FluxNormalisation(), device="cpu")
+    inp = make_input(104, 0)
+    cache = predictor.new_cache(inp)
+    assert cache.tokens.shape == (2, 33, 8, 9, 9)
+    assert cache.pending_band.tolist() == inp.band[-2:].tolist()
+
+
+def test_cache_bytes_refuse_corruption_and_other_models(tiny_paper):
+    engine = IncrementalEngine(tiny_paper, model_id="m1", device=torch.device("cpu"))
+    cache = engine.rebuild(make_input(7, 0))
+    data = cache.to_bytes()
+    back = ObjectCache.from_bytes(data, model_id="m1")
+    assert back.n_frames == 7 and np.array_equal(back.tokens, cache.tokens)
+    assert np.array_equal(back.pending_x, cache.pending_x)
+    with pytest.raises(CacheError, match="rebuild"):
+        ObjectCache.from_bytes(data, model_id="m2")
+    corrupt = bytearray(data)
+    corrupt[-5] ^= 0xFF
+    with pytest.raises(CacheError, match="corrupt"):
+        ObjectCache.from_bytes(bytes(corrupt))
+    with pytest.raises(CacheError):
+        ObjectCache.from_bytes(data[:-4])
+    other = IncrementalEngine(tiny_paper, model_id="m2", device=torch.device("cpu"))
+    with pytest.raises(CacheError):
+        other.step([cache], np.zeros((1, 32, 32), np.float32), np.zeros(1, np.int64))
+
+
+def test_engine_refuses_training_mode(tiny_paper):
+    tiny_paper[0].train()
+    with pytest.raises(ValueError, match="eval"):
+        IncrementalEngine(tiny_paper, model_id="m", device=torch.device("cpu"))

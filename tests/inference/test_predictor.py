@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import torch
+
+from broker_plugin.inference.artifact import save_artifact
+from broker_plugin.inference.errors import InferenceInputError
+from broker_plugin.inference.predictor import Predictor
+from broker_plugin.inference.preprocess import FluxNormalisation, collate
+from broker_plugin.records import Frame, StampFlag
+
+from .conftest import make_input, make_members
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    members = make_members("convention-small", count=3)
+    return Predictor(members, model_id="m", normalisation=FluxNormalisation(), device="cpu", max_batch_size=2)
+
+
+def test_ensemble_mean_and_spread_of_member_probabilities(predictor):
+    inp = make_input(20, 1)
+    (pred,) = predictor.predict([inp])
+    x, band = collate([inp], frames=21)
+    with torch.inference_mode():
+        member = np.stack([m(torch.from_numpy(x), torch.from_numpy(band)).softmax(-1)[0].numpy()
+                           for m in predictor.members])
+    np.testing.assert_allclose(pred.probabilities, member.mean(0), atol=1e-6)
+    np.testing.assert_allclose(pred.spread, member.std(0), atol=1e-6)
+    assert pred.probabilities.sum() == pytest.approx(1.0, abs=1e-5) and pred.spread.max() > 0
+    assert pred.n_frames == 20
+
+
+def test_micro_batches_of_different_lengths_match_one_by_one(predictor):
+    inputs = [make_input(n, 1, seed=n) for n in (130, 1, 17, 5, 99, 40)]
+    batched = predictor.predict(inputs)  # max_batch_size=2: three micro-batches, sorted by length
+    for inp, pred in zip(inputs, batched, strict=True):
+        (alone,) = predictor.predict([inp])
+        np.testing.assert_allclose(pred.probabilities, alone.probabilities, atol=1e-5)
+    assert [p.n_frames for p in batched] == [97, 1, 17, 5, 99, 40]
+
+
+def test_incremental_update_for_several_objects_matches_full(predictor):
+    inputs = [make_input(n, 1, seed=n) for n in (7, 12, 3)]
+    results = predictor.update([None, None, None], inputs)
+    full = predictor.predict(inputs)
+    for (pred, cache), ref, inp in zip(results, full, inputs, strict=True):
+        np.testing.assert_allclose(pred.probabilities, ref.probabilities, atol=1e-5)
+        assert cache.n_frames == len(inp)
+    (none, same), = predictor.update([results[0][1]], [inputs[0][:0]])
+    assert none is None and same is results[0][1]
+
+
+def test_empty_sequences_are_refused(predictor):
+    with pytest.raises(InferenceInputError):
+        predictor.predict([make_input(0, 1)])
+
+
+def test_from_artifact_and_frames(tmp_path):
+    members = make_members("convention-small", count=2)
+    save_artifact(tmp_path, members, normalisation=FluxNormalisation(), pixel_scale_arcsec=0.2,
+                  training_data_hash="x")
+    predictor = Predictor.from_artifact(tmp_path, expected_pixel_scale_arcsec=0.2, device="cpu")
+    rng = np.random.default_rng(0)
+    frames = [Frame(rng.normal(0, 100, (32, 32)).astype(np.float32), np.ones((32, 32), bool), StampFlag.NONE,
+                    band, 60000.0 + k, k) for k, band in enumerate("grizgr")]
+    (pred,) = predictor.predict_frames([frames])
+    direct = Predictor(members, model_id="x", normalisation=FluxNormalisation(), device="cpu")
+    (ref,) = direct.predict_frames([frames])
+    np.testing.assert_allclose(pred.probabilities, ref.probabilities, atol=1e-6)
+    assert predictor.class_names == ["AGN", "SNIa", "Variable", "SNOther"]
