@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--topic", required=True, help="topic to produce to")
     replay.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (default: the settings')")
     replay.add_argument("--rate", type=float, default=0.0, help="alerts per second (0: as fast as possible)")
+    replay.add_argument(
+        "--key-by-object", action="store_true", help="key messages by diaObjectId (per-object order kept)"
+    )
     inspect = commands.add_parser("inspect", help="one JSON line per alert: ids, band, stamp status")
     inspect.add_argument("path", type=Path, help="alert file, folder or tar archive")
     classify = commands.add_parser("classify", help="offline: the whole pipeline over alert files")
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         kafka = settings.kafka
         if args.bootstrap_servers:
             kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
-        sent = replay(args.path, args.topic, kafka, rate=args.rate)
+        sent = replay(args.path, args.topic, kafka, rate=args.rate, key_by_object=args.key_by_object)
         print(f"replayed {sent} alerts into {args.topic}")
         return 0
     if args.command == "inspect":

@@ -128,6 +128,12 @@ class ServiceMetrics:
             namespace=ns,
             registry=r,
         )
+        self.consumer_pauses = Counter(
+            "consumer_pauses_total",
+            "Times input partitions were paused by backpressure.",
+            namespace=ns,
+            registry=r,
+        )
         for reason in REJECTION_REASONS:
             self.alerts_rejected.labels(reason=reason)
         self.alerts_ignored.labels(reason="band_not_in_model")

@@ -3,9 +3,11 @@
 For every alert of a micro-batch: normalise its cutout (typed errors -> rejected, with the reason),
 ignore bands the model lacks, store the frame (idempotent by ``diaSourceId``), and, for every object
 that now has at least ``min_frames`` frames, classify it with incremental inference, batched across
-objects. An alert gets an output when its object had ``min_frames`` frames once its frame was stored
-(counting in time order); alerts of one object in one batch share the classification computed after all
-of them, which uses every frame known at that moment.
+objects. An alert gets an output when its frame is at least the ``min_frames``-th of its object in time
+order among the frames known when it is processed. The rank, not the arrival count, decides, so a
+redelivered alert gets the same decision as the first time (an early frame stays early). Alerts of one
+object in one batch share the classification computed after all of them, which uses every frame known
+at that moment.
 
 Incremental path: the object's cached tokens (see :mod:`broker_plugin.tracking`) are extended with the
 new frames only. The cache is used only when it provably describes every earlier frame: no redelivered
@@ -84,6 +86,7 @@ class _ObjectWork:
     added: AddResult | None = None
     track: ObjectTrack | None = None
     prediction: Prediction | None = None
+    ranks: dict[int, int] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -142,9 +145,12 @@ class Pipeline:
             work.setdefault(key, _ObjectWork(key, [])).items.append((inbound, frame))
         for item in work.values():
             item.items.sort(key=lambda pair: (pair[1].midpointMjdTai, pair[1].diaSourceId))
-            item.added = self._store.add_frames(item.key, [frame for _, frame in item.items])
-            result.frames_new += len(item.added.new)
-            result.frames_duplicate += len(item.items) - len(item.added.new)
+        # One durable transaction for the whole micro-batch (one fsync, not one per alert).
+        added = self._store.add_batch([(w.key, [frame for _, frame in w.items]) for w in work.values()])
+        for item, result_of_item in zip(work.values(), added, strict=True):
+            item.added = result_of_item
+            result.frames_new += len(result_of_item.new)
+            result.frames_duplicate += len(item.items) - len(result_of_item.new)
         classifiable = [
             w for w in work.values() if w.added is not None and w.added.n_frames >= self._min_frames
         ]
@@ -169,6 +175,9 @@ class Pipeline:
             track = ObjectTrack.from_bytes(blob, version) if blob is not None else None
             new_frames = [frame for _, frame in item.items if frame.diaSourceId in set(added.new)]
             if track is not None and self._cache_is_current(track, added, len(new_frames), len(item.items)):
+                # New frames all follow the stored ones: their ranks continue the stored count.
+                first = added.n_frames - len(new_frames) + 1
+                item.ranks = {f.diaSourceId: first + i for i, f in enumerate(new_frames)}
                 caches.append(track.cache)
                 inputs.append(self._predictor.preprocess(new_frames))
                 new_meta = [(f.midpointMjdTai, f.band) for f in new_frames]
@@ -176,15 +185,18 @@ class Pipeline:
                 item.track = ObjectTrack(track.cache, recent)
             else:
                 frames = self._store.frames(item.key)
+                item.ranks = {f.diaSourceId: i + 1 for i, f in enumerate(frames)}
                 caches.append(self._predictor.new_cache(self._predictor.preprocess(frames[:-1])))
                 inputs.append(self._predictor.preprocess(frames[-1:]))
                 recent = tuple((f.midpointMjdTai, f.band) for f in frames[-self._recent_keep :])
                 item.track = ObjectTrack(caches[-1], recent)
+        blobs = []
         for item, (prediction, cache) in zip(objects, self._predictor.update(caches, inputs), strict=True):
             assert item.track is not None  # noqa: S101 - set above
             item.prediction = prediction
             item.track = ObjectTrack(cache, item.track.recent)
-            self._store.put_cache(item.key, version, item.track.to_bytes())
+            blobs.append((item.key, version, item.track.to_bytes()))
+        self._store.put_caches(blobs)
 
     def _cache_is_current(self, track: ObjectTrack, added: AddResult, n_new: int, n_items: int) -> bool:
         if added.inserted_before_last or n_new != n_items or n_new == 0:
@@ -205,11 +217,10 @@ class Pipeline:
             for name, p, s in zip(names, probs, spread, strict=True)
         )
         predicted = names[int(np.argmax(probs))]
-        # Position of each alert's frame in the object's sequence, counted in time order.
-        n_before = added.n_frames - len(item.items)
         out = []
-        for position, (inbound, _frame) in enumerate(item.items, start=n_before + 1):
-            if position < self._min_frames:
+        for inbound, frame in item.items:
+            # A frame pruned from the store is older than max_frames others: ranked well past min_frames.
+            if item.ranks.get(frame.diaSourceId, self._max_frames) < self._min_frames:
                 continue
             alert = inbound.alert
             out.append((inbound.ref, Classification(

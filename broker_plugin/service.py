@@ -17,6 +17,7 @@ it finishes the queued batches, publishes, commits and closes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -137,6 +138,9 @@ class Service:
         worker = threading.Thread(target=self._work, name="pipeline-worker", daemon=True)
         worker.start()
         self._consumer.subscribe()
+        # Ready once in the group with the model loaded, partitions or not: a replica beyond the
+        # partition count is a warm standby, and a rollout must not wait for it to get a partition.
+        self._health.set_ready(True)
         wait_s = self._service.batch_max_wait_ms / 1000.0
         try:
             while not self._stop.is_set() and self._worker_error is None:
@@ -177,6 +181,7 @@ class Service:
     def _pause(self) -> None:
         if not self._consumer.paused:
             self._consumer.pause()
+            self._metrics.consumer_pauses.inc()
             self._metrics.partitions_paused.set(len(self._consumer.assignment))
             log.info("inference queue full: %d partitions paused", len(self._consumer.assignment))
 
@@ -204,13 +209,14 @@ class Service:
 
     def _on_assign(self, partitions: list[tuple[str, int]]) -> None:
         del partitions
-        self._health.set_ready(True)
 
     def _on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         """Before partitions go: let the worker finish what was polled from them, then commit it."""
-        del partitions
         self._queue.join()
         self._commit_ready()
+        for topic, partition in partitions:
+            with contextlib.suppress(KeyError):  # a partition whose lag was never observed
+                self._metrics.consumer_lag.remove(topic, str(partition))
 
     def _shutdown(self, worker: threading.Thread) -> None:
         self._queue.put(None)  # the worker finishes every queued batch first

@@ -4,7 +4,8 @@ Rubin alerts (records of Avro container files, or already-framed messages) are s
 with Confluent framing (0x00 + schema id of their writer version), no key, and a ``producer_timestamp``
 header [ms], like Rubin's own producer; ZTF alerts go one container file per message, like ZTF's. The
 alerts are sent in time order (``midpointMjdTai``, across all files), at ``--rate`` alerts/s or as fast as
-possible. The whole archive is held in memory to sort it: split very large archives.
+possible (optionally keyed by object, see :func:`replay`). The whole archive is held in memory to sort
+it: split very large archives.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ReplayMessage:
 
     midpointMjdTai: float
     value: bytes
+    diaObjectId: int | str = 0
 
 
 def collect_messages(path: Path, decoder: AlertDecoder) -> tuple[list[ReplayMessage], int]:
@@ -43,12 +45,12 @@ def collect_messages(path: Path, decoder: AlertDecoder) -> tuple[list[ReplayMess
         try:
             if not raw.startswith(CONTAINER_MAGIC):
                 (alert,) = decoder.decode_message(raw)  # already a framed Rubin message: send as is
-                messages.append(ReplayMessage(alert.midpointMjdTai, raw))
+                messages.append(ReplayMessage(alert.midpointMjdTai, raw, alert.diaObjectId))
                 continue
             records = list(iter_container(io.BytesIO(raw), full=True))
             if records and "candidate" in records[0][0]:  # ZTF: the whole file is the message
                 alert = record_to_alert(records[0][0])
-                messages.append(ReplayMessage(alert.midpointMjdTai, raw))
+                messages.append(ReplayMessage(alert.midpointMjdTai, raw, alert.diaObjectId))
                 continue
             for record, version in records:
                 if version not in rubin_versions:
@@ -56,7 +58,8 @@ def collect_messages(path: Path, decoder: AlertDecoder) -> tuple[list[ReplayMess
                         f"container schema {version or 'unknown'} is not a bundled Rubin version"
                     )
                 alert = record_to_alert(record, version)
-                messages.append(ReplayMessage(alert.midpointMjdTai, encode_rubin_message(record, version)))
+                value = encode_rubin_message(record, version)
+                messages.append(ReplayMessage(alert.midpointMjdTai, value, alert.diaObjectId))
         except AlertDecodeError as exc:
             unreadable += 1
             log.warning("skipping %s: %s", name, exc)
@@ -64,8 +67,15 @@ def collect_messages(path: Path, decoder: AlertDecoder) -> tuple[list[ReplayMess
     return messages, unreadable
 
 
-def replay(path: Path, topic: str, settings: KafkaSettings, rate: float = 0.0) -> int:
-    """Send the alerts under ``path`` to ``topic``; return how many were sent."""
+def replay(
+    path: Path, topic: str, settings: KafkaSettings, rate: float = 0.0, key_by_object: bool = False
+) -> int:
+    """Send the alerts under ``path`` to ``topic``; return how many were sent.
+
+    Like the surveys, messages carry no key and spread over the partitions, so a fast replay can
+    deliver one object's alerts out of order (live, visits are at least ~30 s apart). ``key_by_object``
+    keys them by ``diaObjectId``: one partition per object, in order.
+    """
     messages, unreadable = collect_messages(path, AlertDecoder(RubinSchemaStore()))
     producer = OutputProducer(settings, client_id="broker-plugin-replay")
     start = time.monotonic()
@@ -75,7 +85,8 @@ def replay(path: Path, topic: str, settings: KafkaSettings, rate: float = 0.0) -
             if delay > 0:
                 time.sleep(delay)
         stamp = str(time.time() * 1000).encode()
-        producer.produce(topic, message.value, headers=[("producer_timestamp", stamp)])
+        key = str(message.diaObjectId).encode() if key_by_object else None
+        producer.produce(topic, message.value, key=key, headers=[("producer_timestamp", stamp)])
     producer.flush()
     log.info("replayed %d alerts into %s (%d unreadable files skipped)", len(messages), topic, unreadable)
     return len(messages)

@@ -8,17 +8,37 @@ import threading
 
 from broker_plugin.config import Settings
 from broker_plugin.factory import build_parts, build_service
+from broker_plugin.service import Service
 
 log = logging.getLogger(__name__)
 
 
+class _StopSignal:
+    """SIGTERM/SIGINT handling installed before anything slow (model loading), so no signal is lost."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.service: Service | None = None
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        del frame
+        log.info("signal %d: finishing the current batches, then stopping", signum)
+        self.requested.set()
+        if self.service is not None:
+            self.service.stop()
+
+
 def run_service(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; exit status 0 on a clean stop, 1 after a fatal error."""
+    stop = _StopSignal()
     parts = build_parts(settings)
     service, server, _metrics = build_service(settings, parts)
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: service.stop())
+    stop.service = service
+    if stop.requested.is_set():
+        service.stop()
     if server is not None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics.host, server.port)
     log.info(

@@ -200,7 +200,8 @@ class IncrementalEngine:
             w = win[m]
             w[rows, length_t - 1] = tok
             if self._pad_tokens:
-                w[~valid] = self._pad_tokens[m]
+                # torch.where, not a boolean-mask assignment: the latter was a quarter of a step's time.
+                w = torch.where(valid.view(n, width, 1, 1, 1), w, self._pad_tokens[m])
             mask = None if self._pad_tokens else valid
             logits = net.forward_head(net.forward_blocks(w, mask), mask)
             probs.append(logits.float().softmax(dim=-1).cpu().numpy())

@@ -81,6 +81,14 @@ class StateStore(abc.ABC):
     def put_cache(self, key: str, model_version: str, blob: bytes) -> None:
         """Replace the object's cached token blob for this model version."""
 
+    def put_caches(self, items: Sequence[tuple[str, str, bytes]]) -> None:
+        """:meth:`put_cache` for several ``(key, model_version, blob)`` (one micro-batch).
+
+        Backends override this to write the batch in one transaction; this default writes one by one.
+        """
+        for key, model_version, blob in items:
+            self.put_cache(key, model_version, blob)
+
     @abc.abstractmethod
     def expire(self, idle_seconds: float) -> int:
         """Drop objects without a new frame for ``idle_seconds``; return how many were dropped."""

@@ -31,12 +31,18 @@ def create_topics(bootstrap: str, *topics: str, partitions: int = 4) -> None:
         future.result(timeout=30)
 
 
-def produce(bootstrap: str, topic: str, values: list[bytes], headers: list | None = None) -> None:
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    headers: list | None = None,
+    keys: list[bytes] | None = None,
+) -> None:
+    """Produce ``values`` (keyed by ``keys`` when given: one object's alerts then stay in order)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 10_000_000})
-    for value in values:
-        producer.produce(
-            topic, value=value, headers=headers or [("producer_timestamp", str(time.time() * 1000))]
-        )
+    for i, value in enumerate(values):
+        stamp = headers or [("producer_timestamp", str(time.time() * 1000))]
+        producer.produce(topic, value=value, key=keys[i] if keys else None, headers=stamp)
         producer.poll(0)
     assert producer.flush(30) == 0
 

@@ -31,7 +31,8 @@ def test_every_classifiable_alert_gets_one_output(
     running_service, kafka_settings: Settings, tmp_path: Path
 ) -> None:
     n, expected = write_stream(tmp_path)
-    assert replay(tmp_path, kafka_settings.kafka.input_topics[0], kafka_settings.kafka) == n
+    topic = kafka_settings.kafka.input_topics[0]
+    assert replay(tmp_path, topic, kafka_settings.kafka, key_by_object=True) == n
     outputs = read_all(
         kafka_settings.kafka.bootstrap_servers, kafka_settings.kafka.output_topic, len(expected)
     )

@@ -142,6 +142,14 @@ def test_cache_put_get_replace_and_model_versions(store: StateStore) -> None:
     assert store.get_cache("k", "m1") == blob
 
 
+def test_cache_batch_writes_like_single_writes(store: StateStore) -> None:
+    store.add_batch([("a", [make_frame(1, 1.0)]), ("b", [make_frame(2, 1.0)])])
+    store.put_caches([("a", "m1", b"A1"), ("b", "m1", b"B1"), ("ghost", "m1", b"G")])
+    store.put_caches([("a", "m1", b"A2")])
+    assert (store.get_cache("a", "m1"), store.get_cache("b", "m1")) == (b"A2", b"B1")
+    assert store.get_cache("ghost", "m1") is None
+
+
 def test_cache_of_unknown_object_is_not_kept(store: StateStore) -> None:
     store.put_cache("never-stored", "m1", b"x")
     assert store.get_cache("never-stored", "m1") is None
