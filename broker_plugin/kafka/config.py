@@ -11,6 +11,8 @@ def _common(settings: KafkaSettings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "security.protocol": settings.security_protocol.lower(),
+        # Idle connections closed by the broker are normal; librdkafka's notice about each is noise.
+        "log.connection.close": False,
     }
     if "SASL" in settings.security_protocol:
         config["sasl.mechanism"] = settings.sasl_mechanism

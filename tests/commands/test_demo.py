@@ -1,18 +1,21 @@
+"""The demo end to end: embedded broker, bundled alerts, service, summary (here with the test model)."""
+
 import io
 
-from broker_plugin.commands.demo import generate_messages, run_demo
+import pytest
+
+from broker_plugin.commands.demo import DEMO_DATA, run_demo
 from broker_plugin.config import Settings
 
 
-def test_demo_decodes_every_generated_alert_and_types_every_broken_one(settings: Settings) -> None:
+@pytest.mark.integration
+def test_demo_processes_every_bundled_alert(service_settings: Settings) -> None:
     out = io.StringIO()
-    assert run_demo(settings, out) == 0
+    assert run_demo(service_settings, out) == 0
     text = out.getvalue()
-    assert "ok                   300" in text
-    assert "point source on the frame centre: 300 of 300" in text
-    for reason in ("wrong_magic_byte", "unknown_schema", "truncated"):
-        assert reason in text
-
-
-def test_generated_messages_are_seeded() -> None:
-    assert generate_messages(3, seed=5) == generate_messages(3, seed=5)
+    assert len(list(DEMO_DATA.glob("*.avro"))) > 10
+    assert "alerts in:" in text and "TIMED OUT" not in text
+    assert "objects classified: 12 of 12" in text
+    assert "dead letters:            0" in text
+    assert "metrics at http://127.0.0.1:" in text
+    assert "accuracy, latest output per object:" in text and "latency (produce -> publish): p50" in text
