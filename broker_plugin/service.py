@@ -123,6 +123,11 @@ class Service:
 
     # ---- consumer thread -------------------------------------------------------------------------------
 
+    @property
+    def assignment(self) -> set[tuple[str, int]]:
+        """Input partitions this instance currently owns."""
+        return self._consumer.assignment
+
     def stop(self) -> None:
         """Ask the service to finish what it holds and exit (safe from signal handlers and other threads)."""
         self._stop.set()

@@ -1,0 +1,191 @@
+"""End-to-end service benchmark through the embedded Kafka-compatible broker.
+
+Usage: ``python benchmarks/bench_service.py [--nets convention-small convention-paper] [--alerts 3000]
+[--rate 300] [--seconds 20] [--out benchmarks/results/service_cpu.json]``
+
+For each net (random weights: the cost is the architecture's, not the training's; one ensemble member):
+
+- *throughput*: the service is running and has its partitions; ``--alerts`` Rubin alerts (cutouts 30..80
+  px at random rotations, objects of 6 epochs, interleaved) are produced as fast as possible, and the
+  time until every offset is committed gives alerts/s end to end (decode, normalise, store, infer,
+  publish, commit);
+- *latency*: alerts are produced at a fixed ``--rate`` for ``--seconds``; latency is publication time
+  minus the alert's ``producer_timestamp``, p50/p99 over every classification.
+
+Everything runs on this machine: broker, producer and service share its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from confluent_kafka import Producer
+
+from broker_plugin import __version__
+from broker_plugin.config import Settings
+from broker_plugin.factory import build_parts, build_service
+from broker_plugin.inference import create_net
+from broker_plugin.inference.artifact import save_artifact
+from broker_plugin.inference.preprocess import FluxNormalisation
+from broker_plugin.kafka.admin import committed_total, create_topics, read_topic
+from broker_plugin.kafka.embedded import EmbeddedBroker
+from broker_plugin.serde.classifications import decode_classification
+from broker_plugin.serde.rubin import encode_rubin_message, rubin_alert_record
+from broker_plugin.serde.schemas import latest_rubin_version
+from broker_plugin.stamps import RubinCutoutGeometry, write_rubin_cutout
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 6
+
+
+def make_alerts(n: int, seed: int, first_object: int) -> list[tuple[bytes, bytes]]:
+    """``n`` (key, framed alert) of objects with ``EPOCHS`` epochs each, interleaved by epoch."""
+    rng = np.random.default_rng(seed)
+    version = latest_rubin_version()
+    cutouts = []
+    for _ in range(64):  # distinct cutout bytes, reused: rendering is not what is measured
+        size = int(rng.integers(30, 81))
+        geometry = RubinCutoutGeometry(size=size, rotation_deg=float(rng.uniform(0, 360)))
+        east, north = geometry.sky_offsets()
+        image = 500 * np.exp(-(east**2 + north**2) / 0.2) + rng.normal(0, 5, (size, size))
+        cutouts.append(write_rubin_cutout(image, np.full((size, size), 25.0), geometry, 10.0, -5.0))
+    objects = max(1, n // EPOCHS)
+    out = []
+    for k in range(n):
+        obj, epoch = first_object + k % objects, k // objects
+        record = rubin_alert_record(
+            version, diaSourceId=obj * 100 + epoch, diaObjectId=obj, midpointMjdTai=60_000.0 + 2 * epoch,
+            band="ugriz"[epoch % 5], ra=10.0, dec=-5.0, psfFlux=100.0, psfFluxErr=5.0,
+            cutoutDifference=cutouts[k % len(cutouts)],
+        )  # fmt: skip
+        out.append((str(obj).encode(), encode_rubin_message(record, version)))
+    return out
+
+
+def artifact(directory: Path, net: str) -> Path:
+    torch.manual_seed(0)
+    save_artifact(directory, [create_net(net).eval()], normalisation=FluxNormalisation(),
+                  pixel_scale_arcsec=0.4, training_data_hash="benchmark-random-weights")  # fmt: skip
+    return directory
+
+
+def settings_for(bootstrap: str, model: Path, state: Path, topic: str) -> Settings:
+    base = Settings(_env_file=None)
+    return base.model_copy(update={
+        "kafka": base.kafka.model_copy(update={
+            "bootstrap_servers": bootstrap, "input_topics": [topic], "output_topic": f"{topic}-out",
+            "dead_letter_topic": f"{topic}-dead", "group_id": f"{topic}-group", "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000, "fetch_wait_max_ms": 10}),
+        "model": base.model.model_copy(update={"artifact": model, "device": "cpu", "min_frames": 3}),
+        "state": base.state.model_copy(update={"url": f"sqlite:///{state}"}),
+        "metrics": base.metrics.model_copy(update={"enabled": False}),
+        "service": base.service.model_copy(update={"batch_max_wait_ms": 20}),
+    })  # fmt: skip
+
+
+class Running:
+    def __init__(self, settings: Settings) -> None:
+        self.parts = build_parts(settings)
+        self.service, _, _ = build_service(settings, self.parts)
+        self.thread = threading.Thread(target=self.service.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.service.assignment and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.service.stop()
+        self.thread.join(timeout=60)
+        self.parts.close()
+
+
+def produce(bootstrap: str, topic: str, alerts: list[tuple[bytes, bytes]], rate: float = 0.0) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "log.connection.close": False})
+    start = time.monotonic()
+    for i, (key, value) in enumerate(alerts):
+        if rate:
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        stamp = str(time.time() * 1000).encode()
+        producer.produce(topic, value=value, key=key, headers=[("producer_timestamp", stamp)])
+        producer.poll(0)
+    producer.flush(60)
+
+
+def measure(net: str, bootstrap: str, tmp: Path, n: int, rate: float, seconds: float) -> dict:
+    model = artifact(tmp / net, net)
+    topic = f"bench-{net}"
+    create_topics(bootstrap, [topic, f"{topic}-out", f"{topic}-dead"])
+    settings = settings_for(bootstrap, model, tmp / f"{net}.db", topic)
+    alerts = make_alerts(n, seed=1, first_object=1_000)
+    running = Running(settings)
+    start = time.monotonic()
+    produce(bootstrap, topic, alerts)
+    while committed_total(bootstrap, settings.kafka.group_id, topic) < n and time.monotonic() - start < 900:
+        time.sleep(0.2)
+    elapsed = time.monotonic() - start
+    running.stop()
+
+    topic2 = f"bench-{net}-rate"
+    create_topics(bootstrap, [topic2, f"{topic2}-out", f"{topic2}-dead"])
+    settings2 = settings_for(bootstrap, model, tmp / f"{net}-rate.db", topic2)
+    paced = make_alerts(int(rate * seconds), seed=2, first_object=500_000)
+    running = Running(settings2)
+    produce(bootstrap, topic2, paced, rate=rate)
+    deadline = time.monotonic() + 120
+    while (
+        committed_total(bootstrap, settings2.kafka.group_id, topic2) < len(paced)
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    running.stop()
+    outputs = [decode_classification(m.value()) for m in read_topic(bootstrap, f"{topic2}-out")]
+    latency = (
+        np.array([o.publishTimestamp - o.alertTimestamp for o in outputs if o.alertTimestamp], float) / 1e3
+    )
+    return {
+        "net": net,
+        "parameters": sum(p.numel() for p in create_net(net).parameters()),
+        "throughput": {"alerts": n, "seconds": round(elapsed, 2), "alerts_per_second": round(n / elapsed, 1)},
+        "latency_at_rate": {
+            "rate_alerts_per_second": rate, "alerts": len(paced), "classifications": len(outputs),
+            "p50_s": round(float(np.percentile(latency, 50)), 3) if latency.size else None,
+            "p99_s": round(float(np.percentile(latency, 99)), 3) if latency.size else None,
+        },
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", nargs="+", default=["convention-small", "convention-paper"])
+    parser.add_argument("--alerts", type=int, default=3000)
+    parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service_cpu.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    results = []
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        for net in args.nets:
+            results.append(
+                measure(net, broker.bootstrap_servers, Path(tmp), args.alerts, args.rate, args.seconds)
+            )
+            print(json.dumps(results[-1]), flush=True)
+    report = {"benchmark": "service end to end (embedded broker)", "plugin_version": __version__,
+              "machine": {"cpu": platform.machine(), "python": platform.python_version(),
+                          "torch": torch.__version__, "cores": 2}, "results": results}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
