@@ -53,7 +53,9 @@ def run_alerts(config: TrainConfig, args: argparse.Namespace) -> int:
 
     config = _simulation_config(config, args)
     out = Path(args.out or Path(config.data_dir) / "alerts")
-    summary = write_alerts(config.simulation, out, max_objects=args.objects, per_class=args.per_class)
+    summary = write_alerts(
+        config.simulation, out, max_objects=args.objects, per_class=args.per_class, min_alerts=args.min_alerts
+    )
     print(f"wrote {summary['n_alerts']} alerts of {summary['n_objects']} objects into {out}")
     return 0
 
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     alerts = stage("alerts", run_alerts, "write simulated objects as Rubin alert files + truth table")
     alerts.add_argument("--objects", type=int, default=None, help="At most this many objects.")
     alerts.add_argument("--per-class", type=int, default=None, help="At most this many objects per class.")
+    alerts.add_argument("--min-alerts", type=int, default=0, help="Skip objects with fewer alerts.")
     return parser
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from train.recipe_config import TrainingSection
 
 #: The four classes of the paper, in the order of the model's outputs.
 CLASSES: tuple[str, ...] = ("AGN", "SNIa", "Variable", "SNOther")
@@ -139,15 +142,45 @@ class TrainConfig(_Strict):
     name: str = Field("default", description="Name of this configuration (recorded in outputs).")
     data_dir: str = Field("data/sim", description="Where ``simulate`` writes the dataset.")
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    training: TrainingSection = Field(default_factory=TrainingSection)
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word is a string
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``--dotted.key=value`` overrides (values in TOML syntax; bare words are strings).
+
+    Raises
+    ------
+    ValueError
+        For an argument that is not ``--key=value``.
+    """
+    for item in overrides:
+        key, sep, value = item.removeprefix("--").partition("=")
+        if not item.startswith("--") or not sep or not key:
+            raise ValueError(f"expected --dotted.key=value, got {item!r}")
+        *parents, leaf = key.replace("-", "_").split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _parse_value(value)
+    return data
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read and validate a TOML config file.
 
     Parameters
     ----------
     path
         The file.
+    overrides
+        ``--dotted.key=value`` items applied on top of the file (see :func:`apply_overrides`).
 
     Returns
     -------
@@ -155,4 +188,5 @@ def load_config(path: str | Path) -> TrainConfig:
         The validated configuration (defaults fill what the file leaves out).
     """
     with Path(path).open("rb") as handle:
-        return TrainConfig.model_validate(tomllib.load(handle))
+        data = tomllib.load(handle)
+    return TrainConfig.model_validate(apply_overrides(data, overrides))

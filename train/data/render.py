@@ -143,7 +143,7 @@ def render(
         model += sci - scene.evaluate(tmpl, east, north, area)
         science += sci
     # Sky + read noise from the depth: sigma_flux(PSF fit) = F5 / 5 = sigma_pix sqrt(A_eff) / pixel.
-    a_eff = scene.effective_area(np.sqrt(fwhm**2 + 0.0), w)
+    a_eff = scene.effective_area(fwhm, w, pix_var)
     sigma_pix = mag_to_njy(ep.m5[sel]) / 5.0 / np.sqrt(a_eff) * pixel_scale
     sky = mag_to_njy(ep.sky_mag[sel]) * area
     gain = sigma_pix**2 / sky  # nJy per photo-electron: the sky's Poisson variance equals sigma_pix^2

@@ -60,9 +60,14 @@ def psf_components(fwhm_arcsec: np.ndarray, wing_weight: float) -> tuple[np.ndar
     return weights, np.stack([sigma**2, (WING_RATIO * sigma) ** 2], axis=-1)
 
 
-def effective_area(fwhm_arcsec: np.ndarray, wing_weight: float) -> np.ndarray:
-    """Noise-equivalent area ``1 / int PSF^2`` [arcsec^2] (sets the point-source depth)."""
+def effective_area(fwhm_arcsec: np.ndarray, wing_weight: float, extra_var: float = 0.0) -> np.ndarray:
+    """Noise-equivalent area ``1 / int PSF^2`` [arcsec^2] (sets the point-source depth).
+
+    ``extra_var`` [arcsec^2] is added to every component (pixel integration: the depth is that of the
+    pixelated PSF a fit actually uses).
+    """
     w, v = psf_components(fwhm_arcsec, wing_weight)
+    v = v + extra_var
     total = np.zeros(np.shape(fwhm_arcsec))
     for i in range(2):
         for j in range(2):
@@ -91,7 +96,12 @@ def sersic_mixture(n: float, n_components: int = 8) -> tuple[np.ndarray, np.ndar
     # Weight by r: the fit matches the flux in annuli rather than the (cuspy) central surface brightness.
     weight = np.sqrt(r)[:, None]
     amplitudes, _ = optimize.nnls(basis * weight, target * weight[:, 0])
-    return amplitudes / amplitudes.sum(), variances
+    amplitudes = amplitudes / amplitudes.sum()
+    # Rescale so that r_e is exactly the half-light radius of the mixture (of the truncated profile).
+    half = optimize.brentq(
+        lambda r: (amplitudes * (1 - np.exp(-0.5 * r * r / variances))).sum() - 0.5, 1e-3, 10.0
+    )
+    return amplitudes, variances / half**2
 
 
 def merge_unresolved(

@@ -1,0 +1,189 @@
+"""The simulated objects as Rubin alerts: Avro container files ordered by time, plus a truth table.
+
+Each epoch whose forced PSF flux is significant (``|psfFlux / psfFluxErr| >= alerts.min_snr``, as
+Rubin alerts on DIA sources above 5 sigma) becomes one alert of the latest bundled ``lsst.v*.alert``
+schema. Its ``cutoutDifference`` is rendered the way Rubin delivers it: 0.2"/px, the detector's
+orientation at that visit (a fresh rotation every time), a side of 30..102 px following an exponential
+size distribution, and written by :func:`broker_plugin.stamps.write_rubin_cutout` (CCDData FITS in nJy
+with variance, PSF and the local linear CD WCS without CTYPE). The alerts of all objects are merged in
+time and written one container file per night (``alerts-<MJD night>.avro``); ``truth.csv`` maps
+``diaObjectId`` to its class.
+
+All alerts are held in memory before the time sort: meant for replay sets of up to a few thousand
+objects (use ``--objects`` / ``--per-class``), not for the whole training set.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from broker_plugin.records import BANDS
+from broker_plugin.serde.files import write_alert_container
+from broker_plugin.serde.rubin import rubin_alert_record
+from broker_plugin.serde.schemas import latest_rubin_version
+from broker_plugin.stamps import RubinCutoutGeometry, write_rubin_cutout
+from train.config import CLASSES, SimulationConfig
+from train.data import scene
+from train.data.cadence import Survey
+from train.data.population import SimObject, catalogue, make_object
+from train.data.render import Conditions, add_artefacts, psf_photometry, render
+
+TRUTH_COLUMNS = (
+    "diaObjectId",
+    "class",
+    "true_class",
+    "subtype",
+    "confirmed",
+    "pool",
+    "redshift",
+    "period",
+    "n_alerts",
+)
+#: Side of the PSF image stored with each cutout [pixels].
+PSF_SIDE = 25
+
+
+def _psf_image(fwhm: float, wing: float, pixel_scale: float) -> np.ndarray:
+    geom = RubinCutoutGeometry(PSF_SIDE, pixel_scale)
+    east, north = (o.ravel()[None, :] for o in geom.sky_offsets())
+    w, v = scene.psf_components(np.array([fwhm]), wing)
+    zero = np.zeros((1, 1))
+    comps = scene.convolve_profile(np.ones((1, 1)), (zero, zero), (zero,) * 3, v, w, pixel_scale**2 / 12.0)
+    img = scene.evaluate(comps, east, north, pixel_scale**2).reshape(PSF_SIDE, PSF_SIDE)
+    return img / img.sum()
+
+
+def object_alerts(obj: SimObject, config: SimulationConfig, version: str) -> list[dict[str, Any]]:
+    """Alert records of one object (its significant, non-blank epochs)."""
+    cfg, rcfg = config.alerts, config.render
+    e = obj.entry
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, e.index, 2]))
+    n = len(obj.epochs)
+    cond = Conditions.draw(rng, n, rcfg)
+    object_id = cfg.first_object_id + e.index
+    lo, hi = cfg.size_range
+    records = []
+    for i in range(n):
+        size = int(min(hi, lo + rng.exponential(cfg.size_scale)))
+        centre = (size - 1) / 2.0
+        geom = RubinCutoutGeometry(
+            size,
+            cfg.pixel_scale_arcsec,
+            float(rng.uniform(0.0, 360.0)),
+            (centre + rng.uniform(-0.5, 0.5), centre + rng.uniform(-0.5, 0.5)),
+        )
+        if obj.epochs.missing[i]:
+            continue
+        east, north = (o.ravel()[None, :] for o in geom.sky_offsets())
+        sel = np.array([i])
+        image, variance, _, psf = render(obj, sel, east, north, cfg.pixel_scale_arcsec, cond, rcfg, rng)
+        flux, err = psf_photometry(image, variance, psf)
+        if abs(flux[0] / err[0]) < cfg.min_snr:
+            continue
+        img = image.reshape(size, size)
+        add_artefacts(img, False, rcfg, rng)
+        cutout = write_rubin_cutout(
+            img,
+            variance.reshape(size, size),
+            geom,
+            obj.ra,
+            obj.dec,
+            psf=_psf_image(float(obj.epochs.fwhm[i]), rcfg.psf_wing_weight, cfg.pixel_scale_arcsec),
+        )
+        records.append(
+            rubin_alert_record(
+                version,
+                diaSourceId=cfg.first_object_id + 10_000_000 + e.index * 1000 + i,
+                diaObjectId=object_id,
+                midpointMjdTai=float(obj.epochs.mjd[i]),
+                band=str(obj.epochs.band[i]),
+                ra=obj.ra,
+                dec=obj.dec,
+                psfFlux=float(flux[0]),
+                psfFluxErr=float(err[0]),
+                cutoutDifference=cutout,
+            )
+        )
+    return records
+
+
+def write_alerts(
+    config: SimulationConfig,
+    out_dir: str | Path,
+    max_objects: int | None = None,
+    per_class: int | None = None,
+    min_alerts: int = 0,
+) -> dict[str, Any]:
+    """Write the alerts and truth table of (some of) the simulated objects.
+
+    Parameters
+    ----------
+    config
+        Simulation settings (the same objects as ``simulate`` makes from this config and seed).
+    out_dir
+        Output folder: ``alerts-<night>.avro`` files and ``truth.csv``.
+    max_objects, per_class
+        Limit the objects (first ones of the catalogue, optionally this many per class).
+    min_alerts
+        Skip objects with fewer alerts (a replay set whose objects all have sequences).
+    min_alerts
+        Skip objects with fewer alerts (a replay set whose objects all have sequences).
+
+    Returns
+    -------
+    dict
+        ``n_objects``, ``n_alerts``, ``files`` and the schema ``version``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    version = config.alerts.schema_version or latest_rubin_version()
+    survey = Survey(config.survey, config.seed)
+    records, truth = [], []
+    taken = dict.fromkeys(CLASSES, 0)
+    for entry in catalogue(config):
+        if max_objects is not None and len(truth) >= max_objects:
+            break
+        if per_class is not None and taken[entry.label] >= per_class:
+            continue
+        obj = make_object(config, survey, entry)
+        alerts = object_alerts(obj, config, version)
+        if len(alerts) < min_alerts:
+            continue
+        taken[entry.label] += 1
+        records += alerts
+        truth.append(
+            {
+                "diaObjectId": config.alerts.first_object_id + entry.index,
+                "class": entry.label,
+                "true_class": obj.true_class,
+                "subtype": obj.subtype,
+                "confirmed": entry.confirmed,
+                "pool": entry.pool,
+                "redshift": obj.redshift,
+                "period": obj.period,
+                "n_alerts": len(alerts),
+            }
+        )
+    records.sort(key=lambda r: (r["diaSource"]["midpointMjdTai"], r["diaSource"]["diaSourceId"]))
+    nights: dict[int, list[dict[str, Any]]] = {}
+    for r in records:
+        nights.setdefault(int(r["diaSource"]["midpointMjdTai"]), []).append(r)
+    files = []
+    for night, batch in sorted(nights.items()):
+        path = out / f"alerts-{night}.avro"
+        with path.open("wb") as handle:
+            write_alert_container(handle, batch, version)
+        files.append(path.name)
+    with (out / "truth.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=TRUTH_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in truth:
+            writer.writerow(
+                {k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+            )
+    assert set(BANDS) >= {r["diaSource"]["band"] for r in records}  # noqa: S101 - internal invariant
+    return {"n_objects": len(truth), "n_alerts": len(records), "files": files, "version": version}
