@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
 import pytest
 
 from broker_plugin.config import Settings, StampSettings
@@ -55,3 +60,33 @@ def service_settings(settings: Settings, model_artifact, tmp_path) -> Settings:
         "model": settings.model.model_copy(update=model),
         "state": settings.state.model_copy(update={"url": f"sqlite:///{tmp_path / 'state.db'}"}),
     })  # fmt: skip
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return (
+            subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False).returncode == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Order of choice (DESIGN.md section 6): KAFKA_BOOTSTRAP_SERVERS, testcontainers Kafka, Tansu."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    from broker_plugin.kafka.embedded import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers

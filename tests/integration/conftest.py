@@ -1,10 +1,7 @@
-"""A real Kafka-protocol broker for the session: a configured cluster, a Docker Kafka, or Tansu."""
+"""Fixtures for tests against a real Kafka-protocol broker (the broker itself: ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -12,36 +9,7 @@ import pytest
 
 from broker_plugin.config import Settings
 from broker_plugin.factory import build_parts, build_service
-from broker_plugin.kafka.embedded import EmbeddedBroker
 from tests.integration.support import FAST_GROUP, create_topics, unique
-
-
-def _docker_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return (
-            subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False).returncode == 0
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Order of choice (DESIGN.md section 6): KAFKA_BOOTSTRAP_SERVERS, testcontainers Kafka, Tansu."""
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        yield configured
-        return
-    if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer().with_kraft() as container:
-            yield container.get_bootstrap_server()
-        return
-    with EmbeddedBroker() as broker:
-        yield broker.bootstrap_servers
 
 
 @pytest.fixture
