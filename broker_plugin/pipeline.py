@@ -173,7 +173,8 @@ class Pipeline:
             assert added is not None  # noqa: S101 - set by process() for every classifiable object
             blob = self._store.get_cache(item.key, version)
             track = ObjectTrack.from_bytes(blob, version) if blob is not None else None
-            new_frames = [frame for _, frame in item.items if frame.diaSourceId in set(added.new)]
+            new_ids = set(added.new)
+            new_frames = [frame for _, frame in item.items if frame.diaSourceId in new_ids]
             if track is not None and self._cache_is_current(track, added, len(new_frames), len(item.items)):
                 # New frames all follow the stored ones: their ranks continue the stored count.
                 first = added.n_frames - len(new_frames) + 1
