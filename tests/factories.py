@@ -57,6 +57,24 @@ def rubin_cutout_bytes(
     return write_rubin_cutout(image, np.ones((size, size)), geometry, 150.0, 2.0)
 
 
+def rubin_record(
+    version: str = "11.1",
+    *,
+    diaSourceId: int = 1,
+    diaObjectId: int | None = 2,
+    midpointMjdTai: float = 60_000.0,
+    band: str = "g",
+    cutout: bytes | None = b"x",
+    psfFlux: float | None = 1.0,
+) -> dict:
+    """A complete alert record of Rubin schema ``version`` (ra 1.0, dec 2.0)."""
+    return rubin_alert_record(
+        version, diaSourceId=diaSourceId, diaObjectId=diaObjectId, midpointMjdTai=midpointMjdTai, band=band,
+        ra=1.0, dec=2.0, psfFlux=psfFlux, psfFluxErr=None if psfFlux is None else 0.1,
+        cutoutDifference=cutout,
+    )  # fmt: skip
+
+
 def rubin_message(
     version: str = "11.1",
     diaSourceId: int = 101,

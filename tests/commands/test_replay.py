@@ -7,15 +7,13 @@ from broker_plugin.commands.replay import collect_messages, replay
 from broker_plugin.config import KafkaSettings
 from broker_plugin.serde.alerts import AlertDecoder
 from broker_plugin.serde.files import write_alert_container
-from broker_plugin.serde.rubin import rubin_alert_record
 from broker_plugin.serde.schemas import RubinSchemaStore
-from tests.factories import ZTF_GOLDEN
+from tests.factories import ZTF_GOLDEN, rubin_record
 
 
 def rubin_archive(path: Path, n: int) -> None:
     records = [
-        rubin_alert_record("11.1", diaSourceId=i, diaObjectId=5, midpointMjdTai=60_010.0 - i, band="g",
-                           ra=1.0, dec=2.0, psfFlux=1.0, psfFluxErr=0.1, cutoutDifference=b"fits")
+        rubin_record(diaSourceId=i, diaObjectId=5, midpointMjdTai=60_010.0 - i, cutout=b"fits")
         for i in range(n)
     ]  # fmt: skip
     with path.open("wb") as handle:

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+
+from broker_plugin.kafka import admin
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Client settings that tame the test broker's quirks (see kafka-testing.md).
@@ -23,12 +24,7 @@ def unique(name: str) -> str:
 
 
 def create_topics(bootstrap: str, *topics: str, partitions: int = 4) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics]
-    )
-    for future in futures.values():
-        future.result(timeout=30)
+    admin.create_topics(bootstrap, list(topics), partitions)
 
 
 def produce(
@@ -70,13 +66,8 @@ def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0,
     return out
 
 
-def committed(bootstrap: str, group: str, topic: str, partitions: int = 4) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-    finally:
-        consumer.close()
-    return sum(max(0, tp.offset) for tp in offsets)
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    return admin.committed_total(bootstrap, group, topic)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:

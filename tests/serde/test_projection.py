@@ -7,25 +7,15 @@ from broker_plugin import exceptions as exc
 from broker_plugin.serde.alerts import AlertDecoder, iter_container
 from broker_plugin.serde.files import write_alert_container
 from broker_plugin.serde.projection import HISTORY_FIELDS, project
-from broker_plugin.serde.rubin import rubin_alert_record
 from broker_plugin.serde.schemas import load_bundled_schema
-from tests.factories import ZTF_GOLDEN
+from tests.factories import ZTF_GOLDEN, rubin_record
 
 
 def records(n: int, history: int = 3) -> list[dict]:
     out = []
     for i in range(n):
-        rec = rubin_alert_record(
-            "11.1",
-            diaSourceId=i,
-            diaObjectId=1,
-            midpointMjdTai=60_000.0 + i,
-            band="g",
-            ra=1.0,
-            dec=2.0,
-            psfFlux=5.0,
-            psfFluxErr=1.0,
-            cutoutDifference=b"c%d" % i,
+        rec = rubin_record(
+            diaSourceId=i, diaObjectId=1, midpointMjdTai=60_000.0 + i, cutout=b"c%d" % i, psfFlux=5.0
         )
         rec["prvDiaSources"] = [dict(rec["diaSource"], diaSourceId=1000 + k) for k in range(history)]
         out.append(rec)

@@ -7,9 +7,9 @@ from broker_plugin import exceptions as exc
 from broker_plugin.records import Survey
 from broker_plugin.serde.alerts import AlertDecoder
 from broker_plugin.serde.files import write_alert_container
-from broker_plugin.serde.rubin import encode_rubin_message, rubin_alert_record
+from broker_plugin.serde.rubin import encode_rubin_message
 from broker_plugin.serde.schemas import bundled_rubin_versions, load_bundled_schema, schema_id_of
-from tests.factories import rubin_cutout_bytes, rubin_message
+from tests.factories import rubin_cutout_bytes, rubin_message, rubin_record
 
 VERSIONS = bundled_rubin_versions()
 
@@ -37,18 +37,7 @@ def test_round_trip_every_schema_version(version: str, decoder: AlertDecoder) ->
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_record_validates_against_its_writer_schema(version: str) -> None:
-    record = rubin_alert_record(
-        version,
-        diaSourceId=1,
-        diaObjectId=2,
-        midpointMjdTai=1.0,
-        band="g",
-        ra=0.0,
-        dec=0.0,
-        psfFlux=None,
-        psfFluxErr=None,
-        cutoutDifference=None,
-    )
+    record = rubin_record(version, psfFlux=None, cutout=None)
     assert fastavro.validate(record, load_bundled_schema(version).parsed)
 
 
@@ -80,37 +69,14 @@ def test_bundled_sample_alert_decodes_with_its_version(version: str, decoder: Al
 
 
 def test_solar_system_source_without_dia_object_is_a_typed_error(decoder: AlertDecoder) -> None:
-    record = rubin_alert_record(
-        "11.1",
-        diaSourceId=1,
-        diaObjectId=None,
-        midpointMjdTai=1.0,
-        band="g",
-        ra=0.0,
-        dec=0.0,
-        psfFlux=None,
-        psfFluxErr=None,
-        cutoutDifference=None,
-    )
+    record = rubin_record(diaObjectId=None, psfFlux=None, cutout=None)
     with pytest.raises(exc.MissingFieldError, match="diaObjectId"):
         decoder.decode_message(encode_rubin_message(record, "11.1"))
 
 
 def test_container_file_of_rubin_alerts(decoder: AlertDecoder) -> None:
     records = [
-        rubin_alert_record(
-            "11.1",
-            diaSourceId=i,
-            diaObjectId=9,
-            midpointMjdTai=60_000.0 + i,
-            band="z",
-            ra=1.0,
-            dec=2.0,
-            psfFlux=1.0,
-            psfFluxErr=0.1,
-            cutoutDifference=b"x",
-        )
-        for i in range(5)
+        rubin_record(diaSourceId=i, diaObjectId=9, midpointMjdTai=60_000.0 + i, band="z") for i in range(5)
     ]
     buffer = io.BytesIO()
     write_alert_container(buffer, records, "11.1")
