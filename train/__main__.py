@@ -3,7 +3,7 @@
 Stages are subcommands; each reads the sections of the TOML config it needs. Implemented: ``simulate``
 (the labelled image-time-series dataset, optionally ``--preview`` PNGs) and ``alerts`` (the simulated
 objects as Rubin alert files plus a truth table). ``pretrain``, ``finetune``, ``ensemble``, ``evaluate``,
-``export`` and ``all`` register here as they land.
+``export`` and ``all`` (:mod:`train.stages`); ``--dotted.key=value`` arguments override the config.
 """
 
 from __future__ import annotations
@@ -80,14 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--objects", type=int, default=None, help="At most this many objects.")
     alerts.add_argument("--per-class", type=int, default=None, help="At most this many objects per class.")
     alerts.add_argument("--min-alerts", type=int, default=0, help="Skip objects with fewer alerts.")
+    from train.stages import register
+
+    register(stage)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = build_parser().parse_args(argv)
-    return int(args.func(load_config(args.config), args))
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        config = load_config(args.config, overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return int(args.func(config, args))
 
 
 if __name__ == "__main__":

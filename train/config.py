@@ -8,8 +8,8 @@ so that a typo in a config file fails loudly instead of silently using a default
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator

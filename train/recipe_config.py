@@ -28,7 +28,7 @@ class DataSection(_Strict):
 
     dataset: str | None = Field(None, description="Dataset folder; None: the config's data_dir.")
     bands: tuple[str, ...] | None = Field(None, description="Keep only frames in these bands (g-only runs).")
-    folds: int = Field(5, ge=2, description="Folds over unique confirmed (transfer-pool) objects.")
+    folds: int = Field(5, ge=3, description="Folds over unique confirmed (transfer-pool) objects.")
     seeds: int = Field(3, ge=1, description="Independently initialised members per fold.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Pretrain-pool objects kept for validation.")
     limit_per_class: int | None = Field(None, ge=1, description="Use at most this many objects per class.")
@@ -44,6 +44,10 @@ class PretrainSection(_Strict):
     weight_decay: float = Field(0.3, ge=0, description="AdamW weight decay.")
     amsgrad: bool = Field(True, description="AdamW amsgrad.")
     focal_gamma: float = Field(2.0, ge=0, description="Focal-loss exponent (per sample).")
+    class_weight_power: float = Field(
+        1.0, ge=0, description="Focal-loss class weights = sklearn 'balanced' weights ** this (0: none)."
+    )
+    balanced_sampler: bool = Field(True, description="Class-balanced draws (training part only).")
     share_across_folds: bool = Field(
         False,
         description="One stage-1 backbone per seed for all folds (its pool has no confirmed-test object); "
@@ -66,6 +70,9 @@ class FinetuneSection(_Strict):
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the head.")
     weight_decay: float = Field(0.3, ge=0, description="AdamW weight decay.")
     focal_gamma: float = Field(2.0, ge=0, description="Focal-loss exponent (per sample).")
+    class_weight_power: float = Field(
+        1.0, ge=0, description="Focal-loss class weights = sklearn 'balanced' weights ** this (0: none)."
+    )
     balanced_sampler: bool = Field(True, description="Class-balanced draws (training part only).")
     prefix_frames: tuple[int, ...] = Field(
         (3, 6, 9, 12, 18, 24, 36, 48, 66, 99),

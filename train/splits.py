@@ -58,13 +58,13 @@ def fold_splits(indices: np.ndarray, labels: np.ndarray, n_folds: int, seed: int
     out = []
     for f in range(n_folds):
         v = (f + 1) % n_folds
-        out.append(
-            FoldSplit(f, indices[(fold != f) & (fold != v)], indices[fold == v], indices[fold == f])
-        )
+        out.append(FoldSplit(f, indices[(fold != f) & (fold != v)], indices[fold == v], indices[fold == f]))
     return out
 
 
-def holdout(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def holdout(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split ``indices`` into (train, validation) with about ``fraction`` of each class in validation."""
     rng = np.random.default_rng(seed)
     val = np.zeros(len(indices), dtype=bool)

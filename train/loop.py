@@ -1,0 +1,235 @@
+"""The training loop shared by both stages: batches, epochs, validation, checkpoints, logs.
+
+Each epoch reseeds its own generators from ``(seed, epoch)``, so a run resumed from its last checkpoint
+draws exactly the batches an uninterrupted run would have (deterministic with a seed on CPU). A
+checkpoint (``torch.save`` of tensors and numbers, our own files under ``runs/``) is written after every
+epoch; the best state by validation macro-F1 is kept beside it (accuracy would favour the majority
+class on these imbalanced pools; the authors selected by accuracy on the test fold itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, collate
+from train.augment import random_view, serving_window
+from train.objects import ObjectSource
+from train.sampling import balanced_class_weights, balanced_draws, focal_loss
+
+log = logging.getLogger("train")
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What one full-network training run needs (filled from the stage's config section)."""
+
+    epochs: int
+    samples_per_epoch: int | None
+    batch_size: int
+    lr: float
+    weight_decay: float
+    amsgrad: bool
+    focal_gamma: float
+    class_weight_power: float
+    balanced_sampler: bool
+    max_train_frames: int
+    min_prefix_frames: int
+    prefix_probability: float
+    augment: bool
+    val_max: int | None
+    seed: int
+
+
+def batch_tensors(net: nn.Module, inputs: Sequence[ModelInput]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collate windows for ``net``: padded to the net's fixed window, or to whole chunks of the longest."""
+    cs = net.chunk_size
+    longest = max(len(i) for i in inputs)
+    chunks = net.max_chunks if net.pad_window else max(1, -(-longest // cs))
+    x, band = collate(inputs, frames=chunks * cs, stamp=inputs[0].x.shape[-1])
+    return torch.from_numpy(x), torch.from_numpy(band)
+
+
+class Progress:
+    """A dependency-free progress line on stderr (every ~10 % and at the end)."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done, self.start = total, label, 0, time.perf_counter()
+        self._next = 0.1
+
+    def update(self, n: int, extra: str = "") -> None:
+        """Count ``n`` more items."""
+        self.done += n
+        frac = self.done / max(self.total, 1)
+        if frac >= self._next or self.done >= self.total:
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / max(frac, 1e-9) - elapsed
+            bar = "#" * int(20 * frac)
+            print(
+                f"  {self.label} [{bar:<20}] {self.done}/{self.total} {elapsed:.0f}s eta {eta:.0f}s {extra}",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._next = math.floor(frac * 10 + 1) / 10
+
+
+@torch.inference_mode()
+def predict_windows(net: nn.Module, inputs: Sequence[ModelInput], batch_size: int = 32) -> np.ndarray:
+    """Class probabilities ``(n, classes)`` for the serving window of each input (eval mode)."""
+    net.eval()
+    windows = [serving_window(i, net.chunk_size, net.max_chunks) for i in inputs]
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+    out = np.zeros((len(windows), net.num_classes), np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        x, band = batch_tensors(net, [windows[i] for i in idx])
+        out[idx] = net(x, band).float().softmax(-1).numpy()
+    return out
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Return the mean per-class F1 (classes absent from both ``y`` and ``pred`` are skipped)."""
+    scores = []
+    for c in range(n_classes):
+        tp = np.sum((y == c) & (pred == c))
+        denom = np.sum(y == c) + np.sum(pred == c)
+        if denom:
+            scores.append(2 * tp / denom)
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-write leaves the previous checkpoint
+
+
+def train_full(
+    net: nn.Module,
+    source: ObjectSource,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    norm: FluxNormalisation,
+    settings: LoopSettings,
+    checkpoint: Path,
+    label: str,
+    param_filter: Callable[[str], bool] | None = None,
+) -> dict[str, Any]:
+    """Train ``net`` (all parameters, or those ``param_filter`` keeps) and load its best state.
+
+    Parameters
+    ----------
+    net
+        Modified in place; on return it holds the best validation state.
+    source, train_idx, val_idx
+        Objects and the disjoint training / validation parts.
+    norm
+        Flux normalisation (fitted on training objects only).
+    settings
+        Loop hyper-parameters.
+    checkpoint
+        Resumable checkpoint file (``<checkpoint>`` and the final ``.done`` marker beside it).
+    label
+        Name in the logs.
+    param_filter
+        Parameter names to train; None trains all.
+
+    Returns
+    -------
+    dict
+        History (per-epoch loss and validation scores) and the best epoch.
+    """
+    s = settings
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    params = [p for n, p in net.named_parameters() if param_filter is None or param_filter(n)]
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, amsgrad=s.amsgrad)
+    n_classes = net.num_classes
+    y_train = source.labels[train_idx]
+    weights = balanced_class_weights(y_train, n_classes) ** s.class_weight_power
+    class_weight = torch.tensor(weights, dtype=torch.float32)
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best": -1.0, "best_epoch": -1, "best_state": None}
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        log.info("%s: resumed after epoch %d", label, state["epoch"])
+    val_pick = val_idx if s.val_max is None else val_idx[: s.val_max]
+    val_inputs = [source.model_input(i, norm, net.band_offset) for i in val_pick]
+    y_val = source.labels[val_pick]
+    per_epoch = s.samples_per_epoch or len(train_idx)
+    for epoch in range(state["epoch"], s.epochs):
+        started = time.perf_counter()
+        rng = np.random.default_rng([s.seed, epoch])
+        torch.manual_seed(s.seed * 1009 + epoch)
+        draws = train_idx[balanced_draws(y_train, per_epoch, rng, s.balanced_sampler)]
+        net.train()
+        losses = []
+        progress = Progress(len(draws), f"{label} epoch {epoch + 1}/{s.epochs}")
+        for start in range(0, len(draws), s.batch_size):
+            batch = draws[start : start + s.batch_size]
+            views = [
+                random_view(
+                    source.model_input(i, norm, net.band_offset),
+                    rng,
+                    chunk_size=net.chunk_size,
+                    max_chunks=net.max_chunks,
+                    max_frames=s.max_train_frames,
+                    min_prefix=s.min_prefix_frames,
+                    prefix_probability=s.prefix_probability,
+                    augment=s.augment,
+                )
+                for i in batch
+            ]
+            x, band = batch_tensors(net, views)
+            loss = focal_loss(
+                net(x, band), torch.from_numpy(source.labels[batch]), class_weight, s.focal_gamma
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            progress.update(len(batch), f"loss {np.mean(losses[-20:]):.4f}")
+        probs = predict_windows(net, val_inputs)
+        pred = probs.argmax(1)
+        acc, f1 = float(np.mean(pred == y_val)), macro_f1(y_val, pred, n_classes)
+        record = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)),
+            "val_accuracy": acc,
+            "val_macro_f1": f1,
+            "seconds": time.perf_counter() - started,
+        }
+        state["history"].append(record)
+        if f1 > state["best"]:
+            state["best"], state["best_epoch"] = f1, epoch + 1
+            state["best_state"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        log.info(
+            "%s epoch %d/%d loss %.4f val_acc %.4f val_macro_f1 %.4f (%.0f s)%s",
+            label,
+            epoch + 1,
+            s.epochs,
+            record["loss"],
+            acc,
+            f1,
+            record["seconds"],
+            " best" if state["best_epoch"] == epoch + 1 else "",
+        )
+        state.update(epoch=epoch + 1, net=net.state_dict(), opt=opt.state_dict())
+        _save(checkpoint, state)
+    if state["best_state"] is not None:
+        net.load_state_dict(state["best_state"])
+    return {
+        "history": state["history"],
+        "best_epoch": state["best_epoch"],
+        "best_val_macro_f1": state["best"],
+    }

@@ -1,0 +1,177 @@
+"""The model-building subcommands of ``python -m train``: pretrain, finetune, ensemble, evaluate, export, all.
+
+Each stage reads its inputs from the run folder (``training.run_dir``) and writes its outputs there, so
+any stage can be rerun alone and an interrupted run resumes where it stopped (finished members are
+skipped, a half-trained one continues from its last epoch checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from train.config import CLASSES, TrainConfig
+
+log = logging.getLogger("train")
+
+
+def _plan(config: TrainConfig, args: argparse.Namespace):
+    from train.plan import make_plan
+
+    torch.set_num_threads(config.training.threads)
+    return make_plan(config, getattr(args, "data", None))
+
+
+def run_pretrain_stage(config: TrainConfig, args: argparse.Namespace) -> int:
+    """Stage 1 for every backbone."""
+    from train.pretrain import run_pretrain
+
+    for path in run_pretrain(_plan(config, args)):
+        print(f"backbone: {path}")
+    return 0
+
+
+def run_finetune_stage(config: TrainConfig, args: argparse.Namespace) -> int:
+    """Stage 2 for every member."""
+    from train.finetune import run_finetune
+
+    for path in run_finetune(_plan(config, args)):
+        print(f"member: {path}")
+    return 0
+
+
+def run_ensemble_stage(config: TrainConfig, args: argparse.Namespace) -> int:
+    """Fold ensembles and fold statistics."""
+    from train.ensemble import run_ensemble
+
+    summary = run_ensemble(_plan(config, args))
+    print(json.dumps({k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in summary.items()}, indent=1))
+    return 0
+
+
+def protocol(config: TrainConfig, plan: Any) -> dict[str, Any]:
+    """The facts a reader needs to judge the numbers."""
+    t = config.training
+    return {
+        "config": config.name,
+        "net": t.net.name,
+        "net_args": t.net.args,
+        "bands": list(t.data.bands or "ugriz"),
+        "folds": t.data.folds,
+        "seeds": t.data.seeds,
+        "data_hash": plan.source.data_hash,
+        "n_pretrain_pool": len(plan.pretrain_idx),
+        "n_transfer_pool": int(sum(len(s.test) for s in plan.transfer_folds)),
+        "pretrain_epochs": t.pretrain.epochs,
+        "pretrain_samples_per_epoch": t.pretrain.samples_per_epoch,
+        "finetune_epochs": t.finetune.epochs,
+        "unfreeze_epochs": t.finetune.unfreeze_epochs,
+        "test": "each confirmed object once, in its fold's test part (never trained on or selected on)",
+    }
+
+
+def run_evaluate_stage(config: TrainConfig, args: argparse.Namespace) -> int:
+    """Report on the run's held-out folds, or (``--model``) an artifact on any dataset folder."""
+    from train.evaluate import write_report
+
+    if getattr(args, "model", None):
+        from train.model_eval import evaluate_artifact
+
+        result = evaluate_artifact(
+            args.model,
+            args.data or config.data_dir,
+            config,
+            pool=args.pool,
+            limit=args.limit,
+            out=Path(args.out) if args.out else None,
+        )
+        print(json.dumps(result, indent=1))
+        return 0
+    from train.ensemble import ensemble_path
+
+    plan = _plan(config, args)
+    with np.load(ensemble_path(plan)) as stored:
+        y, probs = stored["labels"], stored["probs"]
+    folds = json.loads((ensemble_path(plan).parent / "folds.json").read_text())
+    t = config.training
+    out = Path(args.out) if args.out else plan.run_dir / "evaluation"
+    result = write_report(
+        out,
+        y,
+        probs,
+        t.finetune.prefix_frames,
+        CLASSES,
+        t.evaluate.reliability_bins,
+        extra={**folds, "protocol": protocol(config, plan)},
+        name=t.net.name,
+    )
+    fe = result["fold_ensembles"]
+    print(
+        json.dumps(
+            {
+                "pooled": {k: result["whole_history"][k] for k in ("accuracy", "macro_f1")},
+                "fold_ensembles": {k: fe[k] for k in ("accuracy", "macro_f1")},
+            },
+            indent=1,
+        )
+    )
+    print(f"report: {out}")
+    return 0
+
+
+def run_export_stage(config: TrainConfig, args: argparse.Namespace) -> int:
+    """Write the artifact."""
+    from train.export import run_export
+
+    target, model_id = run_export(_plan(config, args), args.out)
+    print(f"artifact {model_id} written to {target}")
+    return 0
+
+
+def run_all(config: TrainConfig, args: argparse.Namespace) -> int:
+    """Every stage in order, timed."""
+    started = time.perf_counter()
+    for name, func in (
+        ("pretrain", run_pretrain_stage),
+        ("finetune", run_finetune_stage),
+        ("ensemble", run_ensemble_stage),
+        ("evaluate", run_evaluate_stage),
+        ("export", run_export_stage),
+    ):
+        t0 = time.perf_counter()
+        log.info("stage %s", name)
+        func(config, args)
+        log.info("stage %s done in %.0f s", name, time.perf_counter() - t0)
+    elapsed = time.perf_counter() - started
+    print(f"all stages done in {elapsed:.0f} s", flush=True)
+    Path(config.training.run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(config.training.run_dir) / "wall_time.json").write_text(
+        json.dumps({"seconds": elapsed, "argv": sys.argv}, indent=1) + "\n"
+    )
+    return 0
+
+
+def register(stage: Any) -> None:
+    """Add the model-building subcommands through ``__main__``'s ``stage(name, func, help)`` helper."""
+    for name, func, help_ in (
+        ("pretrain", run_pretrain_stage, "stage 1: train on the unconfirmed pool"),
+        ("finetune", run_finetune_stage, "stage 2: new head on the frozen backbone, per fold and seed"),
+        ("ensemble", run_ensemble_stage, "average each fold's members; fold statistics"),
+        ("export", run_export_stage, "write the artifact the service loads"),
+        ("all", run_all, "pretrain, finetune, ensemble, evaluate, export"),
+    ):
+        p = stage(name, func, help_)
+        p.add_argument("--data", default=None, help="Dataset folder (default: the config's).")
+    ev = stage("evaluate", run_evaluate_stage, "held-out fold report, or --model on any dataset folder")
+    ev.add_argument("--model", default=None, help="Artifact folder to evaluate instead of the run.")
+    ev.add_argument("--data", default=None, help="Dataset folder (default: the config's).")
+    ev.add_argument("--pool", default=None, choices=["pretrain", "transfer"], help="Only this pool.")
+    ev.add_argument("--limit", type=int, default=None, help="At most this many objects (first ones).")
