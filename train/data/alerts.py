@@ -117,6 +117,7 @@ def write_alerts(
     max_objects: int | None = None,
     per_class: int | None = None,
     min_alerts: int = 0,
+    max_alerts: int | None = None,
 ) -> dict[str, Any]:
     """Write the alerts and truth table of (some of) the simulated objects.
 
@@ -130,8 +131,12 @@ def write_alerts(
         Limit the objects (first ones of the catalogue, optionally this many per class).
     min_alerts
         Skip objects with fewer alerts (a replay set whose objects all have sequences).
+    max_alerts
+        Keep only each object's first alerts in time (a small archive).
     min_alerts
         Skip objects with fewer alerts (a replay set whose objects all have sequences).
+    max_alerts
+        Keep only each object's first alerts in time (a small archive).
 
     Returns
     -------
@@ -153,6 +158,7 @@ def write_alerts(
         alerts = object_alerts(obj, config, version)
         if len(alerts) < min_alerts:
             continue
+        alerts = alerts[:max_alerts]
         taken[entry.label] += 1
         records += alerts
         truth.append(

@@ -35,8 +35,7 @@ def plot_sequence(seq: Sequence, path: Path) -> Path:
     present = [b for b in range(len(BANDS)) if np.any(seq.band == b)]
     fig = plt.figure(figsize=(MAX_COLUMNS * 0.9, len(present) * 0.95 + 3.2), dpi=110)
     grid = fig.add_gridspec(len(present) + 1, MAX_COLUMNS, height_ratios=[1] * len(present) + [3.2])
-    cmap = mpl.colormaps["magma"].copy()
-    cmap.set_bad("0.6")
+    cmap = mpl.colormaps["magma"].with_extremes(bad="0.6")
     for row, b in enumerate(present):
         idx = np.nonzero(seq.band == b)[0]
         idx = idx[np.linspace(0, len(idx) - 1, min(MAX_COLUMNS, len(idx))).round().astype(int)]
