@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+import torch
+
+from broker_plugin.inference import create_net
+from broker_plugin.inference.preprocess import ModelInput
+from train.augment import serving_window
+from train.loop import batch_tensors
+from train.prefix import head_probs, prefix_features
+
+
+def _inputs(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        ModelInput(rng.normal(size=(n, 32, 32)).astype(np.float32), rng.integers(1, 6, n)) for n in lengths
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("convention-small", {"channels": (4, 8, 8, 8), "head_hidden": 16, "max_chunks": 6}),
+        ("cnn-gru", {"features": 16, "hidden": 8, "max_chunks": 12}),
+    ],
+)
+def test_prefix_features_equal_the_net_on_each_prefix_window(name, args):
+    torch.manual_seed(0)
+    net = create_net(name, **args).eval()
+    inputs = _inputs([4, 11, 25])
+    prefixes = (3, 6, 12)
+    feats = prefix_features(net, inputs, prefixes, batch_size=2)
+    assert feats.shape[:2] == (3, 4)
+    probs = head_probs(net.head, feats)
+    cs = net.chunk_size
+    with torch.inference_mode():
+        for k, inp in enumerate(inputs):
+            for v, p in enumerate([*prefixes, None]):
+                seen = inp if p is None or p >= len(inp) else inp[: max(1, p // cs) * cs]
+                x, band = batch_tensors(net, [serving_window(seen, cs, net.max_chunks)])
+                expected = net(x, band).softmax(-1).numpy()[0]
+                np.testing.assert_allclose(probs[k, v], expected, atol=1e-5)

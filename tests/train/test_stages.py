@@ -1,0 +1,160 @@
+"""End to end on the small simulated dataset: every stage, the artifact the service loads, the report."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from broker_plugin.inference.artifact import load_artifact
+from broker_plugin.inference.predictor import Predictor
+from train.__main__ import main
+from train.config import load_config
+from train.objects import ObjectSource
+
+CONFIG = str(Path(__file__).resolve().parents[2] / "train" / "configs" / "small.toml")
+TINY = [
+    "--training.net.args={channels=[4,8,8,8], head_hidden=16, depth=1}",
+    "--training.data.folds=3",
+    "--training.pretrain.epochs=2",
+    "--training.pretrain.samples_per_epoch=8",
+    "--training.pretrain.batch_size=4",
+    "--training.pretrain.max_train_frames=24",
+    "--training.finetune.epochs=2",
+    "--training.finetune.prefix_frames=[6, 24]",
+    "--training.evaluate.curve_frames=[6, 24]",
+    "--training.norm_objects=4",
+]
+
+
+def _args(tmp: Path, data: Path, *extra: str) -> list[str]:
+    return [
+        "--config",
+        CONFIG,
+        "--data",
+        str(data),
+        f"--training.run_dir={tmp / 'run'}",
+        f"--training.model_dir={tmp / 'model'}",
+        *TINY,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> Path:
+    tmp = tmp_path_factory.mktemp("trained")
+    torch.set_num_threads(1)
+    assert main(["all", *_args(tmp, small_dataset)]) == 0
+    return tmp
+
+
+def test_all_writes_a_loadable_artifact_with_its_report(trained: Path, small_dataset: Path):
+    art = load_artifact(trained / "model", expected_pixel_scale_arcsec=0.4)
+    assert len(art.members) == 3  # 3 folds x 1 seed
+    meta = art.metadata
+    assert meta["training_data_hash"] == json.loads((small_dataset / "manifest.json").read_text())["sha256"]
+    assert {m["fold"] for m in meta["members"]} == {0, 1, 2}
+    assert "fold_ensembles" in meta["metrics"]
+    for name in ("evaluation.json", "confusion.png", "early_classification.png", "reliability.png"):
+        assert (trained / "model" / name).stat().st_size > 0
+    report = json.loads((trained / "model" / "evaluation.json").read_text())
+    for key in ("accuracy", "macro_f1", "balanced_accuracy", "cohen_kappa", "per_class", "confusion"):
+        assert key in report["whole_history"]
+    assert [r["frames"] for r in report["early_classification"]] == [6, 24, "all"]
+    assert set(report["fold_ensembles"]["macro_f1"]) == {"mean", "std"}
+    # every confirmed object is scored exactly once, in its own test fold
+    source = ObjectSource.from_shards(small_dataset)
+    assert report["whole_history"]["n"] == int(np.sum(source.pools == "transfer"))
+
+
+def test_the_service_predictor_runs_the_artifact(trained: Path, small_dataset: Path):
+    predictor = Predictor.from_artifact(trained / "model", device="cpu")
+    source = ObjectSource.from_shards(small_dataset)
+    preds = predictor.predict(
+        [source.model_input(i, predictor.normalisation, predictor.band_offset) for i in range(3)]
+    )
+    for p in preds:
+        assert p.probabilities.shape == (4,)
+        assert abs(p.probabilities.sum() - 1) < 1e-5
+
+
+def test_evaluate_model_prints_metrics_json(
+    trained: Path, small_dataset: Path, capsys: pytest.CaptureFixture[str]
+):
+    args = [
+        "evaluate",
+        "--config",
+        CONFIG,
+        "--model",
+        str(trained / "model"),
+        "--data",
+        str(small_dataset),
+        "--training.evaluate.curve_frames=[6]",
+    ]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["whole_history"]["n"] == len(ObjectSource.from_shards(small_dataset))
+    assert result["members"] == 3
+    assert len(result["early_classification"]) == 2
+
+
+def test_rerun_resumes_and_is_deterministic(trained: Path, small_dataset: Path, tmp_path: Path):
+    # A finished run is not retrained: the stored members are reused unchanged.
+    before = (trained / "run" / "members" / "member-f0-s0.pt").stat().st_mtime_ns
+    assert main(["finetune", *_args(trained, small_dataset)]) == 0
+    assert (trained / "run" / "members" / "member-f0-s0.pt").stat().st_mtime_ns == before
+    # Same config and seed in a fresh folder: identical stage-1 weights.
+    assert main(["pretrain", *_args(tmp_path, small_dataset)]) == 0
+    a = torch.load(trained / "run" / "pretrain" / "backbone-s0.pt", weights_only=False)["state"]
+    b = torch.load(tmp_path / "run" / "pretrain" / "backbone-s0.pt", weights_only=False)["state"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_interrupted_pretraining_resumes_from_its_checkpoint(small_dataset: Path, tmp_path: Path):
+    from train.plan import make_plan
+    from train.pretrain import run_pretrain
+
+    cfg = load_config(
+        CONFIG,
+        [
+            f"--training.run_dir={tmp_path / 'a'}",
+            *TINY,
+            "--training.data.seeds=1",
+            "--training.pretrain.share_across_folds=true",
+        ],
+    )
+    one = cfg.model_copy(
+        update={
+            "training": cfg.training.model_copy(
+                update={"pretrain": cfg.training.pretrain.model_copy(update={"epochs": 1})}
+            )
+        }
+    )
+    run_pretrain(make_plan(one, small_dataset))  # "killed" after epoch 1: a checkpoint, then resume
+    (tmp_path / "a" / "pretrain" / "backbone-s0.pt").unlink()
+    run_pretrain(make_plan(cfg, small_dataset))
+    ref = load_config(
+        CONFIG,
+        [
+            f"--training.run_dir={tmp_path / 'b'}",
+            *TINY,
+            "--training.data.seeds=1",
+            "--training.pretrain.share_across_folds=true",
+        ],
+    )
+    run_pretrain(make_plan(ref, small_dataset))
+    a = torch.load(tmp_path / "a" / "pretrain" / "backbone-s0.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "pretrain" / "backbone-s0.pt", weights_only=False)
+    assert [h["epoch"] for h in a["info"]["history"]] == [1, 2]
+    for k in a["state"]:
+        torch.testing.assert_close(a["state"][k], b["state"][k])
+
+
+def test_overrides_are_validated():
+    with pytest.raises(ValueError, match="dotted"):
+        load_config(CONFIG, ["training.seed=3"])
+    with pytest.raises(ValueError):
+        load_config(CONFIG, ["--training.no_such_key=3"])
+    assert load_config(CONFIG, ["--training.seed=3"]).training.seed == 3
