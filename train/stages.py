@@ -175,3 +175,34 @@ def register(stage: Any) -> None:
     ev.add_argument("--data", default=None, help="Dataset folder (default: the config's).")
     ev.add_argument("--pool", default=None, choices=["pretrain", "transfer"], help="Only this pool.")
     ev.add_argument("--limit", type=int, default=None, help="At most this many objects (first ones).")
+    cmp = stage("compare", run_compare_stage, "light-curve baseline on the same folds; comparison table")
+    cmp.add_argument("--data", default=None, help="Dataset folder (default: the config's).")
+    cmp.add_argument("--runs", nargs="*", default=[], help="Other run folders (e.g. runs/cnn-gru).")
+
+
+def run_compare_stage(config: TrainConfig, args: argparse.Namespace) -> int:
+    """Light-curve baseline on this config's folds, then the comparison table with other runs."""
+    from broker_plugin.inference.artifact import load_artifact
+    from train.compare import load_report, run_lc_baseline, same_object_scores, table_row
+
+    plan = _plan(config, args)
+    lc = run_lc_baseline(plan)
+    bands = "".join(config.training.data.bands or ("u", "g", "r", "i", "z"))
+    main_run = plan.run_dir
+    rows = []
+    for run in [main_run, *[Path(r) for r in args.runs]]:
+        report = load_report(run / "evaluation" / "metrics.json")
+        proto = report["protocol"]
+        model = Path(config.training.model_dir) if run == main_run else run / "model"
+        params = sum(p.numel() for p in load_artifact(model).members[0].parameters())
+        rows.append(table_row(proto["net"], report, params, bands, "image time series"))
+        if run != main_run:
+            with np.load(run / "ensemble" / "predictions.npz") as stored:
+                same = same_object_scores(main_run, stored["indices"])
+            rows.append(table_row(f"{config.training.net.name} (same objects as {proto['net']})", same, None,
+                                  bands, "image time series"))  # fmt: skip
+    rows.append(table_row("light-curve features + GBT", lc, None, bands, "light curve"))
+    print("| model | bands | data | accuracy % | macro-F1 % | parameters |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0

@@ -158,3 +158,15 @@ def test_overrides_are_validated():
     with pytest.raises(ValueError):
         load_config(CONFIG, ["--training.no_such_key=3"])
     assert load_config(CONFIG, ["--training.seed=3"]).training.seed == 3
+
+
+def test_compare_runs_the_light_curve_baseline_on_the_same_folds(
+    trained: Path, small_dataset: Path, capsys: pytest.CaptureFixture[str]
+):
+    assert main(["compare", *_args(trained, small_dataset)]) == 0
+    table = capsys.readouterr().out
+    assert "| light-curve features + GBT | ugriz | light curve |" in table
+    report = json.loads((trained / "run" / "lc-features" / "evaluation" / "metrics.json").read_text())
+    source = ObjectSource.from_shards(small_dataset)
+    assert report["whole_history"]["n"] == int(np.sum(source.pools == "transfer"))
+    assert len(report["fold_ensembles"]["per_fold"]) == 3
