@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import Message
+from confluent_kafka import KafkaException, Message
 
 from broker_plugin import __version__
 from broker_plugin.config import Settings
@@ -51,6 +51,9 @@ class _Batch:
     messages: list[Message]
     inbound: list[Inbound] = field(default_factory=list)
     failed: list[tuple[Message, str, str]] = field(default_factory=list)
+    #: Consumer group metadata when polled (transactions only). Read in the consumer thread: the client
+    #: blocks this call while another thread is inside ``consume``.
+    group_metadata: object = None
 
     def offsets(self) -> Offsets:
         """Next offset to commit per partition."""
@@ -168,6 +171,8 @@ class Service:
 
     def _decode(self, messages: list[Message]) -> _Batch:
         batch = _Batch(messages)
+        if self._producer.transactional:
+            batch.group_metadata = self._consumer.group_metadata()
         limit = self._service.max_message_bytes
         for message in messages:
             value = message.value() or b""
@@ -206,7 +211,12 @@ class Service:
             for key, offset in offsets.items():
                 merged[key] = max(merged.get(key, 0), offset)
         if merged and not self._producer.transactional:
-            self._consumer.commit(merged)
+            try:
+                self._consumer.commit(merged)
+            except KafkaException as exc:
+                # E.g. a partition moved to another member meanwhile: its new owner re-reads from the
+                # last committed offset (at-least-once), so this is safe to log and go on.
+                log.warning("offset commit failed, the messages will be redelivered: %s", exc)
 
     def _observe_lag(self) -> None:
         for (topic, partition), lag in self._consumer.lag().items():
@@ -217,15 +227,29 @@ class Service:
 
     def _on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         """Before partitions go: let the worker finish what was polled from them, then commit it."""
-        self._queue.join()
+        if self._worker_error is None:
+            self._queue.join()
+        else:
+            self._drop_queued()  # the worker is gone: nothing queued will be committed (redelivered)
         self._commit_ready()
         for topic, partition in partitions:
             with contextlib.suppress(KeyError):  # a partition whose lag was never observed
                 self._metrics.consumer_lag.remove(topic, str(partition))
 
+    def _drop_queued(self) -> None:
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._queue.task_done()
+
     def _shutdown(self, worker: threading.Thread) -> None:
-        self._queue.put(None)  # the worker finishes every queued batch first
-        worker.join(timeout=self._service.shutdown_timeout_s)
+        if worker.is_alive():
+            self._queue.put(None)  # the worker finishes every queued batch first
+            worker.join(timeout=self._service.shutdown_timeout_s)
+        if worker.is_alive() or self._worker_error is not None:
+            self._drop_queued()
         self._commit_ready()
         self._health.set_ready(False)
         self._consumer.close()
@@ -266,7 +290,7 @@ class Service:
                     self._kafka.output_topic, value, key=classification_key(classification)
                 )
             if transactional:
-                self._producer.commit_transaction(batch.offsets(), self._consumer.group_metadata())
+                self._producer.commit_transaction(batch.offsets(), batch.group_metadata)
             else:
                 self._producer.flush()
         except BaseException:

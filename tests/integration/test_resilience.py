@@ -182,3 +182,29 @@ def test_transactional_outputs(kafka_settings: Settings) -> None:
         assert sorted(ids) == sorted(expected)  # exactly one each
     finally:
         running.stop()
+
+
+def test_an_unexpected_failure_dead_letters_only_its_alert(kafka_settings: Settings) -> None:
+    from tests.integration.conftest import RunningService
+
+    running = RunningService(kafka_settings)
+    real = running.parts.pipeline.process
+
+    def process(batch):
+        if any(item.alert.diaSourceId == 70_001 for item in batch):
+            raise RuntimeError("boom")  # a bug triggered by one alert
+        return real(batch)
+
+    running.parts.pipeline.process = process
+    running.start()
+    values, keys, _ = stream(objects=1, per_object=5, first_object=700)
+    try:
+        k = kafka_settings.kafka
+        produce(k.bootstrap_servers, k.input_topics[0], values, keys=keys)
+        dead = read_all(k.bootstrap_servers, k.dead_letter_topic, 1)
+        assert [dict(m.headers())["dead_letter_reason"] for m in dead] == [b"internal_error"]
+        assert b"RuntimeError: boom" in dict(dead[0].headers())["dead_letter_error"]
+        # The object lost one frame, so its 3rd frame in time order is now alert 70_003.
+        assert set(output_ids(kafka_settings, 2)) == {70_003, 70_004}
+    finally:
+        running.stop()
