@@ -1,6 +1,7 @@
 """The demo end to end: embedded broker, bundled alerts, service, summary (here with the test model)."""
 
 import io
+import re
 
 import pytest
 
@@ -15,7 +16,8 @@ def test_demo_processes_every_bundled_alert(service_settings: Settings) -> None:
     text = out.getvalue()
     assert len(list(DEMO_DATA.glob("*.avro"))) > 10
     assert "alerts in:" in text and "TIMED OUT" not in text
-    assert "objects classified: 12 of 12" in text
+    classified, total = map(int, re.search(r"objects classified: (\d+) of (\d+)", text).groups())
+    assert classified == total > 0  # every bundled object has enough alerts
     assert "dead letters:            0" in text
     assert "metrics at http://127.0.0.1:" in text
     assert "accuracy, latest output per object:" in text and "latency (produce -> publish): p50" in text
