@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 _MJD_UNIX_EPOCH = 40587.0
 _TAI_MINUS_UTC_S = 37.0
+#: How often the tracked-objects gauge is refreshed [s].
+_COUNT_INTERVAL_S = 10.0
 
 
 @dataclass
@@ -122,7 +124,7 @@ class Service:
         self._consumer = AlertConsumer(
             self._kafka, client_id, on_assign=self._on_assign, on_revoke=self._on_revoke
         )
-        self._next_expiry = time.monotonic()
+        self._next_expiry = self._next_count = time.monotonic()
 
     # ---- consumer thread -------------------------------------------------------------------------------
 
@@ -355,10 +357,12 @@ class Service:
         del batch
 
     def _maybe_expire(self) -> None:
-        if time.monotonic() < self._next_expiry:
-            return
-        self._next_expiry = time.monotonic() + self._settings.state.expire_interval_s
-        removed = self._store.expire(self._settings.state.object_idle_expiry_s)
-        if removed:
-            log.info("expired %d idle objects", removed)
-        self._metrics.objects_tracked.set(self._store.object_count())
+        now = time.monotonic()
+        if now >= self._next_expiry:
+            self._next_expiry = now + self._settings.state.expire_interval_s
+            removed = self._store.expire(self._settings.state.object_idle_expiry_s)
+            if removed:
+                log.info("expired %d idle objects", removed)
+        if now >= self._next_count:  # a COUNT over the store: every few seconds, not every batch
+            self._next_count = now + _COUNT_INTERVAL_S
+            self._metrics.objects_tracked.set(self._store.object_count())
