@@ -91,7 +91,8 @@ def test_tampered_metadata_is_refused(artifact):
 def test_swapped_member_file_is_refused_even_when_resigned(artifact, tmp_path):
     root = artifact[0]
     other = tmp_path / "other"
-    save_artifact(other, make_members("convention-small", count=1), normalisation=NORM,
+    # Seed 1's weights: certainly not member 0's (make_members seeds member k with k).
+    save_artifact(other, make_members("convention-small", count=2)[1:], normalisation=NORM,
                   pixel_scale_arcsec=0.2, training_data_hash="x")
     shutil.copy(other / "member-0.safetensors", root / "member-0.safetensors")
     resign(root)  # SHA256SUMS now agrees, but the metadata's member hash does not
