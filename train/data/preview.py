@@ -30,10 +30,10 @@ _COLOURS = {
 MAX_COLUMNS = 12
 
 
-def plot_sequence(seq: Sequence, path: Path) -> Path:
-    """Draw one object's frames and light curve into ``path`` (PNG)."""
+def plot_sequence(seq: Sequence, path: Path, dpi: int = 90) -> Path:
+    """Draw one object's frames and light curve into ``path`` (PNG at ``dpi``)."""
     present = [b for b in range(len(BANDS)) if np.any(seq.band == b)]
-    fig = plt.figure(figsize=(MAX_COLUMNS * 0.9, len(present) * 0.95 + 3.2), dpi=110)
+    fig = plt.figure(figsize=(MAX_COLUMNS * 0.9, len(present) * 0.95 + 3.2), dpi=dpi)
     grid = fig.add_gridspec(len(present) + 1, MAX_COLUMNS, height_ratios=[1] * len(present) + [3.2])
     cmap = mpl.colormaps["magma"].with_extremes(bad="0.6")
     for row, b in enumerate(present):
