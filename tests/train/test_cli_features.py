@@ -49,6 +49,6 @@ def test_features_and_baseline_run_on_a_dataset(small_dataset: Path) -> None:
     x = np.stack([extract(seq) for seq in data])
     assert x.shape == (len(data), len(FEATURE_NAMES))
     assert np.isfinite(x).mean() > 0.8
-    result = run_baseline(small_dataset)
+    result = run_baseline(small_dataset, max_iter=10)
     assert result["n_test"] + result["n_train"] == len(data)
     assert 0.0 <= result["accuracy"] <= 1.0 and len(result["confusion"]) == 4

@@ -25,8 +25,21 @@ def feature_table(data: ShardDataset) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([extract(seq) for seq in data]), data.labels
 
 
-def run_baseline(dataset: str | Path, seed: int = 0, test_size: float = 0.3) -> dict[str, Any]:
+def run_baseline(
+    dataset: str | Path, seed: int = 0, test_size: float = 0.3, max_iter: int = 300
+) -> dict[str, Any]:
     """Train and score the baseline on a simulated dataset.
+
+    Parameters
+    ----------
+    dataset
+        Simulated dataset folder.
+    seed
+        Seed of the split and of the trees.
+    test_size
+        Held-out fraction (stratified by label).
+    max_iter
+        Boosting iterations.
 
     Returns
     -------
@@ -39,7 +52,7 @@ def run_baseline(dataset: str | Path, seed: int = 0, test_size: float = 0.3) -> 
     idx = np.arange(len(y))
     train, test = train_test_split(idx, test_size=test_size, stratify=y, random_state=seed)
     model = HistGradientBoostingClassifier(
-        max_iter=300, learning_rate=0.08, class_weight="balanced", random_state=seed
+        max_iter=max_iter, learning_rate=0.08, class_weight="balanced", random_state=seed
     )
     model.fit(x[train], y[train])
     pred = model.predict(x[test])
