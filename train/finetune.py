@@ -132,12 +132,14 @@ def run_finetune(plan: Plan) -> list[Path]:
             continue
         started = time.perf_counter()
         net, pre_info = load_net(plan, backbone_path(plan, member))
-        idx, feats = transfer_features(plan, member, net)
+        idx, feats = transfer_features(plan, member, net.to(plan.device))
+        net.cpu()  # the small head trains on cached features, on the CPU
         info = {"pretrain": pre_info, "head": train_head(plan, member, net, idx, feats)}
         split = plan.transfer_folds[member.fold]
         pos = {int(i): k for k, i in enumerate(idx)}
         test_feats = feats[[pos[int(i)] for i in split.test]]
         if f.unfreeze_epochs:
+            net.to(plan.device)
             p = plan.config.training.pretrain
             settings = LoopSettings(
                 epochs=f.unfreeze_epochs,
@@ -168,6 +170,7 @@ def run_finetune(plan: Plan) -> list[Path]:
             )
             inputs = [plan.source.model_input(i, plan.normalisation(), net.band_offset) for i in split.test]
             test_feats = prefix_features(net, inputs, f.prefix_frames, label=f"test features {member.key}")
+            net.cpu()
         probs = head_probs(net.head, test_feats)
         info["seconds"] = time.perf_counter() - started
         save_net(net, out, info)

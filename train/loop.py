@@ -51,13 +51,19 @@ class LoopSettings:
     seed: int
 
 
+def net_device(net: nn.Module) -> torch.device:
+    """Return the device ``net``'s parameters live on."""
+    return next(net.parameters()).device
+
+
 def batch_tensors(net: nn.Module, inputs: Sequence[ModelInput]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collate windows for ``net``: padded to the net's fixed window, or to whole chunks of the longest."""
+    """Collate windows for ``net`` on its device: padded to its fixed window, or to whole chunks."""
     cs = net.chunk_size
     longest = max(len(i) for i in inputs)
     chunks = net.max_chunks if net.pad_window else max(1, -(-longest // cs))
     x, band = collate(inputs, frames=chunks * cs, stamp=inputs[0].x.shape[-1])
-    return torch.from_numpy(x), torch.from_numpy(band)
+    device = net_device(net)
+    return torch.from_numpy(x).to(device), torch.from_numpy(band).to(device)
 
 
 class Progress:
@@ -93,7 +99,7 @@ def predict_windows(net: nn.Module, inputs: Sequence[ModelInput], batch_size: in
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         x, band = batch_tensors(net, [windows[i] for i in idx])
-        out[idx] = net(x, band).float().softmax(-1).numpy()
+        out[idx] = net(x, band).float().softmax(-1).cpu().numpy()
     return out
 
 
@@ -150,16 +156,17 @@ def train_full(
         History (per-epoch loss and validation scores) and the best epoch.
     """
     s = settings
+    device = net_device(net)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     params = [p for n, p in net.named_parameters() if param_filter is None or param_filter(n)]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, amsgrad=s.amsgrad)
     n_classes = net.num_classes
     y_train = source.labels[train_idx]
     weights = balanced_class_weights(y_train, n_classes) ** s.class_weight_power
-    class_weight = torch.tensor(weights, dtype=torch.float32)
+    class_weight = torch.tensor(weights, dtype=torch.float32, device=device)
     state: dict[str, Any] = {"epoch": 0, "history": [], "best": -1.0, "best_epoch": -1, "best_state": None}
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         log.info("%s: resumed after epoch %d", label, state["epoch"])
@@ -192,7 +199,7 @@ def train_full(
             ]
             x, band = batch_tensors(net, views)
             loss = focal_loss(
-                net(x, band), torch.from_numpy(source.labels[batch]), class_weight, s.focal_gamma
+                net(x, band), torch.from_numpy(source.labels[batch]).to(device), class_weight, s.focal_gamma
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()

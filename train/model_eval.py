@@ -40,7 +40,9 @@ def evaluate_artifact(
 ) -> dict[str, Any]:
     """Score the artifact ``model`` on dataset ``data``; with ``out`` also write the report files."""
     torch.set_num_threads(config.training.threads)
-    art = load_artifact(model)
+    wanted = config.training.device
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if wanted == "auto" else wanted)
+    art = load_artifact(model, device=device)
     source = ObjectSource.from_shards(data, bands=config.training.data.bands)
     idx = np.arange(len(source)) if pool is None else np.flatnonzero(source.pools == pool)
     idx = idx[:limit] if limit else idx

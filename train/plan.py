@@ -69,6 +69,14 @@ class Plan:
         split = fold_splits(self.pretrain_idx, labels, t.data.folds, t.seed + 1)[member.fold]
         return np.concatenate([split.train, split.test]), split.val
 
+    @property
+    def device(self) -> torch.device:
+        """Where nets train and features are computed (the small stage-2 head always trains on the CPU)."""
+        wanted = self.config.training.device
+        if wanted == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(wanted)
+
     def new_net(self, seed: int) -> nn.Module:
         """A freshly initialised net of the configured architecture."""
         torch.manual_seed(seed)

@@ -20,7 +20,7 @@ from torch import nn
 
 from broker_plugin.inference.preprocess import ModelInput
 from train.augment import serving_window
-from train.loop import Progress, batch_tensors
+from train.loop import Progress, batch_tensors, net_device
 
 
 def prefix_windows(
@@ -41,6 +41,8 @@ def _tokens(net: nn.Module, inputs: Sequence[ModelInput]) -> tuple[torch.Tensor,
     for k, inp in enumerate(inputs):
         x[k, : len(inp)] = torch.from_numpy(inp.x)
         band[k, : len(inp)] = torch.from_numpy(inp.band)
+    device = net_device(net)
+    x, band = x.to(device), band.to(device)
     xc = x.reshape(-1, cs, *x.shape[2:])
     bc = band.reshape(-1, cs)
     valid = (bc != 0).any(dim=1)
@@ -88,13 +90,13 @@ def prefix_features(
             for v in range(len(prefixes) + 1):
                 length = max(r[v][1] - r[v][0] for r in ranges)
                 win = tokens.new_zeros(len(batch), length, *net.token_shape)
-                mask = torch.zeros(len(batch), length, dtype=torch.bool)
+                mask = torch.zeros(len(batch), length, dtype=torch.bool, device=win.device)
                 for k, r in enumerate(ranges):
                     lo, hi = r[v]
                     win[k, : hi - lo] = tokens[k, lo:hi]
                     mask[k, : hi - lo] = valid[k, lo:hi]
                 feats.append(net.forward_head(net.forward_blocks(win, mask), mask, pre_logits=True).float())
-            feats = torch.stack(feats, dim=1).numpy()
+            feats = torch.stack(feats, dim=1).cpu().numpy()
         if out is None:
             out = np.zeros((len(inputs), *feats.shape[1:]), np.float32)
         out[idx] = feats
@@ -116,12 +118,12 @@ def _slow_prefix_features(net: nn.Module, batch: Sequence[ModelInput], prefixes:
         ]
         x, band = batch_tensors(net, views)
         feats.append(net.forward_head(*net.forward_features(x, band), pre_logits=True).float())
-    return torch.stack(feats, dim=1).numpy()
+    return torch.stack(feats, dim=1).cpu().numpy()
 
 
 @torch.inference_mode()
 def head_probs(head: nn.Module, features: np.ndarray) -> np.ndarray:
     """Softmax of ``head`` (eval mode) over features ``(..., F)``."""
     head.eval()
-    flat = torch.from_numpy(features.reshape(-1, features.shape[-1]))
-    return head(flat).float().softmax(-1).numpy().reshape(*features.shape[:-1], -1)
+    flat = torch.from_numpy(features.reshape(-1, features.shape[-1])).to(net_device(head))
+    return head(flat).float().softmax(-1).cpu().numpy().reshape(*features.shape[:-1], -1)

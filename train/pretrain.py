@@ -37,7 +37,7 @@ def run_pretrain(plan: Plan) -> list[Path]:
             done[key] = out
             continue
         seed = plan.member_seed(member)
-        net = plan.new_net(seed)
+        net = plan.new_net(seed).to(plan.device)
         train_idx, val_idx = plan.pretrain_split(member)
         log.info("pretrain %s: %d training / %d validation objects", key, len(train_idx), len(val_idx))
         settings = LoopSettings(
@@ -76,13 +76,14 @@ def save_net(net: nn.Module, path: Path, info: dict[str, object]) -> None:
     """Store a net's state and its training record (atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"state": net.state_dict(), "info": info}, tmp)
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    torch.save({"state": state, "info": info}, tmp)
     tmp.replace(path)
 
 
 def load_net(plan: Plan, path: Path, seed: int = 0) -> tuple[nn.Module, dict[str, object]]:
     """Rebuild a stored net."""
-    stored = torch.load(path, weights_only=False)
+    stored = torch.load(path, weights_only=False, map_location="cpu")
     net = plan.new_net(seed)
     net.load_state_dict(stored["state"])
     return net, stored["info"]

@@ -99,6 +99,9 @@ class TrainingSection(_Strict):
     model_dir: str = Field("models/convention-default", description="Where ``export`` writes the artifact.")
     seed: int = Field(123, description="Master seed (splits, initialisation, sampling, augmentation).")
     threads: int = Field(2, ge=1, description="torch intra-op threads.")
+    device: str = Field(
+        "auto", description="torch device for stage 1, features and unfreezing; auto: CUDA if any."
+    )
     net: NetSection = Field(default_factory=NetSection)
     data: DataSection = Field(default_factory=DataSection)
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
