@@ -117,7 +117,8 @@ def _summary(out: TextIO, sent: int, outputs: list, dead: list, truth: dict[str,
             f"accuracy, latest output per object: {correct}/{len(judged)} = {correct / len(judged):.0%}\n"
         )
         out.write(f"accuracy, every output:  {np.mean(per_alert):.0%} (early alerts see few frames)\n")
-    out.write(f"throughput:              {sent / elapsed:.0f} alerts/s end to end ({elapsed:.1f} s)\n")
+    rate = sent / elapsed
+    out.write(f"processed in:            {elapsed:.1f} s from the replay's start ({rate:.0f} alerts/s)\n")
     if latency.size:
         p50, p90, p99 = np.percentile(latency, [50, 90, 99])
         out.write(f"latency (produce -> publish): p50 {p50:.0f} ms, p90 {p90:.0f} ms, p99 {p99:.0f} ms "
