@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import threading
@@ -182,7 +183,9 @@ def main() -> None:
             print(json.dumps(results[-1]), flush=True)
     report = {"benchmark": "service end to end (embedded broker)", "plugin_version": __version__,
               "machine": {"cpu": platform.machine(), "python": platform.python_version(),
-                          "torch": torch.__version__, "cores": 2}, "results": results}  # fmt: skip
+                          "torch": torch.__version__, "cores": os.cpu_count(),
+                          "load_average_1min_after": round(os.getloadavg()[0], 2)},
+              "results": results}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
