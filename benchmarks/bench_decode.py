@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -99,7 +100,11 @@ def main() -> None:
     result = {
         "benchmark": "decode+normalise",
         "plugin_version": __version__,
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        },
         "goal_alerts_per_core_second": 1000,
         "rubin": measure(rubin_messages(args.n), decoder, normaliser),
         "ztf": measure(ztf_messages(args.n), decoder, normaliser),
