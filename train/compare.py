@@ -55,6 +55,8 @@ def run_lc_baseline(plan: Plan, frames: Sequence[int] = (6, 12, 24, 48)) -> dict
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     out = plan.run_dir / "lc-features"
+    if (out / "evaluation" / "metrics.json").exists():  # already scored: the fits take minutes
+        return load_report(out / "evaluation" / "metrics.json")
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "features.npz"
     transfer = np.sort(np.concatenate([s.test for s in plan.transfer_folds]))
@@ -90,7 +92,8 @@ def run_lc_baseline(plan: Plan, frames: Sequence[int] = (6, 12, 24, 48)) -> dict
                           "parameters": None}}  # fmt: skip
     y_all, p_all = np.concatenate(all_y), np.concatenate(all_p)
     np.savez(out / "predictions.npz", labels=y_all, probs=p_all,
-             indices=np.concatenate([s.test for s in plan.transfer_folds]))  # fmt: skip
+             indices=np.concatenate([s.test for s in plan.transfer_folds]),
+             folds=np.concatenate([np.full(len(s.test), s.fold) for s in plan.transfer_folds]))  # fmt: skip
     return write_report(
         out / "evaluation", y_all, p_all, frames, CLASSES, 10, extra=extra, name="lc-features"
     )
@@ -110,13 +113,13 @@ def load_report(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def same_object_scores(run_dir: str | Path, indices: np.ndarray) -> dict[str, Any]:
-    """Fold-ensemble scores of a run's out-of-fold predictions restricted to objects ``indices``.
+def same_object_scores(predictions: str | Path, indices: np.ndarray) -> dict[str, Any]:
+    """Fold scores of out-of-fold ``predictions`` (an npz) restricted to objects ``indices``.
 
     Every confirmed object has exactly one out-of-fold prediction (from the fold that tested it), so a
     run on the full pool can be compared with a reduced-protocol run on exactly the reduced run's objects.
     """
-    with np.load(Path(run_dir) / "ensemble" / "predictions.npz") as stored:
+    with np.load(predictions) as stored:
         idx, y, folds, probs = stored["indices"], stored["labels"], stored["folds"], stored["probs"]
     keep = np.isin(idx, indices)
     per_fold = []

@@ -184,25 +184,43 @@ def run_compare_stage(config: TrainConfig, args: argparse.Namespace) -> int:
     """Light-curve baseline on this config's folds, then the comparison table with other runs."""
     from broker_plugin.inference.artifact import load_artifact
     from train.compare import load_report, run_lc_baseline, same_object_scores, table_row
+    from train.evaluate import plot_curves
 
     plan = _plan(config, args)
     lc = run_lc_baseline(plan)
     bands = "".join(config.training.data.bands or ("u", "g", "r", "i", "z"))
     main_run = plan.run_dir
-    rows = []
+    rows, curves = [], {}
     for run in [main_run, *[Path(r) for r in args.runs]]:
         report = load_report(run / "evaluation" / "metrics.json")
         proto = report["protocol"]
+        name = f"{proto['net']} ({run.name})"
+        curves[name] = report["early_classification"]
         model = Path(config.training.model_dir) if run == main_run else run / "model"
         params = sum(p.numel() for p in load_artifact(model).members[0].parameters())
-        rows.append(table_row(proto["net"], report, params, bands, "image time series"))
+        rows.append(table_row(name, report, params, bands, "image time series"))
         if run != main_run:
             with np.load(run / "ensemble" / "predictions.npz") as stored:
-                same = same_object_scores(main_run, stored["indices"])
-            rows.append(table_row(f"{config.training.net.name} (same objects as {proto['net']})", same, None,
-                                  bands, "image time series"))  # fmt: skip
+                subset = stored["indices"]
+            for other, npz in (
+                (f"{config.training.net.name} ({main_run.name})", main_run / "ensemble" / "predictions.npz"),
+                ("light-curve features + GBT", main_run / "lc-features" / "predictions.npz"),
+            ):
+                same = same_object_scores(npz, subset)
+                rows.append(table_row(f"{other}, scored on {run.name}'s objects", same, None, bands, "-"))
     rows.append(table_row("light-curve features + GBT", lc, None, bands, "light curve"))
-    print("| model | bands | data | accuracy % | macro-F1 % | parameters |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    curves["light-curve features + GBT"] = lc["early_classification"]
+    table = "\n".join(
+        [
+            "| model | bands | data | accuracy % | macro-F1 % | parameters |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    out = Path(args.out) if args.out else main_run / "comparison"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table + "\n")
+    plot_curves(curves, out / "early_classification.png")
+    print(table)
+    print(f"comparison: {out}")
     return 0
