@@ -40,6 +40,10 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_state.py
+	PYTHONPATH=. $(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_service.py
+	$(PY) benchmarks/render_readme.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
