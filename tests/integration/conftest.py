@@ -32,10 +32,15 @@ def kafka_settings(service_settings: Settings, kafka_bootstrap: str, topics: dic
 
 
 class RunningService:
-    """A :class:`~broker_plugin.service.Service` running in a thread of the test process."""
+    """A :class:`~broker_plugin.service.Service` running in a thread of the test process.
 
-    def __init__(self, settings: Settings) -> None:
+    ``around_process`` wraps the pipeline's ``process`` (to slow it down or make it fail on purpose).
+    """
+
+    def __init__(self, settings: Settings, around_process=None) -> None:
         self.parts = build_parts(settings)
+        if around_process is not None:
+            self.parts.pipeline.process = around_process(self.parts.pipeline.process)
         self.service, self.server, self.metrics = build_service(settings, self.parts)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)

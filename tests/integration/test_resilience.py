@@ -149,15 +149,15 @@ def test_backpressure_pauses_then_resumes(kafka_settings: Settings) -> None:
 
     settings = kafka_settings.model_copy(update={"service": kafka_settings.service.model_copy(
         update={"queue_max_batches": 1, "batch_max_size": 2})})  # fmt: skip
-    running = RunningService(settings)
-    slow = running.parts.pipeline.process
 
-    def process(batch):
-        time.sleep(0.3)  # inference slower than the input
-        return slow(batch)
+    def slow(process):
+        def slowed(batch):
+            time.sleep(0.3)  # inference slower than the input
+            return process(batch)
 
-    running.parts.pipeline.process = process
-    running.start()
+        return slowed
+
+    running = RunningService(settings, around_process=slow).start()
     values, keys, expected = stream(objects=2, per_object=6, first_object=500)
     try:
         k = settings.kafka
@@ -187,16 +187,15 @@ def test_transactional_outputs(kafka_settings: Settings) -> None:
 def test_an_unexpected_failure_dead_letters_only_its_alert(kafka_settings: Settings) -> None:
     from tests.integration.conftest import RunningService
 
-    running = RunningService(kafka_settings)
-    real = running.parts.pipeline.process
+    def buggy(process):
+        def failing(batch):
+            if any(item.alert.diaSourceId == 70_001 for item in batch):
+                raise RuntimeError("boom")  # a bug triggered by one alert
+            return process(batch)
 
-    def process(batch):
-        if any(item.alert.diaSourceId == 70_001 for item in batch):
-            raise RuntimeError("boom")  # a bug triggered by one alert
-        return real(batch)
+        return failing
 
-    running.parts.pipeline.process = process
-    running.start()
+    running = RunningService(kafka_settings, around_process=buggy).start()
     values, keys, _ = stream(objects=1, per_object=5, first_object=700)
     try:
         k = kafka_settings.kafka
