@@ -160,6 +160,7 @@ def test_overrides_are_validated():
     assert load_config(CONFIG, ["--training.seed=3"]).training.seed == 3
 
 
+@pytest.mark.slow  # about a minute: light-curve features at 5 prefixes and 3 x 300 boosting rounds
 def test_compare_runs_the_light_curve_baseline_on_the_same_folds(
     trained: Path, small_dataset: Path, capsys: pytest.CaptureFixture[str]
 ):
