@@ -68,6 +68,9 @@ def run_lc_baseline(plan: Plan, frames: Sequence[int] = (6, 12, 24, 48)) -> dict
         x_tr = lc_features(plan, transfer, None, "lc transfer pool")
         x_views = np.stack([lc_features(plan, transfer, k, f"lc {k} frames") for k in frames], axis=1)
         np.savez(cache, pre=x_pre, transfer=x_tr, views=x_views)
+    # Features of absent bands are NaN for every object (g-only runs): drop them, the trees cannot bin them.
+    keep = ~np.all(np.isnan(np.concatenate([x_pre, x_tr])), axis=0)
+    x_pre, x_tr, x_views = x_pre[:, keep], x_tr[:, keep], x_views[..., keep]
     pos = {int(i): k for k, i in enumerate(transfer)}
     y_pre, labels = plan.source.labels[plan.pretrain_idx], plan.source.labels
     all_y, all_p, per_fold = [], [], []
