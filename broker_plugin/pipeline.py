@@ -207,8 +207,8 @@ class Pipeline:
         return expected == added.n_frames or pruned
 
     def _outputs(self, item: _ObjectWork, now_ms: int) -> list[tuple[object, Classification]]:
-        prediction, track, added = item.prediction, item.track, item.added
-        if prediction is None or track is None or added is None:
+        prediction, track = item.prediction, item.track
+        if prediction is None or track is None:
             return []
         first_mjd, bands = track.window_meta(prediction.n_frames)
         probs, spread = np.asarray(prediction.probabilities), np.asarray(prediction.spread)

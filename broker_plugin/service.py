@@ -121,9 +121,7 @@ class Service:
         self._ready: queue.Queue[Offsets] = queue.Queue()
         self._worker_error: BaseException | None = None
         self._producer = OutputProducer(self._kafka, client_id)
-        self._consumer = AlertConsumer(
-            self._kafka, client_id, on_assign=self._on_assign, on_revoke=self._on_revoke
-        )
+        self._consumer = AlertConsumer(self._kafka, client_id, on_revoke=self._on_revoke)
         self._next_expiry = self._next_count = time.monotonic()
 
     # ---- consumer thread -------------------------------------------------------------------------------
@@ -224,9 +222,6 @@ class Service:
         for (topic, partition), lag in self._consumer.lag().items():
             self._metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
 
-    def _on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        del partitions
-
     def _on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         """Before partitions go: let the worker finish what was polled from them, then commit it."""
         if self._worker_error is None:
@@ -300,7 +295,7 @@ class Service:
                 self._producer.abort()
             raise
         self._ready.put(batch.offsets())
-        self._record(batch, result)
+        self._record(result)
         self._maybe_expire()
 
     def _process(self, inbound: Sequence[Inbound]) -> BatchResult:
@@ -339,7 +334,7 @@ class Service:
         self._producer.produce(self._kafka.dead_letter_topic, message.value() or b"", message.key(), headers)
         self._metrics.alerts_rejected.labels(reason=reason).inc()
 
-    def _record(self, batch: _Batch, result: BatchResult) -> None:
+    def _record(self, result: BatchResult) -> None:
         metrics = self._metrics
         now = time.time()
         for _ref, reason in result.ignored:
@@ -354,7 +349,6 @@ class Service:
             if c.alertTimestamp is not None:
                 metrics.alert_latency.observe(max(0.0, now - c.alertTimestamp / 1000.0))
             metrics.observation_latency.observe(max(0.0, now - mjd_tai_to_unix(c.midpointMjdTai)))
-        del batch
 
     def _maybe_expire(self) -> None:
         now = time.monotonic()

@@ -46,6 +46,8 @@ def parse_primary_image(raw: bytes) -> tuple[np.ndarray, dict[str, object]] | No
     tuple or None
         ``(image float64 [row, column], {keyword: value})``.
     """
+    if not raw.startswith(b"SIMPLE  ="):
+        return None
     header: dict[str, object] = {}
     offset = 0
     end_found = False

@@ -60,10 +60,7 @@ def wcs_from_header(header: fits.Header, ra: float | None, dec: float | None) ->
         raise CutoutWcsError(f"unreadable cutout WCS: {type(exc).__name__}: {exc}") from exc
     if wcs.has_celestial and wcs.wcs.lng == 1:
         cd_deg = cd_deg[::-1]  # DEC--TAN first: put the (east, north) rows in order
-    cd_arcsec = cd_deg * 3600.0
-    det = np.linalg.det(cd_arcsec) if np.all(np.isfinite(cd_arcsec)) else 0.0
-    if not np.isfinite(det) or abs(det) < 1e-12:
-        raise CutoutWcsError("cutout WCS matrix is singular or not finite")
+    cd_arcsec = _usable_matrix(cd_deg * 3600.0)
     source = (float(wcs.wcs.crpix[0]) - 1.0, float(wcs.wcs.crpix[1]) - 1.0)
     if wcs.has_celestial and ra is not None and dec is not None:
         try:
@@ -72,6 +69,21 @@ def wcs_from_header(header: fits.Header, ra: float | None, dec: float | None) ->
         except Exception as exc:
             raise CutoutWcsError(f"alert position not in cutout WCS: {exc}") from exc
     return cd_arcsec, source
+
+
+def _usable_matrix(cd_arcsec: np.ndarray) -> np.ndarray:
+    """``cd_arcsec`` itself, or :class:`CutoutWcsError` if it is singular or not finite."""
+    if not np.all(np.isfinite(cd_arcsec)) or abs(np.linalg.det(cd_arcsec)) < 1e-12:
+        raise CutoutWcsError("cutout WCS matrix is singular or not finite")
+    return cd_arcsec
+
+
+def _parse_fast(raw: bytes) -> tuple[np.ndarray, dict[str, object]] | None:
+    """The fast reader's ``(pixels, cards)`` (shape checked), or ``None`` when astropy must read it."""
+    parsed = parse_primary_image(raw)
+    if parsed is not None:
+        check_shape(parsed[0])
+    return parsed
 
 
 def ztf_source_pixel(shape: tuple[int, int], ctx: ZtfCutoutContext) -> tuple[float, float]:
@@ -136,27 +148,21 @@ class StampNormaliser:
     @staticmethod
     def _read_pixels(raw: bytes) -> np.ndarray:
         """Pixels of a cutout: the fast reader when it understands the file, else astropy."""
-        parsed = parse_primary_image(raw) if raw.startswith(b"SIMPLE  =") else None
-        if parsed is None:
-            return read_image(raw)[0]
-        check_shape(parsed[0])
-        return parsed[0]
+        parsed = _parse_fast(raw)
+        return read_image(raw)[0] if parsed is None else parsed[0]
 
     @staticmethod
     def _read_rubin(alert: Alert) -> tuple[np.ndarray, np.ndarray, tuple]:
         """Pixels, linear sky transform and source pixel of a Rubin cutout (fast path, else astropy)."""
         raw = alert.cutoutDifference or b""
-        parsed = parse_primary_image(raw) if raw.startswith(b"SIMPLE  =") else None
+        parsed = _parse_fast(raw)
         transform = linear_transform(parsed[1], alert.ra, alert.dec) if parsed is not None else None
         if parsed is None or transform is None:
             image, header = read_image(raw)
             cd_arcsec, source = wcs_from_header(header, alert.ra, alert.dec)
             return image, cd_arcsec, source
-        check_shape(parsed[0])
         cd_arcsec, source = transform
-        if not np.all(np.isfinite(cd_arcsec)) or abs(np.linalg.det(cd_arcsec)) < 1e-12:
-            raise CutoutWcsError("cutout WCS matrix is singular or not finite")
-        return parsed[0], cd_arcsec, source
+        return parsed[0], _usable_matrix(cd_arcsec), source
 
     def _resample(
         self, alert: Alert, image: np.ndarray, cd_arcsec: np.ndarray, source: tuple, flags: StampFlag
