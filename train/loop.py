@@ -49,6 +49,27 @@ class LoopSettings:
     augment: bool
     val_max: int | None
     seed: int
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
+
+
+def scheduled_lr(settings: LoopSettings, step: int, total_steps: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of ``total_steps``.
+
+    ``constant`` is the authors' (their ReduceLROnPlateau is never stepped); ``cosine`` warms up
+    linearly over the first ``warmup_fraction`` of the steps, then decays to zero along a half cosine,
+    so the last epochs of a short CPU run settle instead of jumping between minima. A function of the
+    step alone, so a resumed run follows the same schedule without storing scheduler state.
+    """
+    if settings.lr_schedule == "constant":
+        return settings.lr
+    if settings.lr_schedule != "cosine":
+        raise ValueError(f"unknown lr_schedule {settings.lr_schedule!r}")
+    warmup = int(settings.warmup_fraction * total_steps)
+    if step < warmup:
+        return settings.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def net_device(net: nn.Module) -> torch.device:
@@ -174,6 +195,7 @@ def train_full(
     val_inputs = [source.model_input(i, norm, net.band_offset) for i in val_pick]
     y_val = source.labels[val_pick]
     per_epoch = s.samples_per_epoch or len(train_idx)
+    steps_per_epoch = -(-per_epoch // s.batch_size)
     for epoch in range(state["epoch"], s.epochs):
         started = time.perf_counter()
         rng = np.random.default_rng([s.seed, epoch])
@@ -182,7 +204,9 @@ def train_full(
         net.train()
         losses = []
         progress = Progress(len(draws), f"{label} epoch {epoch + 1}/{s.epochs}")
-        for start in range(0, len(draws), s.batch_size):
+        for step, start in enumerate(range(0, len(draws), s.batch_size)):
+            for group in opt.param_groups:
+                group["lr"] = scheduled_lr(s, epoch * steps_per_epoch + step, s.epochs * steps_per_epoch)
             batch = draws[start : start + s.batch_size]
             views = [
                 random_view(

@@ -56,6 +56,8 @@ def run_pretrain(plan: Plan) -> list[Path]:
             augment=p.augment,
             val_max=p.val_max,
             seed=seed,
+            lr_schedule=p.lr_schedule,
+            warmup_fraction=p.warmup_fraction,
         )
         info = train_full(
             net,

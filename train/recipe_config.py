@@ -43,6 +43,10 @@ class PretrainSection(_Strict):
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.3, ge=0, description="AdamW weight decay.")
     amsgrad: bool = Field(True, description="AdamW amsgrad.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant (the authors'), or linear warm-up then half-cosine decay to zero."
+    )
+    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="Warm-up share of the steps (cosine).")
     focal_gamma: float = Field(2.0, ge=0, description="Focal-loss exponent (per sample).")
     class_weight_power: float = Field(
         1.0, ge=0, description="Focal-loss class weights = sklearn 'balanced' weights ** this (0: none)."
