@@ -72,6 +72,8 @@ def protocol(config: TrainConfig, plan: Any) -> dict[str, Any]:
         "n_transfer_pool": int(sum(len(s.test) for s in plan.transfer_folds)),
         "pretrain_epochs": t.pretrain.epochs,
         "pretrain_samples_per_epoch": t.pretrain.samples_per_epoch,
+        "pretrain_lr_schedule": t.pretrain.lr_schedule,
+        "pretrain_max_train_frames": t.pretrain.max_train_frames,
         "finetune_epochs": t.finetune.epochs,
         "unfreeze_epochs": t.finetune.unfreeze_epochs,
         "test": "each confirmed object once, in its fold's test part (never trained on or selected on)",
@@ -182,7 +184,7 @@ def register(stage: Any) -> None:
 
 def run_compare_stage(config: TrainConfig, args: argparse.Namespace) -> int:
     """Light-curve baseline on this config's folds, then the comparison table with other runs."""
-    from broker_plugin.inference.artifact import load_artifact
+    from broker_plugin.inference import create_net
     from train.compare import load_report, run_lc_baseline, same_object_scores, table_row
     from train.evaluate import plot_curves
 
@@ -190,24 +192,26 @@ def run_compare_stage(config: TrainConfig, args: argparse.Namespace) -> int:
     lc = run_lc_baseline(plan)
     bands = "".join(config.training.data.bands or ("u", "g", "r", "i", "z"))
     main_run = plan.run_dir
+    with np.load(main_run / "ensemble" / "predictions.npz") as stored:
+        main_objects = set(stored["indices"].tolist())
     rows, curves = [], {}
     for run in [main_run, *[Path(r) for r in args.runs]]:
         report = load_report(run / "evaluation" / "metrics.json")
         proto = report["protocol"]
         name = f"{proto['net']} ({run.name})"
         curves[name] = report["early_classification"]
-        model = Path(config.training.model_dir) if run == main_run else run / "model"
-        params = sum(p.numel() for p in load_artifact(model).members[0].parameters())
+        params = sum(p.numel() for p in create_net(proto["net"], **proto["net_args"]).parameters())
         rows.append(table_row(name, report, params, bands, "image time series"))
-        if run != main_run:
-            with np.load(run / "ensemble" / "predictions.npz") as stored:
-                subset = stored["indices"]
-            for other, npz in (
-                (f"{config.training.net.name} ({main_run.name})", main_run / "ensemble" / "predictions.npz"),
-                ("light-curve features + GBT", main_run / "lc-features" / "predictions.npz"),
-            ):
-                same = same_object_scores(npz, subset)
-                rows.append(table_row(f"{other}, scored on {run.name}'s objects", same, None, bands, "-"))
+        with np.load(run / "ensemble" / "predictions.npz") as stored:
+            subset = stored["indices"]
+        if set(subset.tolist()) == main_objects:
+            continue  # scored on the same objects: the rows above already compare like with like
+        for other, npz in (
+            (f"{config.training.net.name} ({main_run.name})", main_run / "ensemble" / "predictions.npz"),
+            ("light-curve features + GBT", main_run / "lc-features" / "predictions.npz"),
+        ):
+            same = same_object_scores(npz, subset)
+            rows.append(table_row(f"{other}, scored on {run.name}'s objects", same, None, bands, "-"))
     rows.append(table_row("light-curve features + GBT", lc, None, bands, "light curve"))
     curves["light-curve features + GBT"] = lc["early_classification"]
     table = "\n".join(

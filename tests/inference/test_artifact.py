@@ -28,8 +28,13 @@ NORM = FluxNormalisation("asinh", scale=(50.0, 60.0, 70.0, 80.0, 90.0, 100.0))
 def artifact(tmp_path):
     members = make_members("convention-small")
     model_id = save_artifact(
-        tmp_path / "model", members, normalisation=NORM, pixel_scale_arcsec=0.2,
-        training_data_hash="sha256:abc", metrics={"macro_f1": 0.71}, member_info=[{"seed": 0}, {"seed": 1}],
+        tmp_path / "model",
+        members,
+        normalisation=NORM,
+        pixel_scale_arcsec=0.2,
+        training_data_hash="sha256:abc",
+        metrics={"macro_f1": 0.71},
+        member_info=[{"seed": 0}, {"seed": 1}],
     )
     return tmp_path / "model", members, model_id
 
@@ -92,8 +97,13 @@ def test_swapped_member_file_is_refused_even_when_resigned(artifact, tmp_path):
     root = artifact[0]
     other = tmp_path / "other"
     # Seed 1's weights: certainly not member 0's (make_members seeds member k with k).
-    save_artifact(other, make_members("convention-small", count=2)[1:], normalisation=NORM,
-                  pixel_scale_arcsec=0.2, training_data_hash="x")
+    save_artifact(
+        other,
+        make_members("convention-small", count=2)[1:],
+        normalisation=NORM,
+        pixel_scale_arcsec=0.2,
+        training_data_hash="x",
+    )
     shutil.copy(other / "member-0.safetensors", root / "member-0.safetensors")
     resign(root)  # SHA256SUMS now agrees, but the metadata's member hash does not
     with pytest.raises(ArtifactChecksumError, match="member-0"):

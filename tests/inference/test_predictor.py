@@ -22,8 +22,9 @@ def test_ensemble_mean_and_spread_of_member_probabilities(predictor):
     (pred,) = predictor.predict([inp])
     x, band = collate([inp], frames=21)
     with torch.inference_mode():
-        member = np.stack([m(torch.from_numpy(x), torch.from_numpy(band)).softmax(-1)[0].numpy()
-                           for m in predictor.members])
+        member = np.stack(
+            [m(torch.from_numpy(x), torch.from_numpy(band)).softmax(-1)[0].numpy() for m in predictor.members]
+        )
     np.testing.assert_allclose(pred.probabilities, member.mean(0), atol=1e-6)
     np.testing.assert_allclose(pred.spread, member.std(0), atol=1e-6)
     assert pred.probabilities.sum() == pytest.approx(1.0, abs=1e-5) and pred.spread.max() > 0
@@ -46,7 +47,7 @@ def test_incremental_update_for_several_objects_matches_full(predictor):
     for (pred, cache), ref, inp in zip(results, full, inputs, strict=True):
         np.testing.assert_allclose(pred.probabilities, ref.probabilities, atol=1e-5)
         assert cache.n_frames == len(inp)
-    (none, same), = predictor.update([results[0][1]], [inputs[0][:0]])
+    ((none, same),) = predictor.update([results[0][1]], [inputs[0][:0]])
     assert none is None and same is results[0][1]
 
 
@@ -57,12 +58,22 @@ def test_empty_sequences_are_refused(predictor):
 
 def test_from_artifact_and_frames(tmp_path):
     members = make_members("convention-small", count=2)
-    save_artifact(tmp_path, members, normalisation=FluxNormalisation(), pixel_scale_arcsec=0.2,
-                  training_data_hash="x")
+    save_artifact(
+        tmp_path, members, normalisation=FluxNormalisation(), pixel_scale_arcsec=0.2, training_data_hash="x"
+    )
     predictor = Predictor.from_artifact(tmp_path, expected_pixel_scale_arcsec=0.2, device="cpu")
     rng = np.random.default_rng(0)
-    frames = [Frame(rng.normal(0, 100, (32, 32)).astype(np.float32), np.ones((32, 32), bool), StampFlag.NONE,
-                    band, 60000.0 + k, k) for k, band in enumerate("grizgr")]
+    frames = [
+        Frame(
+            rng.normal(0, 100, (32, 32)).astype(np.float32),
+            np.ones((32, 32), bool),
+            StampFlag.NONE,
+            band,
+            60000.0 + k,
+            k,
+        )
+        for k, band in enumerate("grizgr")
+    ]
     (pred,) = predictor.predict_frames([frames])
     direct = Predictor(members, model_id="x", normalisation=FluxNormalisation(), device="cpu")
     (ref,) = direct.predict_frames([frames])

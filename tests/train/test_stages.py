@@ -171,3 +171,13 @@ def test_compare_runs_the_light_curve_baseline_on_the_same_folds(
     source = ObjectSource.from_shards(small_dataset)
     assert report["whole_history"]["n"] == int(np.sum(source.pools == "transfer"))
     assert len(report["fold_ensembles"]["per_fold"]) == 3
+
+
+def test_compare_adds_subset_rows_only_for_runs_on_other_objects(
+    trained: Path, small_dataset: Path, capsys: pytest.CaptureFixture[str]
+):
+    # A run over the same objects (here: the main run itself) is compared row by row, no subset rows.
+    assert main(["compare", *_args(trained, small_dataset), "--runs", str(trained / "run")]) == 0
+    table = capsys.readouterr().out
+    assert table.count("| convention-small (run) | ugriz | image time series |") == 2
+    assert "scored on" not in table
