@@ -112,4 +112,23 @@ def make_plan(config: TrainConfig, dataset: str | Path | None = None) -> Plan:
     pretrain = _limit(everything[source.pools == "pretrain"], source.labels, t.data.limit_per_class, t.seed)
     transfer = _limit(everything[source.pools == "transfer"], source.labels, t.data.limit_per_class, t.seed)
     folds = fold_splits(transfer, source.labels[transfer], t.data.folds, t.seed)
-    return Plan(config, source, folds, pretrain, Path(t.run_dir))
+    plan = Plan(config, source, folds, pretrain, Path(t.run_dir))
+    check_training_window(plan.new_net(t.seed), t.pretrain.max_train_frames)
+    return plan
+
+
+def check_training_window(net: nn.Module, max_train_frames: int) -> None:
+    """Refuse a stage-1 frame cap shorter than the window the net serves with.
+
+    Training views are cut to whole chunks within ``max_train_frames``; evaluation and the service feed
+    the net's full window (``chunk_size * max_chunks`` frames). A shorter cap means the later window
+    positions (their index encodings, the recurrent steps) are never trained, yet every long history
+    is classified through them: a training/serving skew that left stage-1 validation near chance.
+    """
+    window = net.chunk_size * net.max_chunks
+    if max_train_frames // net.chunk_size < net.max_chunks:
+        raise ValueError(
+            f"training.pretrain.max_train_frames = {max_train_frames} is shorter than the net's serving "
+            f"window of {window} frames ({net.max_chunks} tokens of {net.chunk_size}): raise it, or shrink "
+            f"the window with training.net.args.max_chunks"
+        )

@@ -15,7 +15,7 @@ from train.objects import ObjectSource
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "train" / "configs" / "small.toml")
 TINY = [
-    "--training.net.args={channels=[4,8,8,8], head_hidden=16, depth=1}",
+    "--training.net.args={channels=[4,8,8,8], head_hidden=16, depth=1, max_chunks=8}",
     "--training.data.folds=3",
     "--training.pretrain.epochs=2",
     "--training.pretrain.samples_per_epoch=8",
@@ -150,6 +150,16 @@ def test_interrupted_pretraining_resumes_from_its_checkpoint(small_dataset: Path
     assert [h["epoch"] for h in a["info"]["history"]] == [1, 2]
     for k in a["state"]:
         torch.testing.assert_close(a["state"][k], b["state"][k])
+
+
+def test_a_frame_cap_shorter_than_the_serving_window_is_refused(small_dataset: Path, tmp_path: Path):
+    from train.plan import make_plan
+
+    cfg = load_config(
+        CONFIG, [f"--training.run_dir={tmp_path}", *TINY, "--training.pretrain.max_train_frames=21"]
+    )
+    with pytest.raises(ValueError, match="serving window of 24 frames"):
+        make_plan(cfg, small_dataset)
 
 
 def test_overrides_are_validated():
