@@ -229,6 +229,15 @@ class PostgresStateStore(StateStore):
         with self._locked(key) as conn:
             conn.execute(self._q.put_cache, (key, model_version, bytes(blob), key))
 
+    def put_caches(self, items: Sequence[tuple[str, str, bytes]]) -> None:
+        """Replace several cached blobs in one transaction: one commit, pipelined, for the micro-batch."""
+        if not items:
+            return
+        # The same locks as add_batch, taken in one global order: no deadlock with a concurrent batch.
+        with self._locked(*sorted({key for key, _, _ in items})) as conn, conn.pipeline():
+            for key, model_version, blob in items:
+                conn.execute(self._q.put_cache, (key, model_version, bytes(blob), key))
+
     def expire(self, idle_seconds: float) -> int:
         """Drop objects (frames and cache) whose last new frame is ``idle_seconds`` old or older."""
         cutoff = self._clock() - idle_seconds

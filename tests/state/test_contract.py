@@ -147,6 +147,8 @@ def test_cache_batch_writes_like_single_writes(store: StateStore) -> None:
     store.put_caches([("a", "m1", b"A1"), ("b", "m1", b"B1"), ("ghost", "m1", b"G")])
     store.put_caches([("a", "m1", b"A2")])
     assert (store.get_cache("a", "m1"), store.get_cache("b", "m1")) == (b"A2", b"B1")
+    store.put_caches([("b", "m1", b"B2"), ("b", "m1", b"B3")])  # one object twice: the later write wins
+    assert store.get_cache("b", "m1") == b"B3"
     assert store.get_cache("ghost", "m1") is None
 
 
