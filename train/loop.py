@@ -51,6 +51,8 @@ class LoopSettings:
     seed: int
     lr_schedule: str = "constant"
     warmup_fraction: float = 0.0
+    selection: str = "head"
+    probe_objects: int = 600
 
 
 def scheduled_lr(settings: LoopSettings, step: int, total_steps: int) -> float:
@@ -111,17 +113,35 @@ class Progress:
 
 
 @torch.inference_mode()
-def predict_windows(net: nn.Module, inputs: Sequence[ModelInput], batch_size: int = 32) -> np.ndarray:
-    """Class probabilities ``(n, classes)`` for the serving window of each input (eval mode)."""
+def pooled_features(net: nn.Module, inputs: Sequence[ModelInput], batch_size: int = 32) -> np.ndarray:
+    """The head's input (``pre_logits``) for the serving window of each input (eval mode)."""
     net.eval()
     windows = [serving_window(i, net.chunk_size, net.max_chunks) for i in inputs]
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-    out = np.zeros((len(windows), net.num_classes), np.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        x, band = batch_tensors(net, [windows[i] for i in idx])
-        out[idx] = net(x, band).float().softmax(-1).cpu().numpy()
-    return out
+    out = []
+    for start in range(0, len(windows), batch_size):
+        x, band = batch_tensors(net, windows[start : start + batch_size])
+        out.append(net.forward_head(*net.forward_features(x, band), pre_logits=True).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def probe_macro_f1(
+    train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, n_classes: int
+) -> float:
+    """Validation macro-F1 of a class-balanced linear probe fitted on frozen training features.
+
+    Stage 1 exists to give stage 2 features that a new head can separate, so this (not the stage-1
+    head, which the transfer throws away) is what should pick its epoch. The stage-1 head was seen to
+    collapse onto one class in eval mode while a probe on the same epoch's features scored 0.49 macro-F1.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(train_y)) < 2:
+        return 0.0
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=500, class_weight="balanced"))
+    probe.fit(train_x, train_y)
+    return macro_f1(val_y, probe.predict(val_x), n_classes)
 
 
 def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
@@ -194,6 +214,13 @@ def train_full(
     val_pick = val_idx if s.val_max is None else val_idx[: s.val_max]
     val_inputs = [source.model_input(i, norm, net.band_offset) for i in val_pick]
     y_val = source.labels[val_pick]
+    if s.selection not in ("head", "probe"):
+        raise ValueError(f"unknown selection {s.selection!r}")
+    # A fixed sample of training objects for the probe (none when the head selects).
+    probe_pick = np.random.default_rng([s.seed, 7]).permutation(train_idx)[: s.probe_objects]
+    if s.selection == "head":
+        probe_pick = probe_pick[:0]
+    probe_inputs = [source.model_input(i, norm, net.band_offset) for i in probe_pick]
     per_epoch = s.samples_per_epoch or len(train_idx)
     steps_per_epoch = -(-per_epoch // s.batch_size)
     for epoch in range(state["epoch"], s.epochs):
@@ -230,28 +257,37 @@ def train_full(
             opt.step()
             losses.append(loss.item())
             progress.update(len(batch), f"loss {np.mean(losses[-20:]):.4f}")
-        probs = predict_windows(net, val_inputs)
-        pred = probs.argmax(1)
+        val_feats = pooled_features(net, val_inputs)  # eval mode
+        with torch.inference_mode():
+            pred = net.head(torch.from_numpy(val_feats).to(device)).argmax(1).cpu().numpy()
         acc, f1 = float(np.mean(pred == y_val)), macro_f1(y_val, pred, n_classes)
         record = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)),
             "val_accuracy": acc,
             "val_macro_f1": f1,
-            "seconds": time.perf_counter() - started,
         }
+        score = f1
+        if s.selection == "probe":
+            score = record["val_probe_macro_f1"] = probe_macro_f1(
+                pooled_features(net, probe_inputs), source.labels[probe_pick],
+                val_feats, y_val, n_classes,
+            )  # fmt: skip
+        record["seconds"] = time.perf_counter() - started
         state["history"].append(record)
-        if f1 > state["best"]:
-            state["best"], state["best_epoch"] = f1, epoch + 1
+        if score > state["best"]:
+            state["best"], state["best_epoch"] = score, epoch + 1
             state["best_state"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        probe = f" val_probe_macro_f1 {score:.4f}" if s.selection == "probe" else ""
         log.info(
-            "%s epoch %d/%d loss %.4f val_acc %.4f val_macro_f1 %.4f (%.0f s)%s",
+            "%s epoch %d/%d loss %.4f val_acc %.4f val_macro_f1 %.4f%s (%.0f s)%s",
             label,
             epoch + 1,
             s.epochs,
             record["loss"],
             acc,
             f1,
+            probe,
             record["seconds"],
             " best" if state["best_epoch"] == epoch + 1 else "",
         )

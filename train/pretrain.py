@@ -58,6 +58,8 @@ def run_pretrain(plan: Plan) -> list[Path]:
             seed=seed,
             lr_schedule=p.lr_schedule,
             warmup_fraction=p.warmup_fraction,
+            selection=p.selection,
+            probe_objects=p.probe_objects,
         )
         info = train_full(
             net,

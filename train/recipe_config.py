@@ -64,6 +64,12 @@ class PretrainSection(_Strict):
     )
     augment: bool = Field(True, description="Random flips / quarter turns, the same for every frame.")
     val_max: int | None = Field(None, ge=1, description="Validation objects scored per epoch; None: all.")
+    selection: Literal["head", "probe"] = Field(
+        "head",
+        description="Best epoch by validation macro-F1 of the stage-1 head, or of a linear probe on its "
+        "frozen features (what the stage-2 transfer uses).",
+    )
+    probe_objects: int = Field(600, ge=10, description="Training objects the probe is fitted on (probe).")
 
 
 class FinetuneSection(_Strict):

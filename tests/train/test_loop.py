@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from train.loop import LoopSettings, scheduled_lr
+from train.loop import LoopSettings, probe_macro_f1, scheduled_lr
 
 BASE = LoopSettings(
     epochs=4, samples_per_epoch=64, batch_size=8, lr=2e-3, weight_decay=0.0, amsgrad=False, focal_gamma=2.0,
@@ -31,3 +31,13 @@ def test_cosine_warms_up_then_decays_to_zero():
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="lr_schedule"):
         scheduled_lr(dataclasses.replace(BASE, lr_schedule="step"), 0, 10)
+
+
+def test_probe_scores_separable_features_high_and_noise_low():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 50)
+    centres = rng.normal(0, 3, (4, 16))
+    x = centres[y] + rng.normal(0, 1, (200, 16))
+    assert probe_macro_f1(x[::2], y[::2], x[1::2], y[1::2], 4) > 0.95
+    noise = rng.normal(0, 1, (200, 16))
+    assert probe_macro_f1(noise[::2], y[::2], noise[1::2], y[1::2], 4) < 0.5

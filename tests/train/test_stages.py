@@ -152,6 +152,17 @@ def test_interrupted_pretraining_resumes_from_its_checkpoint(small_dataset: Path
         torch.testing.assert_close(a["state"][k], b["state"][k])
 
 
+def test_stage_one_can_pick_its_epoch_by_a_linear_probe(small_dataset: Path, tmp_path: Path):
+    from train.plan import make_plan
+    from train.pretrain import run_pretrain
+
+    probe = ["--training.pretrain.selection=probe", "--training.pretrain.probe_objects=12"]
+    cfg = load_config(CONFIG, [f"--training.run_dir={tmp_path}", *TINY, *probe])
+    (path,) = run_pretrain(make_plan(cfg, small_dataset))
+    history = torch.load(path, weights_only=False)["info"]["history"]
+    assert len(history) == 2 and all(0 <= h["val_probe_macro_f1"] <= 1 for h in history)
+
+
 def test_a_frame_cap_shorter_than_the_serving_window_is_refused(small_dataset: Path, tmp_path: Path):
     from train.plan import make_plan
 
