@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The equal-budget comparison (issue 5): ConvEntion and the recurrent baselines trained under one protocol
-# (the default config, 60-frame windows, with stage 1 cut to 8 epochs x 2,000 draws = 16,000 growing-prefix
+# (the default config with 60-frame windows instead of 99 and stage 1 cut to 8 epochs x 2,000 draws = 16,000 growing-prefix
 # draws so the 1.4M-parameter CNN+RNN nets fit this 2-core CPU), for ugriz and for g only, then `compare`
 # (which adds the light-curve baseline on the same folds). The three nets train side by side, one thread each.
 # Usage: bash train/run_comparison.sh [ugriz|g]...   (default: both)
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 CONFIG=train/configs/default.toml
-PROTOCOL=(--training.pretrain.epochs=8 --training.threads=1)
+PROTOCOL=(--training.pretrain.epochs=8 --training.pretrain.max_train_frames=60 --training.threads=1)
 
 bands_args() { if [ "$1" = g ]; then echo "--training.data.bands=[\"g\"]"; fi; }
 
