@@ -54,3 +54,15 @@ def test_unconfirmed_sne_are_fainter_and_a_few_percent_mislabelled() -> None:
     flipped = [o.true_class != o.entry.label for o in objs if not o.entry.confirmed]
     assert 0.11 < np.mean(flipped) < 0.29  # 20 % +- 3 sigma of a binomial with n = 200
     assert not any(o.true_class != o.entry.label for o in objs if o.entry.confirmed)
+
+
+@pytest.mark.parametrize("name", ["default", "small", "paper"])
+def test_shipped_configs_train_every_position_of_their_serving_window(name: str) -> None:
+    from broker_plugin.inference import create_net
+    from train.config import load_config
+    from train.plan import check_training_window
+
+    from .conftest import CONFIGS
+
+    t = load_config(CONFIGS / f"{name}.toml").training
+    check_training_window(create_net(t.net.name, **t.net.args), t.pretrain.max_train_frames)
