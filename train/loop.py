@@ -3,8 +3,9 @@
 Each epoch reseeds its own generators from ``(seed, epoch)``, so a run resumed from its last checkpoint
 draws exactly the batches an uninterrupted run would have (deterministic with a seed on CPU). A
 checkpoint (``torch.save`` of tensors and numbers, our own files under ``runs/``) is written after every
-epoch; the best state by validation macro-F1 is kept beside it (accuracy would favour the majority
-class on these imbalanced pools; the authors selected by accuracy on the test fold itself).
+epoch; the best state by validation macro-F1 (of the net's own head, or of a linear probe on its pooled
+features, :func:`probe_macro_f1`) is kept beside it (accuracy would favour the majority class on these
+imbalanced pools; the authors selected by accuracy on the test fold itself).
 """
 
 from __future__ import annotations
