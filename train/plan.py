@@ -123,7 +123,7 @@ def check_training_window(net: nn.Module, max_train_frames: int) -> None:
     Training views are cut to whole chunks within ``max_train_frames``; evaluation and the service feed
     the net's full window (``chunk_size * max_chunks`` frames). A shorter cap means the later window
     positions (their index encodings, the recurrent steps) are never trained, yet every long history
-    is classified through them: a training/serving skew that left stage-1 validation near chance.
+    is classified through them: a training/serving skew (session 1's default model had it).
     """
     window = net.chunk_size * net.max_chunks
     if max_train_frames // net.chunk_size < net.max_chunks:
