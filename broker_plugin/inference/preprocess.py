@@ -190,9 +190,7 @@ def select_window(inp: ModelInput, chunk_size: int, max_chunks: int) -> ModelInp
     return inp[window_start(len(inp), chunk_size, max_chunks) :]
 
 
-def collate(
-    inputs: Sequence[ModelInput], *, frames: int, stamp: int = 32
-) -> tuple[np.ndarray, np.ndarray]:
+def collate(inputs: Sequence[ModelInput], *, frames: int, stamp: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Stack windows into ``x`` ``(B, frames, H, W)`` and ``band`` ``(B, frames)``, zero padded at the end."""
     x = np.zeros((len(inputs), frames, stamp, stamp), np.float32)
     band = np.zeros((len(inputs), frames), np.int64)
