@@ -139,6 +139,7 @@ def run_finetune(plan: Plan) -> list[Path]:
         pos = {int(i): k for k, i in enumerate(idx)}
         test_feats = feats[[pos[int(i)] for i in split.test]]
         if f.unfreeze_epochs:
+            frozen_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             net.to(plan.device)
             p = plan.config.training.pretrain
             settings = LoopSettings(
@@ -168,8 +169,18 @@ def run_finetune(plan: Plan) -> list[Path]:
                 plan.run_dir / "members" / f"checkpoint-{member.key}.pt",
                 f"unfreeze {member.key}",
             )
-            inputs = [plan.source.model_input(i, plan.normalisation(), net.band_offset) for i in split.test]
-            test_feats = prefix_features(net, inputs, f.prefix_frames, label=f"test features {member.key}")
+            # Keep the unfrozen net only if it beats the frozen one on the same validation fold: on small
+            # confirmed pools unfreezing can wreck the features (seen: macro-F1 0.58 -> 0.37).
+            if info["unfreeze"]["best_val_macro_f1"] > info["head"]["best_val_macro_f1"]:
+                norm = plan.normalisation()
+                inputs = [plan.source.model_input(i, norm, net.band_offset) for i in split.test]
+                label = f"test features {member.key}"
+                test_feats = prefix_features(net, inputs, f.prefix_frames, label=label)
+                info["kept"] = "unfrozen"
+            else:
+                net.load_state_dict(frozen_state)
+                info["kept"] = "frozen"
+                log.info("unfreeze %s: no validation gain; the frozen-backbone member is kept", member.key)
             net.cpu()
         probs = head_probs(net.head, test_feats)
         info["seconds"] = time.perf_counter() - started

@@ -163,6 +163,17 @@ def test_stage_one_can_pick_its_epoch_by_a_linear_probe(small_dataset: Path, tmp
     assert len(history) == 2 and all(0 <= h["val_probe_macro_f1"] <= 1 for h in history)
 
 
+def test_unfreezing_is_kept_only_when_it_helps_on_validation(small_dataset: Path, tmp_path: Path):
+    args = [*_args(tmp_path, small_dataset), "--training.finetune.unfreeze_epochs=1"]
+    assert main(["pretrain", *args]) == 0 and main(["finetune", *args]) == 0
+    members = sorted((tmp_path / "run" / "members").glob("member-*.pt"))
+    assert len(members) == 3
+    for path in members:
+        info = torch.load(path, weights_only=False)["info"]
+        gain = info["unfreeze"]["best_val_macro_f1"] > info["head"]["best_val_macro_f1"]
+        assert info["kept"] == ("unfrozen" if gain else "frozen")
+
+
 def test_a_frame_cap_shorter_than_the_serving_window_is_refused(small_dataset: Path, tmp_path: Path):
     from train.plan import make_plan
 
