@@ -218,9 +218,9 @@ def train_full(
     if s.selection not in ("head", "probe"):
         raise ValueError(f"unknown selection {s.selection!r}")
     # A fixed sample of training objects for the probe (none when the head selects).
-    probe_pick = np.random.default_rng([s.seed, 7]).permutation(train_idx)[: s.probe_objects]
-    if s.selection == "head":
-        probe_pick = probe_pick[:0]
+    probe_pick = train_idx[:0]
+    if s.selection == "probe":
+        probe_pick = np.random.default_rng([s.seed, 7]).permutation(train_idx)[: s.probe_objects]
     probe_inputs = [source.model_input(i, norm, net.band_offset) for i in probe_pick]
     per_epoch = s.samples_per_epoch or len(train_idx)
     steps_per_epoch = -(-per_epoch // s.batch_size)

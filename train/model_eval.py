@@ -18,6 +18,7 @@ from broker_plugin.inference.artifact import load_artifact
 from train.config import TrainConfig
 from train.evaluate import scores, write_report
 from train.objects import ObjectSource
+from train.plan import training_device
 from train.prefix import head_probs, prefix_features
 
 
@@ -40,9 +41,7 @@ def evaluate_artifact(
 ) -> dict[str, Any]:
     """Score the artifact ``model`` on dataset ``data``; with ``out`` also write the report files."""
     torch.set_num_threads(config.training.threads)
-    wanted = config.training.device
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if wanted == "auto" else wanted)
-    art = load_artifact(model, device=device)
+    art = load_artifact(model, device=training_device(config.training.device))
     source = ObjectSource.from_shards(data, bands=config.training.data.bands)
     idx = np.arange(len(source)) if pool is None else np.flatnonzero(source.pools == pool)
     idx = idx[:limit] if limit else idx

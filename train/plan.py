@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from broker_plugin.inference import create_net
+from broker_plugin.inference.predictor import default_device
 from broker_plugin.inference.preprocess import FluxNormalisation
 from train.config import CLASSES, TrainConfig
 from train.objects import ObjectSource, fit_normalisation
@@ -72,10 +73,7 @@ class Plan:
     @property
     def device(self) -> torch.device:
         """Where nets train and features are computed (the small stage-2 head always trains on the CPU)."""
-        wanted = self.config.training.device
-        if wanted == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(wanted)
+        return training_device(self.config.training.device)
 
     def new_net(self, seed: int) -> nn.Module:
         """A freshly initialised net of the configured architecture."""
@@ -93,6 +91,11 @@ class Plan:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(norm.to_dict(), indent=1))
         return norm
+
+
+def training_device(wanted: str) -> torch.device:
+    """The torch device of ``training.device``: ``auto`` is the service's choice (CUDA if any)."""
+    return default_device() if wanted == "auto" else torch.device(wanted)
 
 
 def _limit(indices: np.ndarray, labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
