@@ -3,11 +3,13 @@
 For every alert of a micro-batch: normalise its cutout (typed errors -> rejected, with the reason),
 ignore bands the model lacks, store the frame (idempotent by ``diaSourceId``), and, for every object
 that now has at least ``min_frames`` frames, classify it with incremental inference, batched across
-objects. An alert gets an output when its frame is at least the ``min_frames``-th of its object in time
-order among the frames known when it is processed. The rank, not the arrival count, decides, so a
-redelivered alert gets the same decision as the first time (an early frame stays early). Alerts of one
-object in one batch share the classification computed after all of them, which uses every frame known
-at that moment.
+objects. An alert gets an output when the object has at least ``min_frames`` frames once its frame is
+stored: a new frame counts the frames stored before it plus those of its batch up to it in time order; a
+redelivered frame counts its rank in time order among the stored frames, so an early frame stays early
+when redelivered. A late frame (older than stored ones) that brings the object to ``min_frames`` is thus
+classified at once. Its redelivery gets no second output: the store keeps no arrival order, and the
+object's next alert is classified anyway. Alerts of one object in one batch share the classification
+computed after all of them, which uses every frame known at that moment.
 
 Incremental path: the object's cached tokens (see :mod:`broker_plugin.tracking`) are extended with the
 new frames only. The cache is used only when it provably describes every earlier frame: no redelivered
@@ -86,6 +88,7 @@ class _ObjectWork:
     added: AddResult | None = None
     track: ObjectTrack | None = None
     prediction: Prediction | None = None
+    #: diaSourceId -> frames the object had once that frame was stored (outputs start at min_frames).
     ranks: dict[int, int] = field(default_factory=dict)
 
 
@@ -187,6 +190,10 @@ class Pipeline:
             else:
                 frames = self._store.frames(item.key)
                 item.ranks = {f.diaSourceId: i + 1 for i, f in enumerate(frames)}
+                # A late frame is ranked by arrival, not by time: the object it completes to min_frames
+                # is classified now, even when that frame is older than the stored ones.
+                first = added.n_frames - len(new_frames) + 1
+                item.ranks.update({f.diaSourceId: first + i for i, f in enumerate(new_frames)})
                 caches.append(self._predictor.new_cache(self._predictor.preprocess(frames[:-1])))
                 inputs.append(self._predictor.preprocess(frames[-1:]))
                 recent = tuple((f.midpointMjdTai, f.band) for f in frames[-self._recent_keep :])

@@ -78,6 +78,17 @@ def test_out_of_order_frame_rebuilds_the_sequence(parts) -> None:
     assert len(late) == 1 and late[0][1].nFrames == 5
 
 
+def test_a_late_frame_that_completes_min_frames_is_classified(parts) -> None:
+    """Frames 1 and 3 arrive, then frame 2: the object now has 3 frames, so frame 2's alert gets an output."""
+    alerts = inbound(parts, object_alerts(15, 3, first_source=500))
+    assert parts.pipeline.process([alerts[0]]).classifications == []
+    assert parts.pipeline.process([alerts[2]]).classifications == []
+    late = parts.pipeline.process([alerts[1]]).classifications
+    assert [(c.diaSourceId, c.nFrames) for _, c in late] == [(501, 3)]
+    again = parts.pipeline.process([alerts[1]]).classifications  # redelivered: ranked by time, as stored
+    assert again == []
+
+
 def test_rejections_and_ignored_bands_are_reported(parts) -> None:
     good = object_alerts(15, 3, first_source=500)
     no_cutout = rubin_message(diaSourceId=600, diaObjectId=16, cutout=None)
