@@ -1,7 +1,7 @@
 """End-to-end service benchmark through the embedded Kafka-compatible broker.
 
-Usage: ``python benchmarks/bench_service.py [--nets convention-small convention-paper] [--alerts 3000]
-[--rate 300] [--seconds 20] [--out benchmarks/results/service_cpu.json]``
+Usage: ``python benchmarks/bench_service.py [--nets convention-small convention-paper] [--alerts 1800]
+[--rate 300] [--seconds 10] [--out benchmarks/results/service_cpu.json]``
 
 For each net (random weights: the cost is the architecture's, not the training's; one ensemble member):
 
@@ -168,9 +168,9 @@ def measure(net: str, bootstrap: str, tmp: Path, n: int, rate: float, seconds: f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", nargs="+", default=["convention-small", "convention-paper"])
-    parser.add_argument("--alerts", type=int, default=3000)
+    parser.add_argument("--alerts", type=int, default=1800)
     parser.add_argument("--rate", type=float, default=300.0)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -182,6 +182,7 @@ def main() -> None:
             )
             print(json.dumps(results[-1]), flush=True)
     report = {"benchmark": "service end to end (embedded broker)", "plugin_version": __version__,
+              "arguments": {"alerts": args.alerts, "rate": args.rate, "seconds": args.seconds},
               "machine": {"cpu": platform.machine(), "python": platform.python_version(),
                           "torch": torch.__version__, "cores": os.cpu_count(),
                           "load_average_1min_after": round(os.getloadavg()[0], 2)},

@@ -134,7 +134,10 @@ class ServiceSettings(BaseModel):
     batch_max_size: int = Field(256, ge=1, description="Most alerts processed in one micro-batch [count].")
     batch_max_wait_ms: int = Field(50, ge=1, description="Longest wait to fill a micro-batch [ms].")
     queue_max_batches: int = Field(
-        4, ge=1, description="Micro-batches waiting for inference before input partitions are paused [count]."
+        4,
+        ge=1,
+        description="Full micro-batches (batch_max_size alerts each) waiting for inference before input"
+        " partitions are paused [count].",
     )
     shutdown_timeout_s: float = Field(30.0, gt=0, description="Grace period on SIGTERM/SIGINT [s].")
     max_message_bytes: int = Field(

@@ -1,10 +1,12 @@
 """The long-lived service: the only place that wires Kafka to the pipeline.
 
-Two threads. The *consumer* thread polls micro-batches, decodes them, and hands them to a bounded queue;
-when the queue is full it pauses every assigned partition (backpressure: librdkafka keeps the group
-membership alive while paused) and resumes once it has drained. The *worker* thread runs the pipeline
-(normalise, store, classify), produces classifications and dead letters, waits until Kafka has every one
-of them, and only then releases the batch's offsets, which the consumer thread commits: at-least-once.
+Two threads. The *consumer* thread polls, decodes, and hands each poll to a queue bounded in alerts
+(:mod:`broker_plugin.workqueue`); when ``queue_max_batches`` full micro-batches wait, it pauses every
+assigned partition (backpressure: librdkafka keeps the group membership alive while paused) and resumes
+once half have drained. The *worker* thread takes every waiting poll at once, up to ``batch_max_size``
+alerts (batches grow when it falls behind), runs the pipeline (normalise, store, classify), produces
+classifications and dead letters, waits until Kafka has every one of them, and only then releases the
+batch's offsets, which the consumer thread commits: at-least-once.
 With ``transactional_id`` set, outputs and offsets are committed in one transaction instead: exactly-once.
 
 Bad input never stops the service: a message that cannot be decoded or normalised goes to the
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from broker_plugin.pipeline import BatchResult, Inbound, Pipeline
 from broker_plugin.serde.alerts import AlertDecoder
 from broker_plugin.serde.classifications import classification_key, encode_classification
 from broker_plugin.state.base import StateStore
+from broker_plugin.workqueue import CoalescingQueue
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,17 @@ class _Batch:
     #: Consumer group metadata when polled (transactions only). Read in the consumer thread: the client
     #: blocks this call while another thread is inside ``consume``.
     group_metadata: object = None
+
+    @classmethod
+    def merge(cls, batches: list[_Batch]) -> _Batch:
+        """One batch of several polls, in poll order (the group metadata of the latest)."""
+        if len(batches) == 1:
+            return batches[0]
+        merged = cls([m for b in batches for m in b.messages])
+        merged.inbound = [item for b in batches for item in b.inbound]
+        merged.failed = [item for b in batches for item in b.failed]
+        merged.group_metadata = batches[-1].group_metadata
+        return merged
 
     def offsets(self) -> Offsets:
         """Next offset to commit per partition."""
@@ -117,8 +130,10 @@ class Service:
         self._pipeline, self._decoder, self._store = pipeline, decoder, store
         self._metrics, self._health = metrics, health
         self._stop = threading.Event()
-        self._queue: queue.Queue[_Batch | None] = queue.Queue(maxsize=settings.service.queue_max_batches)
-        self._ready: queue.Queue[Offsets] = queue.Queue()
+        capacity = settings.service.queue_max_batches * settings.service.batch_max_size
+        self._queue: CoalescingQueue[_Batch] = CoalescingQueue(capacity)
+        self._ready: list[Offsets] = []  # appended by the worker, drained by the consumer thread
+        self._ready_lock = threading.Lock()
         self._worker_error: BaseException | None = None
         self._producer = OutputProducer(self._kafka, client_id)
         self._consumer = AlertConsumer(self._kafka, client_id, on_revoke=self._on_revoke)
@@ -154,7 +169,7 @@ class Service:
             while not self._stop.is_set() and self._worker_error is None:
                 self._health.beat()
                 self._commit_ready()
-                if self._queue.full():
+                if self._queue.full:
                     self._pause()
                     self._consumer.poll_batch(1, 0.05)  # paused: returns nothing, keeps the membership alive
                     continue
@@ -162,7 +177,7 @@ class Service:
                 messages = self._consumer.poll_batch(self._service.batch_max_size, wait_s)
                 if messages:
                     self._metrics.alerts_consumed.inc(len(messages))
-                    self._queue.put(self._decode(messages))
+                    self._queue.put(self._decode(messages), len(messages))
                 self._observe_lag()
         finally:
             self._shutdown(worker)
@@ -196,18 +211,16 @@ class Service:
             log.info("inference queue full: %d partitions paused", len(self._consumer.assignment))
 
     def _resume_if_drained(self) -> None:
-        if self._consumer.paused and self._queue.qsize() <= self._queue.maxsize // 2:
+        if self._consumer.paused and self._queue.size <= self._queue.capacity // 2:
             self._consumer.resume()
             self._metrics.partitions_paused.set(0)
             log.info("inference queue drained: partitions resumed")
 
     def _commit_ready(self) -> None:
+        with self._ready_lock:
+            ready, self._ready = self._ready, []
         merged: Offsets = {}
-        while True:
-            try:
-                offsets = self._ready.get_nowait()
-            except queue.Empty:
-                break
+        for offsets in ready:
             for key, offset in offsets.items():
                 merged[key] = max(merged.get(key, 0), offset)
         if merged and not self._producer.transactional:
@@ -234,16 +247,11 @@ class Service:
                 self._metrics.consumer_lag.remove(topic, str(partition))
 
     def _drop_queued(self) -> None:
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                return
-            self._queue.task_done()
+        self._queue.clear()
 
     def _shutdown(self, worker: threading.Thread) -> None:
         if worker.is_alive():
-            self._queue.put(None)  # the worker finishes every queued batch first
+            self._queue.close()  # the worker finishes every queued batch first
             worker.join(timeout=self._service.shutdown_timeout_s)
         if worker.is_alive() or self._worker_error is not None:
             self._drop_queued()
@@ -257,18 +265,18 @@ class Service:
 
     def _work(self) -> None:
         while True:
-            batch = self._queue.get()
+            polls = self._queue.take(self._service.batch_max_size)
+            if polls is None:
+                return
             try:
-                if batch is None:
-                    return
-                self._handle(batch)
+                self._handle(_Batch.merge(polls))
             except BaseException as exc:  # fatal: stop the consumer loop; nothing of this batch is committed
                 log.exception("fatal error in the pipeline worker")
                 self._worker_error = exc
                 self._stop.set()
                 return
             finally:
-                self._queue.task_done()
+                self._queue.done(len(polls))
 
     def _handle(self, batch: _Batch) -> None:
         transactional = self._producer.transactional
@@ -294,7 +302,8 @@ class Service:
             if transactional:
                 self._producer.abort()
             raise
-        self._ready.put(batch.offsets())
+        with self._ready_lock:
+            self._ready.append(batch.offsets())
         self._record(result)
         self._maybe_expire()
 

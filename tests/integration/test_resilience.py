@@ -170,6 +170,36 @@ def test_backpressure_pauses_then_resumes(kafka_settings: Settings) -> None:
     assert pauses and float(pauses[0].split()[-1]) >= 1
 
 
+def test_a_busy_worker_takes_every_waiting_poll_at_once(kafka_settings: Settings) -> None:
+    """Alerts arrive one per poll while inference is slow: batches grow instead of the partitions pausing."""
+    from tests.integration.conftest import RunningService
+
+    sizes: list[int] = []
+
+    def slow(process):
+        def slowed(batch):
+            sizes.append(len(batch))
+            time.sleep(0.3)
+            return process(batch)
+
+        return slowed
+
+    running = RunningService(kafka_settings, around_process=slow).start()
+    values, keys, expected = stream(objects=2, per_object=6, first_object=600)
+    try:
+        assert wait_until(lambda: bool(running.service.assignment), 30)
+        k = kafka_settings.kafka
+        for value, key in zip(values, keys, strict=True):
+            produce(k.bootstrap_servers, k.input_topics[0], [value], keys=[key])
+            time.sleep(0.05)
+        assert set(output_ids(kafka_settings, len(expected))) == expected
+    finally:
+        running.stop()
+    assert sum(sizes) == len(values) and max(sizes) >= 3, sizes
+    text = running.metrics.exposition().decode()
+    assert "broker_plugin_consumer_pauses_total 0.0" in text
+
+
 def test_transactional_outputs(kafka_settings: Settings) -> None:
     from tests.integration.conftest import RunningService
 
