@@ -20,4 +20,4 @@ def test_demo_processes_every_bundled_alert(service_settings: Settings) -> None:
     assert classified == total > 0  # every bundled object has enough alerts
     assert "dead letters:            0" in text
     assert "metrics at http://127.0.0.1:" in text
-    assert "accuracy, latest output per object:" in text and "latency (produce -> publish): p50" in text
+    assert "accuracy, last output per object:" in text and "latency (produce -> publish): p50" in text
