@@ -225,15 +225,14 @@ class PostgresStateStore(StateStore):
 
     def put_cache(self, key: str, model_version: str, blob: bytes) -> None:
         """Replace the cached blob; ignored for an object without frames (expired or never stored)."""
-        # Under the object's lock: an expire running now cannot leave this entry behind as an orphan.
-        with self._locked(key) as conn:
-            conn.execute(self._q.put_cache, (key, model_version, bytes(blob), key))
+        self.put_caches([(key, model_version, blob)])
 
     def put_caches(self, items: Sequence[tuple[str, str, bytes]]) -> None:
         """Replace several cached blobs in one transaction: one commit, pipelined, for the micro-batch."""
         if not items:
             return
-        # The same locks as add_batch, taken in one global order: no deadlock with a concurrent batch.
+        # Under the objects' locks (an expire running now cannot leave an entry behind as an orphan), the
+        # same as add_batch takes, in one global order: no deadlock with a concurrent batch.
         with self._locked(*sorted({key for key, _, _ in items})) as conn, conn.pipeline():
             for key, model_version, blob in items:
                 conn.execute(self._q.put_cache, (key, model_version, bytes(blob), key))

@@ -170,13 +170,7 @@ class SqliteStateStore(StateStore):
 
     def put_cache(self, key: str, model_version: str, blob: bytes) -> None:
         """Replace the cached blob; ignored for an object without frames (expired or never stored)."""
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO token_cache (object_key, model_version, blob)"
-                " SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM objects WHERE object_key = ?)"
-                " ON CONFLICT (object_key, model_version) DO UPDATE SET blob = excluded.blob",
-                (key, model_version, bytes(blob), key),
-            )
+        self.put_caches([(key, model_version, blob)])
 
     def put_caches(self, items: Sequence[tuple[str, str, bytes]]) -> None:
         """Replace several cached blobs in one transaction (one fsync for the micro-batch)."""
