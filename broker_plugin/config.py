@@ -155,6 +155,35 @@ class MetricsSettings(BaseModel):
     port: int = Field(9108, ge=0, le=65535, description="Port of the metrics endpoint (0: any free port).")
 
 
+class LimitsSettings(BaseModel):
+    """Bounds on every size that input decides: a hostile or broken message is rejected, never obeyed.
+
+    Real alerts are far below every default (one record per message, 30-102 px cutouts of a few tens of
+    kB); the defaults keep the whole process under 1 GB of memory whatever a single message declares.
+    """
+
+    max_alerts_per_message: int = Field(
+        1_000, ge=1, description="Most alert records one Kafka message may hold (ZTF and Rubin send 1) [count]."
+    )
+    max_block_records: int = Field(
+        100_000, ge=1, description="Most records one Avro container block may declare (files and archives) [count]."
+    )
+    max_block_bytes: int = Field(
+        16_000_000,
+        ge=1_000,
+        description="Largest Avro container block, compressed or inflated by its codec [bytes].",
+    )
+    max_cutout_bytes: int = Field(
+        4_000_000, ge=10_000, description="Largest cutout once gunzipped, and largest FITS file read [bytes]."
+    )
+    max_cutout_pixels: int = Field(
+        1_048_576, ge=64, description="Most pixels a cutout image may declare (NAXIS1 x NAXIS2) [count]."
+    )
+    max_archive_member_bytes: int = Field(
+        256_000_000, ge=10_000, description="Largest file read from a .tar/.tar.gz archive (offline commands) [bytes]."
+    )
+
+
 class Settings(BaseSettings):
     """All settings of the plugin."""
 
@@ -177,6 +206,9 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings, description="The model the service runs.")
     service: ServiceSettings = Field(default_factory=ServiceSettings, description="Batching and pacing.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus endpoint.")
+    limits: LimitsSettings = Field(
+        default_factory=LimitsSettings, description="Resource bounds against hostile input."
+    )
 
 
 def settings_rows(

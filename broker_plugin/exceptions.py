@@ -100,3 +100,75 @@ class EmptyCutoutError(StampError):
     """Too few finite pixels fall inside the normalised frame (NaN-only or off-frame cutout)."""
 
     reason = "empty_cutout"
+
+
+class InvalidFieldError(AlertDecodeError):
+    """A field the pipeline uses has the wrong type, is not finite or is outside its physical range."""
+
+    reason = "invalid_field"
+
+
+class InvalidTimeError(InvalidFieldError):
+    """The observation time (``midpointMjdTai``, ZTF ``jd``) is not finite or outside the survey era."""
+
+    reason = "invalid_time"
+
+
+class InvalidBandError(InvalidFieldError):
+    """The band (Rubin ``band``, ZTF ``fid``) is empty, blank or not a known filter."""
+
+    reason = "invalid_band"
+
+
+class InvalidPositionError(InvalidFieldError):
+    """Sky or detector position (ra, dec, ``xpos``/``ypos``) not finite or out of range."""
+
+    reason = "invalid_position"
+
+
+class InvalidPhotometryError(InvalidFieldError):
+    """Flux, magnitude, their errors or the zero point are not finite or physically impossible."""
+
+    reason = "invalid_photometry"
+
+
+class InvalidIdentifierError(InvalidFieldError):
+    """An id (``diaObjectId``, ``diaSourceId``, ZTF ``objectId``/``candid``) of the wrong type or size."""
+
+    reason = "invalid_identifier"
+
+
+class ResourceLimitError(AlertDecodeError):
+    """The message declares or inflates to more than a configured resource limit (record count, bytes)."""
+
+    reason = "resource_limit"
+
+
+class CutoutTooLargeError(StampError):
+    """The cutout decompresses to, or declares, more bytes or pixels than the configured limit."""
+
+    reason = "cutout_too_large"
+
+
+class CutoutHeaderError(StampError):
+    """The cutout's FITS header is malformed (NAXIS, BITPIX, a non-numeric or absurd WCS keyword)."""
+
+    reason = "bad_cutout_header"
+
+
+class CutoutValueError(StampError):
+    """Cutout pixels outside any physical flux range (e.g. 1e38 nJy): the frame would overflow the model."""
+
+    reason = "bad_cutout_values"
+
+
+class InvalidFrameError(StampError):
+    """A normalised frame that breaks the frame invariants (shape, dtype, finite and bounded values)."""
+
+    reason = "invalid_frame"
+
+
+class StateUrlError(BrokerPluginError):
+    """The state-store URL names an unknown scheme or a file that is not a state database."""
+
+    reason = "bad_state_url"

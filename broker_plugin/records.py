@@ -10,7 +10,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+import math
+
 import numpy as np
+
+from broker_plugin.exceptions import InvalidFrameError
 
 #: The bands a frame may carry, in the order of the model's band ids (ugriz, plus Rubin's y).
 BANDS: tuple[str, ...] = ("u", "g", "r", "i", "z", "y")
@@ -130,6 +134,45 @@ class Frame:
     midpointMjdTai: float
     diaSourceId: int
     originalShape: tuple[int, int] = field(default=(0, 0))
+
+
+#: Largest difference flux a frame pixel may hold [nJy] (AB magnitude about 1.4 in one pixel): brighter than
+#: any saturated star, yet small enough that sums over a window never overflow float32.
+MAX_PIXEL_FLUX_NJY = 1e12
+#: Exposure mid-points a frame may carry [MJD]: 1968 to 2132, wider than every survey's era.
+MJD_RANGE = (40_000.0, 100_000.0)
+
+
+def check_frame(frame: Frame, size: int | None = None) -> Frame:
+    """Return ``frame`` if it keeps every frame invariant, else raise :class:`InvalidFrameError`.
+
+    The invariants: square 2-D float32 ``data`` (of side ``size`` if given), a bool ``mask`` of the same
+    shape, every pixel finite and within :data:`MAX_PIXEL_FLUX_NJY`, masked pixels 0, a finite
+    ``midpointMjdTai`` in :data:`MJD_RANGE`, a band of :data:`BANDS` and an integer ``diaSourceId``. The
+    normaliser checks every frame it makes, and the state stores check every frame they read, so no
+    frame that could poison the model is ever stored or used.
+    """
+    data, mask = frame.data, frame.mask
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.dtype != np.float32:
+        raise InvalidFrameError("frame data is not a 2-D float32 array")
+    if data.shape[0] != data.shape[1] or (size is not None and data.shape[0] != size):
+        raise InvalidFrameError(f"frame shape {data.shape} is not {size or 'square'}")
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != data.shape:
+        raise InvalidFrameError("frame mask is not a bool array of the data's shape")
+    if not np.isfinite(data).all():
+        raise InvalidFrameError("frame holds non-finite pixels")
+    if float(np.abs(data).max(initial=0.0)) > MAX_PIXEL_FLUX_NJY:
+        raise InvalidFrameError(f"frame pixel beyond {MAX_PIXEL_FLUX_NJY:g} nJy")
+    if data[~mask].any():
+        raise InvalidFrameError("masked frame pixels are not 0")
+    mjd = frame.midpointMjdTai
+    if not isinstance(mjd, float | int) or not math.isfinite(mjd) or not MJD_RANGE[0] <= mjd <= MJD_RANGE[1]:
+        raise InvalidFrameError(f"frame midpointMjdTai {mjd!r} outside {MJD_RANGE}")
+    if frame.band not in BANDS:
+        raise InvalidFrameError(f"frame band {frame.band!r} not one of {BANDS}")
+    if not isinstance(frame.diaSourceId, int | np.integer):
+        raise InvalidFrameError(f"frame diaSourceId {frame.diaSourceId!r} is not an integer")
+    return frame
 
 
 @dataclass(frozen=True, slots=True)

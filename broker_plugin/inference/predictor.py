@@ -188,8 +188,23 @@ class Predictor:
         list
             ``(prediction after the last new frame, updated cache)`` per object.
         """
+        return [(steps[-1] if steps else None, cache) for steps, cache in self.update_steps(caches, new)]
+
+    def update_steps(
+        self, caches: Sequence[ObjectCache | None], new: Sequence[ModelInput]
+    ) -> list[tuple[list[Prediction], ObjectCache]]:
+        """Like :meth:`update`, with the prediction after *each* new frame (causal outputs).
+
+        The k-th prediction of an object uses its cached frames and its first k+1 new frames only, so
+        the alerts of one object inside one micro-batch each get the answer their own frame allows.
+
+        Returns
+        -------
+        list
+            ``(one prediction per new frame, in order; updated cache)`` per object.
+        """
         current = [c if c is not None else self.engine.empty_cache() for c in caches]
-        last: list[np.ndarray | None] = [None] * len(current)
+        steps: list[list[Prediction]] = [[] for _ in current]
         rounds = max((len(n) for n in new), default=0)
         for k in range(rounds):  # the k-th new frame of every object that has one, batched
             active = [i for i, n in enumerate(new) if len(n) > k]
@@ -199,9 +214,8 @@ class Predictor:
                 with self._autocast():
                     probs, updated = self.engine.step([current[i] for i in batch], x, band)
                 for j, i in enumerate(batch):
-                    current[i], last[i] = updated[j], probs[:, j]
-        out: list[tuple[Prediction | None, ObjectCache]] = []
-        for cache, probs in zip(current, last, strict=True):
-            window = cache.n_frames - window_start(cache.n_frames, self.chunk_size, self.max_chunks)
-            out.append((None if probs is None else self._summarise(probs, window), cache))
-        return out
+                    current[i] = updated[j]
+                    n = updated[j].n_frames
+                    window = n - window_start(n, self.chunk_size, self.max_chunks)
+                    steps[i].append(self._summarise(probs[:, j], window))
+        return list(zip(steps, current, strict=True))
