@@ -163,10 +163,10 @@ class LimitsSettings(BaseModel):
     """
 
     max_alerts_per_message: int = Field(
-        1_000, ge=1, description="Most alert records one Kafka message may hold (ZTF and Rubin send 1) [count]."
+        1_000, ge=1, description="Most alert records one Kafka message may hold (ZTF and Rubin send 1)."
     )
     max_block_records: int = Field(
-        100_000, ge=1, description="Most records one Avro container block may declare (files and archives) [count]."
+        100_000, ge=1, description="Most records one Avro container block may declare [count]."
     )
     max_block_bytes: int = Field(
         16_000_000,
@@ -180,7 +180,7 @@ class LimitsSettings(BaseModel):
         1_048_576, ge=64, description="Most pixels a cutout image may declare (NAXIS1 x NAXIS2) [count]."
     )
     max_archive_member_bytes: int = Field(
-        256_000_000, ge=10_000, description="Largest file read from a .tar/.tar.gz archive (offline commands) [bytes]."
+        256_000_000, ge=10_000, description="Largest file read from a .tar/.tar.gz archive [bytes]."
     )
 
 

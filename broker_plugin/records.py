@@ -8,9 +8,8 @@ alert's cutout. Field names follow the Rubin alert schema (``diaObjectId``, ``mi
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
