@@ -1,25 +1,34 @@
 """The per-batch work on records: alerts in, frames stored, classifications out. No Kafka, no bytes.
 
-For every alert of a micro-batch: normalise its cutout (typed errors -> rejected, with the reason),
-ignore bands the model lacks, store the frame (idempotent by ``diaSourceId``), and, for every object
-that now has at least ``min_frames`` frames, classify it with incremental inference, batched across
-objects. An alert gets an output when the object has at least ``min_frames`` frames once its frame is
-stored: a new frame counts the frames stored before it plus those of its batch up to it in time order; a
-redelivered frame counts its rank in time order among the stored frames, so an early frame stays early
-when redelivered. A late frame (older than stored ones) that brings the object to ``min_frames`` is thus
-classified at once. Its redelivery gets no second output: the store keeps no arrival order, and the
-object's next alert is classified anyway. Alerts of one object in one batch share the classification
-computed after all of them, which uses every frame known at that moment.
+For every alert of a micro-batch: normalise its cutout (typed errors -> rejected with their reason; an
+unexpected exception rejects that alert alone with reason ``internal_error``, logged with its traceback),
+ignore bands the model lacks, store the frame (idempotent by ``diaSourceId``), and classify with
+incremental inference, batched across objects.
 
-Incremental path: the object's cached tokens (see :mod:`broker_plugin.tracking`) are extended with the
-new frames only. The cache is used only when it provably describes every earlier frame: no redelivered
-frame, no frame older than the stored ones, and the cache's frame count matches the store's. Otherwise
-the cache is rebuilt from the stored frames (a crash between storing and caching, an out-of-order
-arrival, a model change, two instances writing one object): the output is the same either way.
+Outputs are causal: a batch gives every alert the output that processing the stream one alert at a time
+would give, whatever the batch size. An alert's *known frames* are the object's frames stored before
+the batch plus its batch-mates that arrived before it (in arrival order) and its own frame; its output
+classifies exactly those frames (in time order, the model's most recent window of them), and its
+``nFrames`` counts the frames of that window. An alert gets an output once its object has at least
+``min_frames`` known frames; so a late (out-of-order) frame that brings its object to ``min_frames`` is
+classified at once, with every frame known when it arrived. A redelivered frame (already stored before
+the batch: a crash between storing and publishing) is judged by its rank in time order among the stored
+frames and classified with the frames up to it in time order, so an early frame stays early; a
+redelivered late frame gets no second output (the store keeps no arrival order), and the object's next
+alert is classified anyway. A frame repeated inside one batch gets its first occurrence's output.
+
+Incremental path: when the batch's new frames of an object arrive in time order after its stored ones,
+the object's cached tokens (see :mod:`broker_plugin.tracking`) are extended one new frame at a time,
+which gives the output of every new frame on the way. The cache is used only when it provably describes
+every earlier frame (its frame count matches the store's); otherwise it is rebuilt from the stored
+frames first. New frames that arrive out of time order make each such alert's known frames a different
+sequence: those are classified by full recompute of their windows and the cache is rebuilt from every
+stored frame. Either way the outputs are the same (incremental == recompute within 1e-5, tested).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +42,7 @@ from broker_plugin.inference.predictor import Prediction, Predictor
 from broker_plugin.records import Alert, Classification, ClassProbability, Frame
 from broker_plugin.stamps import StampNormaliser
 from broker_plugin.state.base import AddResult, StateStore, object_key
-from broker_plugin.tracking import ObjectTrack, extend_recent
+from broker_plugin.tracking import ObjectTrack, extend_recent, window_meta
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +88,42 @@ class BatchResult:
     frames_duplicate: int = 0
     objects_classified: int = 0
     inference_seconds: float = 0.0
+    #: Alerts rejected with reason ``internal_error`` (an unexpected exception: a bug to report).
+    internal_errors: int = 0
+
+
+#: What one output says about the frames it used: (prediction, first midpoint, bands used).
+_Answer = tuple[Prediction, float, tuple[str, ...]]
 
 
 @dataclass
 class _ObjectWork:
+    """One object's alerts of a micro-batch, in arrival order, and what the batch decided for them."""
+
     key: str
     items: list[tuple[Inbound, Frame]]
     added: AddResult | None = None
+    #: Index into ``items`` -> the answer its output carries (only alerts that get an output).
+    answers: dict[int, _Answer] = field(default_factory=dict)
     track: ObjectTrack | None = None
-    prediction: Prediction | None = None
-    #: diaSourceId -> frames the object had once that frame was stored (outputs start at min_frames).
-    ranks: dict[int, int] = field(default_factory=dict)
+
+    def new_indices(self) -> list[int]:
+        """Indices of the first occurrence of every frame stored by this batch, in arrival order."""
+        assert self.added is not None  # noqa: S101 - set by process() before any use
+        new_ids, seen, out = set(self.added.new), set(), []
+        for i, (_, frame) in enumerate(self.items):
+            if frame.diaSourceId in new_ids and frame.diaSourceId not in seen:
+                seen.add(frame.diaSourceId)
+                out.append(i)
+        return out
+
+
+def _time_key(frame: Frame) -> tuple[float, int]:
+    return frame.midpointMjdTai, frame.diaSourceId
+
+
+def _meta(frames: Sequence[Frame]) -> tuple[tuple[float, str], ...]:
+    return tuple((f.midpointMjdTai, f.band) for f in frames)
 
 
 class Pipeline:
@@ -135,106 +169,171 @@ class Pipeline:
         result = BatchResult()
         work: dict[str, _ObjectWork] = {}
         for inbound in batch:
-            alert = inbound.alert
-            if alert.band not in self._model.bands:
-                result.ignored.append((inbound.ref, "band_not_in_model"))
-                continue
-            try:
-                frame = self._normaliser.normalise(alert)
-            except BrokerPluginError as exc:
-                result.rejected.append((inbound.ref, exc.reason, str(exc)))
-                continue
-            key = object_key(str(alert.survey), alert.diaObjectId)
-            work.setdefault(key, _ObjectWork(key, [])).items.append((inbound, frame))
-        for item in work.values():
-            item.items.sort(key=lambda pair: (pair[1].midpointMjdTai, pair[1].diaSourceId))
+            frame = self._frame(inbound, result)
+            if frame is not None:
+                key = object_key(str(inbound.alert.survey), inbound.alert.diaObjectId)
+                work.setdefault(key, _ObjectWork(key, [])).items.append((inbound, frame))
         # One durable transaction for the whole micro-batch (one fsync, not one per alert).
         added = self._store.add_batch([(w.key, [frame for _, frame in w.items]) for w in work.values()])
         for item, result_of_item in zip(work.values(), added, strict=True):
             item.added = result_of_item
             result.frames_new += len(result_of_item.new)
             result.frames_duplicate += len(item.items) - len(result_of_item.new)
-        classifiable = [
+        candidates = [
             w for w in work.values() if w.added is not None and w.added.n_frames >= self._min_frames
         ]
-        if classifiable:
+        if candidates:
             start = time.perf_counter()
-            self._classify(classifiable)
+            classified = self._classify(candidates)
             result.inference_seconds = time.perf_counter() - start
-            result.objects_classified = len(classifiable)
+            result.objects_classified = classified
         now = self._clock_ms()
-        for item in classifiable:
+        for item in candidates:
             result.classifications += self._outputs(item, now)
         return result
 
-    def _classify(self, objects: list[_ObjectWork]) -> None:
-        """Predict every object after its new frames; update and store the caches."""
+    def _frame(self, inbound: Inbound, result: BatchResult) -> Frame | None:
+        """The alert's frame, or ``None`` with the alert recorded as ignored or rejected."""
+        alert = inbound.alert
+        if alert.band not in self._model.bands:
+            result.ignored.append((inbound.ref, "band_not_in_model"))
+            return None
+        try:
+            return self._normaliser.normalise(alert)
+        except BrokerPluginError as exc:
+            result.rejected.append((inbound.ref, exc.reason, str(exc)))
+        except Exception as exc:  # a bug on one alert's input must not stop the batch: reject that alert
+            log.exception("internal error normalising diaSourceId %s", alert.diaSourceId)
+            result.rejected.append((inbound.ref, "internal_error", f"{type(exc).__name__}: {exc}"))
+            result.internal_errors += 1
+        return None
+
+    # ---- classification --------------------------------------------------------------------------------
+
+    def _classify(self, objects: list[_ObjectWork]) -> int:
+        """Answer every alert that gets an output; update and store the caches. Return objects classified."""
         version = self._model.version
-        caches, inputs = [], []
+        stepped: list[tuple[_ObjectWork, list[int], tuple[tuple[float, str], ...]]] = []
+        step_caches, step_inputs = [], []
+        recomputes: list[tuple[_ObjectWork, int, list[Frame]]] = []
+        rebuilt: list[tuple[_ObjectWork, list[Frame]]] = []
+        classified = 0
         for item in objects:
             added = item.added
-            assert added is not None  # noqa: S101 - set by process() for every classifiable object
-            blob = self._store.get_cache(item.key, version)
-            track = ObjectTrack.from_bytes(blob, version) if blob is not None else None
-            new_ids = set(added.new)
-            new_frames = [frame for _, frame in item.items if frame.diaSourceId in new_ids]
-            if track is not None and self._cache_is_current(track, added, len(new_frames), len(item.items)):
-                # New frames all follow the stored ones: their ranks continue the stored count.
-                first = added.n_frames - len(new_frames) + 1
-                item.ranks = {f.diaSourceId: first + i for i, f in enumerate(new_frames)}
-                caches.append(track.cache)
-                inputs.append(self._predictor.preprocess(new_frames))
-                new_meta = [(f.midpointMjdTai, f.band) for f in new_frames]
-                recent = extend_recent(track.recent, new_meta, self._recent_keep)
-                item.track = ObjectTrack(track.cache, recent)
+            assert added is not None  # noqa: S101 - set by process()
+            new = item.new_indices()
+            base = added.n_frames - len(new)  # frames stored before this batch (after pruning)
+            wanted_new = [i for k, i in enumerate(new) if base + k + 1 >= self._min_frames]
+            stored: list[Frame] | None = None
+            redelivered = self._redelivered(item, new)
+            if redelivered:
+                stored = self._store.frames(item.key)
+                ranks = {f.diaSourceId: r for r, f in enumerate(stored, start=1)}
+                for i in redelivered:
+                    rank = ranks.get(item.items[i][1].diaSourceId, 0)  # 0: pruned long ago, no output
+                    if rank >= self._min_frames:
+                        recomputes.append((item, i, stored[:rank]))
+            if not wanted_new and not any(r[0] is item for r in recomputes):
+                continue
+            classified += 1
+            if not new:
+                continue  # only redeliveries: the cache still describes the stored frames
+            new_frames = [item.items[i][1] for i in new]
+            if self._in_order(new_frames, added):
+                blob = self._store.get_cache(item.key, version)
+                track = ObjectTrack.from_bytes(blob, version) if blob is not None else None
+                if track is None or not self._cache_is_current(track, added, len(new)):
+                    stored = stored if stored is not None else self._store.frames(item.key)
+                    new_ids = {f.diaSourceId for f in new_frames}
+                    before = [f for f in stored if f.diaSourceId not in new_ids]
+                    cache = self._predictor.new_cache(self._predictor.preprocess(before) if before else None)
+                    track = ObjectTrack(cache, _meta(before[-self._recent_keep :]))
+                stepped.append((item, new, track.recent))
+                step_caches.append(track.cache)
+                step_inputs.append(self._predictor.preprocess(new_frames))
             else:
-                frames = self._store.frames(item.key)
-                item.ranks = {f.diaSourceId: i + 1 for i, f in enumerate(frames)}
-                # A late frame is ranked by arrival, not by time: the object it completes to min_frames
-                # is classified now, even when that frame is older than the stored ones.
-                first = added.n_frames - len(new_frames) + 1
-                item.ranks.update({f.diaSourceId: first + i for i, f in enumerate(new_frames)})
-                caches.append(self._predictor.new_cache(self._predictor.preprocess(frames[:-1])))
-                inputs.append(self._predictor.preprocess(frames[-1:]))
-                recent = tuple((f.midpointMjdTai, f.band) for f in frames[-self._recent_keep :])
-                item.track = ObjectTrack(caches[-1], recent)
-        blobs = []
-        for item, (prediction, cache) in zip(objects, self._predictor.update(caches, inputs), strict=True):
-            assert item.track is not None  # noqa: S101 - set above
-            item.prediction = prediction
-            item.track = ObjectTrack(cache, item.track.recent)
-            blobs.append((item.key, version, item.track.to_bytes()))
-        self._store.put_caches(blobs)
+                # New frames out of time order: each alert's known frames are a different sequence.
+                stored = stored if stored is not None else self._store.frames(item.key)
+                new_ids = {f.diaSourceId for f in new_frames}
+                before = [f for f in stored if f.diaSourceId not in new_ids]
+                for k, i in enumerate(new):
+                    if i in wanted_new:
+                        recomputes.append((item, i, sorted(before + new_frames[: k + 1], key=_time_key)))
+                rebuilt.append((item, stored))
+        self._answer_stepped(stepped, step_caches, step_inputs)
+        self._answer_recomputed(recomputes)
+        for item, stored in rebuilt:
+            cache = self._predictor.new_cache(self._predictor.preprocess(stored))
+            item.track = ObjectTrack(cache, _meta(stored[-self._recent_keep :]))
+        self._store.put_caches([(w.key, version, w.track.to_bytes()) for w in objects if w.track is not None])
+        return classified
 
-    def _cache_is_current(self, track: ObjectTrack, added: AddResult, n_new: int, n_items: int) -> bool:
-        if added.inserted_before_last or n_new != n_items or n_new == 0:
-            return False
+    def _redelivered(self, item: _ObjectWork, new: list[int]) -> list[int]:
+        """Indices of alerts whose frame was stored before this batch (not repeats inside the batch)."""
+        first = {item.items[i][1].diaSourceId for i in new}
+        return [i for i, (_, f) in enumerate(item.items) if f.diaSourceId not in first]
+
+    @staticmethod
+    def _in_order(new_frames: list[Frame], added: AddResult) -> bool:
+        """New frames arrived in time order, every one after the stored ones."""
+        keys = [_time_key(f) for f in new_frames]
+        return not added.inserted_before_last and all(a < b for a, b in itertools.pairwise(keys))
+
+    def _cache_is_current(self, track: ObjectTrack, added: AddResult, n_new: int) -> bool:
         expected = track.cache.n_frames + n_new
         pruned = added.n_frames == self._max_frames and expected > added.n_frames
         return expected == added.n_frames or pruned
 
+    def _answer_stepped(
+        self,
+        stepped: list[tuple[_ObjectWork, list[int], tuple[tuple[float, str], ...]]],
+        caches: list,
+        inputs: list,
+    ) -> None:
+        """Extend the caches one new frame at a time: the output of every new frame on the way."""
+        if not stepped:
+            return
+        for (item, new, recent), (steps, cache) in zip(
+            stepped, self._predictor.update_steps(caches, inputs), strict=True
+        ):
+            base = item.added.n_frames - len(new) if item.added is not None else 0
+            for k, (i, prediction) in enumerate(zip(new, steps, strict=True)):
+                frame = item.items[i][1]
+                recent = extend_recent(recent, [(frame.midpointMjdTai, frame.band)], self._recent_keep)
+                if base + k + 1 >= self._min_frames:
+                    item.answers[i] = (prediction, *window_meta(recent, prediction.n_frames))
+            item.track = ObjectTrack(cache, recent)
+
+    def _answer_recomputed(self, recomputes: list[tuple[_ObjectWork, int, list[Frame]]]) -> None:
+        """Full recompute of each listed alert's known frames (out-of-order arrivals, redeliveries)."""
+        if not recomputes:
+            return
+        predictions = self._predictor.predict_frames([frames for _, _, frames in recomputes])
+        for (item, i, frames), prediction in zip(recomputes, predictions, strict=True):
+            item.answers[i] = (prediction, *window_meta(_meta(frames), prediction.n_frames))
+
+    # ---- outputs ---------------------------------------------------------------------------------------
+
     def _outputs(self, item: _ObjectWork, now_ms: int) -> list[tuple[object, Classification]]:
-        prediction, track = item.prediction, item.track
-        if prediction is None or track is None:
-            return []
-        first_mjd, bands = track.window_meta(prediction.n_frames)
-        probs, spread = np.asarray(prediction.probabilities), np.asarray(prediction.spread)
         names = self._predictor.class_names
-        classes = tuple(
-            ClassProbability(name, float(p), float(s))
-            for name, p, s in zip(names, probs, spread, strict=True)
-        )
-        predicted = names[int(np.argmax(probs))]
+        first_index: dict[int, int] = {}
         out = []
-        for inbound, frame in item.items:
-            # A frame pruned from the store is older than max_frames others: ranked well past min_frames.
-            if item.ranks.get(frame.diaSourceId, self._max_frames) < self._min_frames:
+        for i, (inbound, frame) in enumerate(item.items):
+            # A frame repeated inside the batch gets the answer of its first occurrence.
+            answer = item.answers.get(first_index.setdefault(frame.diaSourceId, i))
+            if answer is None:
                 continue
+            prediction, first_mjd, bands = answer
+            probs, spread = np.asarray(prediction.probabilities), np.asarray(prediction.spread)
+            classes = tuple(
+                ClassProbability(name, float(p), float(s))
+                for name, p, s in zip(names, probs, spread, strict=True)
+            )
             alert = inbound.alert
             out.append((inbound.ref, Classification(
                 diaObjectId=alert.diaObjectId, diaSourceId=alert.diaSourceId, survey=alert.survey,
-                midpointMjdTai=alert.midpointMjdTai, predictedClass=predicted, classes=classes,
-                nFrames=prediction.n_frames, bandsUsed=bands, firstMidpointMjdTai=first_mjd,
+                midpointMjdTai=alert.midpointMjdTai, predictedClass=names[int(np.argmax(probs))],
+                classes=classes, nFrames=prediction.n_frames, bandsUsed=bands, firstMidpointMjdTai=first_mjd,
                 modelName=self._model.name, modelVersion=self._model.version,
                 modelChecksum=self._model.checksum, ensembleSize=self._model.ensemble_size,
                 alertTimestamp=inbound.alert_timestamp_ms, publishTimestamp=now_ms, pluginVersion=__version__,

@@ -33,12 +33,6 @@ class ObjectTrack:
     cache: ObjectCache
     recent: tuple[tuple[float, str], ...]
 
-    def window_meta(self, n_frames: int) -> tuple[float, tuple[str, ...]]:
-        """First mid-point and distinct bands (ugrizy order) of the last ``n_frames`` frames."""
-        window = self.recent[-n_frames:] if n_frames else ()
-        first = window[0][0] if window else float("nan")
-        return first, tuple(b for b in "ugrizy" if any(band == b for _, band in window))
-
     def to_bytes(self) -> bytes:
         """Serialise (JSON header of the recent frames, then the cache's own bytes)."""
         header = json.dumps([[mjd, band] for mjd, band in self.recent]).encode()
@@ -56,6 +50,13 @@ class ObjectTrack:
         except (CacheError, ValueError, struct.error, TypeError):
             return None
         return cls(cache, recent)
+
+
+def window_meta(recent: Sequence[tuple[float, str]], n_frames: int) -> tuple[float, tuple[str, ...]]:
+    """First mid-point and distinct bands (ugrizy order) of the last ``n_frames`` of ``recent``."""
+    window = recent[-n_frames:] if n_frames else ()
+    first = window[0][0] if window else float("nan")
+    return first, tuple(b for b in "ugrizy" if any(band == b for _, band in window))
 
 
 def extend_recent(

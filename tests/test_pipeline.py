@@ -104,3 +104,58 @@ def test_bands_the_model_lacks_are_ignored(parts) -> None:
     result = parts.pipeline.process(inbound(parts, object_alerts(17, 4, first_source=700, bands="gri")))
     assert len(result.ignored) == 1 and result.ignored[0][1] == "band_not_in_model"
     assert result.frames_new == 3
+
+
+def _stream(parts) -> list[Inbound]:
+    """Four objects interleaved; one object's frames out of time order; one alert repeated."""
+    per_object = [inbound(parts, object_alerts(20 + k, 9, first_source=1000 + 100 * k)) for k in range(4)]
+    per_object[1] = [*per_object[1][:3], per_object[1][5], per_object[1][3], per_object[1][4],
+                     *per_object[1][6:]]  # fmt: skip
+    stream = [a for group in zip(*per_object, strict=True) for a in group]
+    return [*stream[:10], stream[4], *stream[10:]]
+
+
+def _outputs_by_batch_size(parts, service_settings: Settings, tmp_path, batch_size: int) -> list[tuple]:
+    other = service_settings.model_copy(update={"state": service_settings.state.model_copy(
+        update={"url": f"sqlite:///{tmp_path / f'causal-{batch_size}.db'}"})})  # fmt: skip
+    fresh = build_parts(other)
+    try:
+        stream = _stream(fresh)
+        outputs = []
+        for start in range(0, len(stream), batch_size):
+            outputs += fresh.pipeline.process(stream[start : start + batch_size]).classifications
+    finally:
+        fresh.close()
+    # Outputs of one batch come grouped by object (each object's in arrival order): compare by alert.
+    return sorted(
+        (c.diaSourceId, c.nFrames, c.bandsUsed, c.firstMidpointMjdTai, [p.probability for p in c.classes])
+        for _, c in outputs
+    )
+
+
+def test_outputs_are_causal_whatever_the_batch_size(parts, service_settings: Settings, tmp_path) -> None:
+    """Each alert's output uses exactly the frames known when it arrived: batch sizes 1, 7, 256 agree."""
+    runs = {size: _outputs_by_batch_size(parts, service_settings, tmp_path, size) for size in (1, 7, 256)}
+    reference = runs[1]
+    # 4 objects x 7 alerts from the 3rd frame on, plus the repeated alert (its object's 2nd frame: none).
+    assert len(reference) == 28
+    firsts = {}
+    for source, n_frames, *_ in reference:
+        firsts.setdefault(source // 100, (source, n_frames))
+    assert sorted(firsts.values()) == [(1002, 3), (1102, 3), (1202, 3), (1302, 3)]
+    for size in (7, 256):
+        got = runs[size]
+        assert [row[:4] for row in got] == [row[:4] for row in reference], size
+        worst = max(float(np.abs(np.subtract(a[4], b[4])).max()) for a, b in zip(got, reference, strict=True))
+        assert worst <= 1e-5, (size, worst)
+    # The out-of-order object: frame 1105 arrived 4th, so its output used 4 frames, 1103 then used 5.
+    late = {source: n for source, n, *_ in reference if 1100 <= source < 1200}
+    assert late[1105] == 4 and late[1103] == 5 and late[1104] == 6
+
+
+def test_alerts_of_one_object_in_one_batch_get_their_own_outputs(parts) -> None:
+    alerts = inbound(parts, object_alerts(30, 6, first_source=3000))
+    outputs = parts.pipeline.process(alerts).classifications
+    assert [(c.diaSourceId, c.nFrames) for _, c in outputs] == [(3002, 3), (3003, 4), (3004, 5), (3005, 6)]
+    probabilities = {tuple(p.probability for p in c.classes) for _, c in outputs}
+    assert len(probabilities) == 4  # not one shared answer
