@@ -1,14 +1,21 @@
-"""End-to-end service benchmark through the embedded Kafka-compatible broker.
+"""End-to-end service benchmark through the embedded Kafka-compatible broker: what users run.
 
-Usage: ``python benchmarks/bench_service.py [--nets convention-small convention-paper] [--alerts 1800]
-[--rate 300] [--seconds 10] [--out benchmarks/results/service_cpu.json]``
+Usage: ``python benchmarks/bench_service.py [--models models/convention-default] [--nets convention-small
+convention-paper] [--alerts 1800] [--rate 300] [--seconds 10] [--partitions 45]
+[--out benchmarks/results/service_cpu.json]``
 
-For each net (random weights: the cost is the architecture's, not the training's; one ensemble member):
+Rows: every ``--models`` artifact as shipped (all ensemble members, trained weights; the shipped default
+by default), then every ``--nets`` net with random weights and one member (the architecture's cost).
+Alerts are unkeyed, as Rubin's are, into an input topic of ``--partitions`` partitions (Rubin's: 45).
+For each row:
 
 - *throughput*: the service is running and has its partitions; ``--alerts`` Rubin alerts (cutouts 30..80
   px at random rotations, objects of 6 epochs, interleaved) are produced as fast as possible, and the
   time until every offset is committed gives alerts/s end to end (decode, normalise, store, infer,
   publish, commit);
+- *stages*: where the service's time went during the throughput run [s, summed over micro-batches]:
+  decode (consumer thread), normalise, store, inference (with the token caches' reads and writes) and
+  publish (produce, flush and bookkeeping: the rest of each micro-batch);
 - *latency*: alerts are produced at a fixed ``--rate`` for ``--seconds``; latency is publication time
   minus the alert's ``producer_timestamp``, p50/p99 over every classification.
 
@@ -21,6 +28,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -32,12 +41,13 @@ from confluent_kafka import Producer
 
 from broker_plugin import __version__
 from broker_plugin.config import Settings
-from broker_plugin.factory import build_parts, build_service
+from broker_plugin.factory import Parts, build_parts, build_service
 from broker_plugin.inference import create_net
 from broker_plugin.inference.artifact import save_artifact
 from broker_plugin.inference.preprocess import FluxNormalisation
 from broker_plugin.kafka.admin import committed_total, create_topics, read_topic
 from broker_plugin.kafka.embedded import EmbeddedBroker
+from broker_plugin.pipeline import BatchResult
 from broker_plugin.serde.classifications import decode_classification
 from broker_plugin.serde.rubin import encode_rubin_message, rubin_alert_record
 from broker_plugin.serde.schemas import latest_rubin_version
@@ -71,7 +81,50 @@ def make_alerts(n: int, seed: int, first_object: int) -> list[tuple[bytes, bytes
     return out
 
 
-def artifact(directory: Path, net: str) -> Path:
+class StageClock:
+    """Wall time per stage of a running service, from wrappers around its decoder and pipeline."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.seconds = dict.fromkeys(("decode", "normalise", "store", "inference", "publish"), 0.0)
+        self.batches = 0
+        decode, process = parts.decoder.decode_message, parts.pipeline.process
+
+        def timed_decode(raw: bytes) -> list:
+            start = time.perf_counter()
+            try:
+                return decode(raw)
+            finally:
+                self.seconds["decode"] += time.perf_counter() - start
+
+        def timed_process(batch: list) -> BatchResult:
+            result = process(batch)
+            self.batches += 1
+            self.seconds["normalise"] += result.normalise_seconds
+            self.seconds["store"] += result.store_seconds
+            self.seconds["inference"] += result.inference_seconds
+            return result
+
+        parts.decoder.decode_message = timed_decode  # type: ignore[method-assign]
+        parts.pipeline.process = timed_process  # type: ignore[method-assign]
+
+    def wrap_handle(self, service: object) -> None:
+        """Publish = a micro-batch's wall time in the worker minus the pipeline's stages."""
+        handle = service._handle  # type: ignore[attr-defined]
+
+        def timed_handle(batch: object) -> None:
+            before = sum(self.seconds[k] for k in ("normalise", "store", "inference"))
+            start = time.perf_counter()
+            handle(batch)
+            spent = sum(self.seconds[k] for k in ("normalise", "store", "inference")) - before
+            self.seconds["publish"] += time.perf_counter() - start - spent
+
+        service._handle = timed_handle  # type: ignore[attr-defined]
+
+    def report(self) -> dict:
+        return {"micro_batches": self.batches, **{k: round(v, 3) for k, v in self.seconds.items()}}
+
+
+def random_artifact(directory: Path, net: str) -> Path:
     torch.manual_seed(0)
     save_artifact(directory, [create_net(net).eval()], normalisation=FluxNormalisation(),
                   pixel_scale_arcsec=0.4, training_data_hash="benchmark-random-weights")  # fmt: skip
@@ -95,7 +148,9 @@ def settings_for(bootstrap: str, model: Path, state: Path, topic: str) -> Settin
 class Running:
     def __init__(self, settings: Settings) -> None:
         self.parts = build_parts(settings)
+        self.clock = StageClock(self.parts)
         self.service, _, _ = build_service(settings, self.parts)
+        self.clock.wrap_handle(self.service)
         self.thread = threading.Thread(target=self.service.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -108,7 +163,9 @@ class Running:
         self.parts.close()
 
 
-def produce(bootstrap: str, topic: str, alerts: list[tuple[bytes, bytes]], rate: float = 0.0) -> None:
+def produce(
+    bootstrap: str, topic: str, alerts: list[tuple[bytes, bytes]], rate: float = 0.0, keyed: bool = False
+) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "log.connection.close": False})
     start = time.monotonic()
     for i, (key, value) in enumerate(alerts):
@@ -117,16 +174,20 @@ def produce(bootstrap: str, topic: str, alerts: list[tuple[bytes, bytes]], rate:
             if delay > 0:
                 time.sleep(delay)
         stamp = str(time.time() * 1000).encode()
-        producer.produce(topic, value=value, key=key, headers=[("producer_timestamp", stamp)])
+        producer.produce(
+            topic, value=value, key=key if keyed else None, headers=[("producer_timestamp", stamp)]
+        )
         producer.poll(0)
     producer.flush(60)
 
 
-def measure(net: str, bootstrap: str, tmp: Path, n: int, rate: float, seconds: float) -> dict:
-    model = artifact(tmp / net, net)
-    topic = f"bench-{net}"
-    create_topics(bootstrap, [topic, f"{topic}-out", f"{topic}-dead"])
-    settings = settings_for(bootstrap, model, tmp / f"{net}.db", topic)
+def measure(
+    label: str, model: Path, bootstrap: str, tmp: Path, n: int, rate: float, seconds: float, partitions: int
+) -> dict:
+    topic = "bench-" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
+    create_topics(bootstrap, [topic], partitions)
+    create_topics(bootstrap, [f"{topic}-out", f"{topic}-dead"])
+    settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic)
     alerts = make_alerts(n, seed=1, first_object=1_000)
     running = Running(settings)
     start = time.monotonic()
@@ -135,14 +196,16 @@ def measure(net: str, bootstrap: str, tmp: Path, n: int, rate: float, seconds: f
         time.sleep(0.2)
     elapsed = time.monotonic() - start
     running.stop()
+    stages = running.clock.report()
 
-    topic2 = f"bench-{net}-rate"
-    create_topics(bootstrap, [topic2, f"{topic2}-out", f"{topic2}-dead"])
-    settings2 = settings_for(bootstrap, model, tmp / f"{net}-rate.db", topic2)
+    topic2 = f"{topic}-rate"
+    create_topics(bootstrap, [topic2], partitions)
+    create_topics(bootstrap, [f"{topic2}-out", f"{topic2}-dead"])
+    settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2)
     paced = make_alerts(int(rate * seconds), seed=2, first_object=500_000)
     running = Running(settings2)
     produce(bootstrap, topic2, paced, rate=rate)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while (
         committed_total(bootstrap, settings2.kafka.group_id, topic2) < len(paced)
         and time.monotonic() < deadline
@@ -153,10 +216,13 @@ def measure(net: str, bootstrap: str, tmp: Path, n: int, rate: float, seconds: f
     latency = (
         np.array([o.publishTimestamp - o.alertTimestamp for o in outputs if o.alertTimestamp], float) / 1e3
     )
+    members = running.parts.model.ensemble_size
     return {
-        "net": net,
-        "parameters": sum(p.numel() for p in create_net(net).parameters()),
+        "model": label, "ensemble_size": members,
+        "parameters": sum(p.numel() for p in running.parts.predictor.members[0].parameters()),
+        "input_partitions": partitions, "keyed": False,
         "throughput": {"alerts": n, "seconds": round(elapsed, 2), "alerts_per_second": round(n / elapsed, 1)},
+        "stages_s": stages,
         "latency_at_rate": {
             "rate_alerts_per_second": rate, "alerts": len(paced), "classifications": len(outputs),
             "p50_s": round(float(np.percentile(latency, 50)), 3) if latency.size else None,
@@ -167,28 +233,55 @@ def measure(net: str, bootstrap: str, tmp: Path, n: int, rate: float, seconds: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nets", nargs="+", default=["convention-small", "convention-paper"])
+    parser.add_argument("--models", nargs="*", type=Path, default=[ROOT / "models" / "convention-default"])
+    parser.add_argument("--nets", nargs="*", default=["convention-small", "convention-paper"])
     parser.add_argument("--alerts", type=int, default=1800)
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--partitions", type=int, default=45)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
     results = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        for net in args.nets:
-            results.append(
-                measure(net, broker.bootstrap_servers, Path(tmp), args.alerts, args.rate, args.seconds)
-            )
+        rows = [(f"{m.name} (shipped)", m) for m in args.models]
+        rows += [
+            (f"{net} (1 member, random weights)", random_artifact(Path(tmp) / net, net)) for net in args.nets
+        ]
+        for label, model in rows:
+            results.append(measure(
+                label, model, broker.bootstrap_servers, Path(tmp), args.alerts, args.rate, args.seconds,
+                args.partitions,
+            ))  # fmt: skip
             print(json.dumps(results[-1]), flush=True)
     report = {"benchmark": "service end to end (embedded broker)", "plugin_version": __version__,
-              "arguments": {"alerts": args.alerts, "rate": args.rate, "seconds": args.seconds},
+              "code": code_version(),
+              "arguments": {"alerts": args.alerts, "rate": args.rate, "seconds": args.seconds,
+                            "partitions": args.partitions},
               "machine": {"cpu": platform.machine(), "python": platform.python_version(),
                           "torch": torch.__version__, "cores": os.cpu_count(),
                           "load_average_1min_after": round(os.getloadavg()[0], 2)},
               "results": results}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def code_version() -> str:
+    """The git commit of the code measured (``+dirty`` with uncommitted changes), for side-by-side runs."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")  # fmt: skip
 
 
 if __name__ == "__main__":

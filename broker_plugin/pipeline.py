@@ -87,6 +87,10 @@ class BatchResult:
     frames_new: int = 0
     frames_duplicate: int = 0
     objects_classified: int = 0
+    #: Wall time of the stages [s]: cutouts -> frames, the state-store write, the model (with its cache
+    #: reads and writes).
+    normalise_seconds: float = 0.0
+    store_seconds: float = 0.0
     inference_seconds: float = 0.0
     #: Alerts rejected with reason ``internal_error`` (an unexpected exception: a bug to report).
     internal_errors: int = 0
@@ -168,13 +172,17 @@ class Pipeline:
         """Normalise, store and classify one micro-batch (see the module docstring)."""
         result = BatchResult()
         work: dict[str, _ObjectWork] = {}
+        start = time.perf_counter()
         for inbound in batch:
             frame = self._frame(inbound, result)
             if frame is not None:
                 key = object_key(str(inbound.alert.survey), inbound.alert.diaObjectId)
                 work.setdefault(key, _ObjectWork(key, [])).items.append((inbound, frame))
+        stored = time.perf_counter()
+        result.normalise_seconds = stored - start
         # One durable transaction for the whole micro-batch (one fsync, not one per alert).
         added = self._store.add_batch([(w.key, [frame for _, frame in w.items]) for w in work.values()])
+        result.store_seconds = time.perf_counter() - stored
         for item, result_of_item in zip(work.values(), added, strict=True):
             item.added = result_of_item
             result.frames_new += len(result_of_item.new)
