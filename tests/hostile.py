@@ -1,0 +1,211 @@
+"""Hostile alerts built from real ones: one builder per class of bad input the plugin must survive.
+
+Every builder returns the message bytes; :data:`HOSTILE` maps a case name to ``(builder, reasons)``, the
+dead-letter reasons the case may get (one, except where two readings of the bytes are equally right).
+ZTF cases start from a real ZTF alert of ``tests/data/ztf``, Rubin cases from the factories' Rubin alert
+with a real Rubin-format cutout.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import fastavro
+import numpy as np
+
+from tests.factories import ZTF_GOLDEN, rubin_cutout_bytes, rubin_message
+
+ZTF_FILE = ZTF_GOLDEN / "2713305823315015047.avro"
+
+
+def _zigzag(value: int) -> bytes:
+    """One Avro long (zig-zag varint)."""
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def container_bytes(schema: dict[str, Any], blocks: list[tuple[int, bytes]], codec: str = "null") -> bytes:
+    """An Avro container file written by hand: each block is ``(declared record count, block bytes)``."""
+    sync = b"S" * 16
+    meta = {"avro.schema": json.dumps(schema).encode(), "avro.codec": codec.encode()}
+    header = io.BytesIO()
+    fastavro.schemaless_writer(
+        header,
+        fastavro.parse_schema(fastavro.read.HEADER_SCHEMA),
+        {"magic": b"Obj\x01", "meta": meta, "sync": sync},
+    )
+    body = b"".join(_zigzag(count) + _zigzag(len(data)) + data + sync for count, data in blocks)
+    return header.getvalue() + body
+
+
+def ztf_alert(edit: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> bytes:
+    """The real ZTF alert, with ``edit(schema, record)`` applied to copies of its schema and record."""
+    with ZTF_FILE.open("rb") as fo:
+        reader = fastavro.reader(fo)
+        schema = copy.deepcopy(reader.writer_schema)
+        record = next(reader)
+    if edit is not None:
+        edit(schema, record)
+    out = io.BytesIO()
+    fastavro.writer(out, fastavro.parse_schema(schema), [record])
+    return out.getvalue()
+
+
+def _candidate(**values: Any) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    def edit(_schema: dict[str, Any], record: dict[str, Any]) -> None:
+        record["candidate"].update(values)
+
+    return edit
+
+
+def _candidate_type(
+    field: str, avro_type: str, value: Any
+) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    """Change a candidate field's type in the writer schema (a hostile producer) and set ``value``."""
+
+    def edit(schema: dict[str, Any], record: dict[str, Any]) -> None:
+        candidate = next(f for f in schema["fields"] if f["name"] == "candidate")
+        for f in candidate["type"]["fields"]:
+            if f["name"] == field:
+                f["type"] = avro_type
+                f.pop("default", None)
+        record["candidate"][field] = value
+
+    return edit
+
+
+def _ztf_cutout(raw: bytes) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    def edit(_schema: dict[str, Any], record: dict[str, Any]) -> None:
+        record["cutoutDifference"]["stampData"] = raw
+
+    return edit
+
+
+def fits_with_cards(cards: dict[str, str], data: bytes = b"") -> bytes:
+    """A primary-HDU FITS file from raw card values (written verbatim: any value, even nonsense)."""
+    lines = [f"{key:<8}= {value:>20}" for key, value in {"SIMPLE": "T", **cards}.items()] + ["END"]
+    header = "".join(f"{line:<80}" for line in lines).encode()
+    header += b" " * (-len(header) % 2880)
+    return header + data + b"\0" * (-len(data) % 2880)
+
+
+def rubin_cutout_with(**cards: str) -> bytes:
+    """A real Rubin-format cutout whose header cards ``cards`` are replaced by raw values."""
+    raw = bytearray(rubin_cutout_bytes(size=40))
+    for key, value in cards.items():
+        card = f"{key:<8}= {value:>20}".ljust(80).encode()
+        for offset in range(0, raw.index(b"END     "), 80):
+            if raw[offset : offset + 8] == f"{key:<8}".encode():
+                raw[offset : offset + 80] = card
+                break
+        else:
+            raise KeyError(key)
+    return bytes(raw)
+
+
+def tan_cutout(pc: tuple[float, float, float, float], cdelt: float = 0.2 / 3600) -> bytes:
+    """A 40x40 standard celestial TAN cutout (float32 point source) with the given PC matrix and CDELT."""
+    image = np.zeros((40, 40), ">f4")
+    image[18:22, 18:22] = 500.0
+    cards = {
+        "BITPIX": "-32", "NAXIS": "2", "NAXIS1": "40", "NAXIS2": "40",
+        "CTYPE1": "'RA---TAN'", "CTYPE2": "'DEC--TAN'", "CRPIX1": "20.5", "CRPIX2": "20.5",
+        "CRVAL1": "150.0", "CRVAL2": "2.0", "CDELT1": repr(-cdelt), "CDELT2": repr(cdelt),
+        "PC1_1": repr(pc[0]), "PC1_2": repr(pc[1]), "PC2_1": repr(pc[2]), "PC2_2": repr(pc[3]),
+    }  # fmt: skip
+    return fits_with_cards(cards, image.tobytes())
+
+
+def rubin_bad(diaSourceId: int, **kwargs: Any) -> bytes:
+    return rubin_message(diaSourceId=diaSourceId, diaObjectId=diaSourceId, **kwargs)
+
+
+def gzip_bomb(inflated: int = 64_000_000) -> bytes:
+    """A gzip stream of ``inflated`` zero bytes (about a thousandth of that on the wire)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = b"\0" * 1_000_000
+    return b"".join(packer.compress(chunk) for _ in range(inflated // len(chunk))) + packer.flush()
+
+
+def deflate_bomb(inflated: int = 64_000_000) -> bytes:
+    """A container whose one deflate block inflates to ``inflated`` bytes."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = b"\0" * 1_000_000
+    data = b"".join(packer.compress(chunk) for _ in range(inflated // len(chunk))) + packer.flush()
+    schema = {"type": "record", "name": "x", "fields": [{"name": "a", "type": "long"}]}
+    return container_bytes(schema, [(inflated, data)], codec="deflate")
+
+
+EMPTY_RECORD = {"type": "record", "name": "empty", "fields": []}
+
+#: Case name -> (builder of the message bytes given a diaSourceId, dead-letter reasons it may get).
+HOSTILE: dict[str, tuple[Callable[[int], bytes], set[str]]] = {
+    "rubin_blank_band": (lambda i: rubin_bad(i, band="   "), {"invalid_band"}),
+    "rubin_nan_time": (lambda i: rubin_bad(i, midpointMjdTai=math.nan), {"invalid_time"}),
+    "rubin_inf_time": (lambda i: rubin_bad(i, midpointMjdTai=math.inf), {"invalid_time"}),
+    "rubin_ancient_time": (lambda i: rubin_bad(i, midpointMjdTai=-1e9), {"invalid_time"}),
+    "rubin_1e38_pixels": (
+        lambda i: rubin_bad(i, cutout=rubin_cutout_bytes(size=40, image=np.full((40, 40), 1e38))),
+        {"bad_cutout_values"},
+    ),
+    "rubin_naxis_negative": (
+        lambda i: rubin_bad(i, cutout=rubin_cutout_with(NAXIS="-40")),
+        {"bad_cutout_header"},
+    ),
+    "rubin_naxis_nan": (lambda i: rubin_bad(i, cutout=rubin_cutout_with(NAXIS="NaN")), {"bad_cutout_header"}),
+    "rubin_bitpix_nan": (
+        lambda i: rubin_bad(i, cutout=rubin_cutout_with(BITPIX="NaN")),
+        {"bad_cutout_header"},
+    ),
+    "rubin_string_crpix": (
+        lambda i: rubin_bad(i, cutout=rubin_cutout_with(CRPIX1="'twenty'")),
+        {"bad_cutout_header", "bad_cutout_wcs"},
+    ),
+    "rubin_huge_naxis": (
+        lambda i: rubin_bad(
+            i, cutout=fits_with_cards({"BITPIX": "-32", "NAXIS": "2", "NAXIS1": "16384", "NAXIS2": "16384"})
+        ),
+        {"cutout_too_large"},
+    ),
+    "tan_singular_pc": (lambda i: rubin_bad(i, cutout=tan_cutout((1.0, 1.0, 1.0, 1.0))), {"bad_cutout_wcs"}),
+    "tan_cdelt_1e30": (
+        lambda i: rubin_bad(i, cutout=tan_cutout((1.0, 0.0, 0.0, 1.0), 1e30)),
+        {"bad_cutout_wcs"},
+    ),
+    "ztf_magpsf_minus_1000": (lambda i: ztf_alert(_candidate(magpsf=-1000.0)), {"invalid_photometry"}),
+    "ztf_magzpsci_minus_60": (lambda i: ztf_alert(_candidate(magzpsci=-60.0)), {"invalid_photometry"}),
+    "ztf_xpos_minus_inf": (lambda i: ztf_alert(_candidate(xpos=-math.inf)), {"invalid_position"}),
+    "ztf_nan_jd": (lambda i: ztf_alert(_candidate(jd=math.nan)), {"invalid_time"}),
+    "ztf_string_magpsf": (
+        lambda i: ztf_alert(_candidate_type("magpsf", "string", "bright")),
+        {"invalid_field", "invalid_photometry"},
+    ),
+    "ztf_gzip_bomb": (lambda i: ztf_alert(_ztf_cutout(gzip_bomb())), {"cutout_too_large"}),
+    "empty_schema_2e40_records": (
+        lambda i: container_bytes(EMPTY_RECORD, [(2**40, b"")]),
+        {"resource_limit"},
+    ),
+    "deflate_bomb": (lambda i: deflate_bomb(), {"resource_limit"}),
+    "block_count_minus_1": (
+        lambda i: container_bytes(EMPTY_RECORD, [(-1, b"")]),
+        {"malformed_avro", "resource_limit"},
+    ),
+    "block_count_0": (
+        lambda i: container_bytes(EMPTY_RECORD, [(0, b"")]),
+        {"malformed_avro", "resource_limit"},
+    ),
+}
