@@ -78,17 +78,47 @@ def service_table() -> str:
     result = _load("service_cpu.json")
     if result is None:
         return "(not measured yet)"
+    args = result.get("arguments", {})
     lines = [
-        "| net | parameters | throughput [alerts/s] | rate [alerts/s] | classifications | p50 latency [s] | "
-        "p99 latency [s] |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"{'Keyed' if result['results'][0].get('keyed', True) else 'Unkeyed'} Rubin alerts into "
+        f"{args.get('partitions', 4)} partitions; "
+        f"code `{result.get('code', '?')}`, "
+        f"load average {result['machine'].get('load_average_1min_after', 0):.1f} after the run.",
+        "",
+        "| model | members | throughput [alerts/s] | p50 / p99 latency at "
+        f"{args.get('rate', 300):.0f}/s [s] | decode / normalise / store / inference / publish [s] |",
+        "|---|---:|---:|---:|---|",
     ]
     for r in result["results"]:
         t, lat = r["throughput"], r["latency_at_rate"]
+        stages = r.get("stages_s")
+        shares = (
+            " / ".join(f"{stages[k]}" for k in ("decode", "normalise", "store", "inference", "publish"))
+            if stages
+            else "-"
+        )
         lines.append(
-            f"| {r['net']} | {r['parameters']:,} | {t['alerts_per_second']} | "
-            f"{lat['rate_alerts_per_second']:.0f} | {lat['classifications']} | "
-            f"{lat['p50_s']} | {lat['p99_s']} |"
+            f"| {r.get('model', r.get('net'))} | {r.get('ensemble_size', 1)} | {t['alerts_per_second']} | "
+            f"{lat['p50_s']} / {lat['p99_s']} | {shares} |"
+        )
+    return "\n".join(lines)
+
+
+def hostile_table() -> str:
+    result = _load("hostile_memory.json")
+    if result is None:
+        return "(not measured yet)"
+    lines = [
+        f"Peak resident memory of a fresh process that decodes and normalises one message (limit "
+        f"{result['limit_mb']} MB; a Python process with the decoder and normaliser imported holds "
+        f"{result['baseline_mb']} MB before the message).",
+        "",
+        "| hostile message | bytes on the wire | outcome | peak RSS [MB] | seconds |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for r in result["results"]:
+        lines.append(
+            f"| {r['case']} | {r['message_bytes']:,} | {r['outcome']} | {r['peak_rss_mb']} | {r['seconds']} |"
         )
     return "\n".join(lines)
 
@@ -100,6 +130,7 @@ def render(text: str) -> str:
         ("bench-inference", inference_table()),
         ("bench-state", state_table()),
         ("bench-service", service_table()),
+        ("bench-hostile", hostile_table()),
     )
     for name, table in tables:
         pattern = re.compile(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)", re.S)

@@ -88,7 +88,7 @@ def _candidate_type(
     return edit
 
 
-def _ztf_cutout(raw: bytes) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+def ztf_cutout_edit(raw: bytes) -> Callable[[dict[str, Any], dict[str, Any]], None]:
     def edit(_schema: dict[str, Any], record: dict[str, Any]) -> None:
         record["cutoutDifference"]["stampData"] = raw
 
@@ -194,7 +194,7 @@ HOSTILE: dict[str, tuple[Callable[[int], bytes], set[str]]] = {
         lambda i: ztf_alert(_candidate_type("magpsf", "string", "bright")),
         {"invalid_field", "invalid_photometry"},
     ),
-    "ztf_gzip_bomb": (lambda i: ztf_alert(_ztf_cutout(gzip_bomb())), {"cutout_too_large"}),
+    "ztf_gzip_bomb": (lambda i: ztf_alert(ztf_cutout_edit(gzip_bomb())), {"cutout_too_large"}),
     "empty_schema_2e40_records": (
         lambda i: container_bytes(EMPTY_RECORD, [(2**40, b"")]),
         {"resource_limit"},
