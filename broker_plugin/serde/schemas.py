@@ -12,6 +12,7 @@ asked under a time budget, with back-off and a negative cache, so that it cannot
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import queue
 import re
@@ -93,8 +94,13 @@ def latest_rubin_version() -> str:
     return bundled_rubin_versions()[-1]
 
 
+@functools.cache
 def load_bundled_schema(version: str) -> WriterSchema:
-    """Parse the bundled Rubin alert schema of ``version`` (its named types resolved from its folder)."""
+    """Parse the bundled Rubin alert schema of ``version`` (its named types resolved from its folder).
+
+    Parsed once per version (a parse costs ~10 ms; building a test record used to parse it every time).
+    The result is shared: read it, never change it.
+    """
     major, minor = version.split(".")
     path = _schema_root() / major / minor / f"lsst.v{major}_{minor}.alert.avsc"
     if not path.exists():
