@@ -135,11 +135,13 @@ def iter_container(
     limits: LimitsSettings | None = None,
     max_records: int | None = None,
     max_inflated_bytes: int | None = None,
+    skip_history_bytes: bool = True,
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """Yield ``(record, version)`` from an Avro container file, one record at a time.
 
     Records are read through the cached, projected schema (history arrays, and any other array or map,
-    skipped: see :mod:`.projection`) unless ``full``. The header's writer schema is checked first
+    skipped: see :mod:`.projection`; the history's bytes are skipped by pattern, see :mod:`.skipping`)
+    unless ``full``. The header's writer schema is checked first
     (:func:`~.projection.check_writer_schema`), so no schema can make a record cost more than its bytes.
     Every block must declare 1 to ``limits.max_block_records`` records and at most
     ``limits.max_block_bytes`` bytes, inflate (deflate) to at most that many, hold at least as many bytes
@@ -159,6 +161,8 @@ def iter_container(
         Most records in the whole container (one Kafka message: ``max_alerts_per_message``).
     max_inflated_bytes
         Most bytes all blocks together may inflate to (one Kafka message: ``max_message_inflated_bytes``).
+    skip_history_bytes
+        False: let fastavro walk the history value by value (the reference, for tests and benchmarks).
 
     Raises
     ------
@@ -181,7 +185,6 @@ def iter_container(
         raise UnsupportedAlertError(
             f"container codec {codec[:40]!r} is not supported: only null and deflate are read, with a bound"
         )
-    reader = None if full else schema.reader
     records = inflated = 0
     while True:
         first = fo.read(1)
@@ -197,7 +200,10 @@ def iter_container(
         buffer = io.BytesIO(data)
         for _ in range(count):
             try:
-                record = fastavro.schemaless_reader(buffer, schema.writer, reader)
+                if full:
+                    record = fastavro.schemaless_reader(buffer, schema.writer, None)
+                else:
+                    record = schema.records.read(buffer, data, skip_bytes=skip_history_bytes)
             except Exception as exc:  # EOFError, ValueError, UnicodeDecodeError, IndexError, ...
                 raise _read_error(exc, "container record") from exc
             yield record, version
@@ -271,7 +277,10 @@ def iter_payload(
             yield exc
         return
     try:
-        for record, version in iter_container(io.BytesIO(raw), limits=limits):
+        records = iter_container(
+            io.BytesIO(raw), limits=limits, skip_history_bytes=decoder.skip_history_bytes
+        )
+        for record, version in records:
             try:
                 yield record_to_alert(record, version, limits)
             except AlertDecodeError as exc:
@@ -289,11 +298,21 @@ class AlertDecoder:
         Writer schemas by id for Rubin's framed messages.
     limits
         Resource bounds (``LimitsSettings()`` if not given).
+    skip_history_bytes
+        Skip history arrays by byte pattern (:mod:`.skipping`); False lets fastavro walk them value by
+        value, the reference the fast path is tested and benchmarked against. Same records either way.
     """
 
-    def __init__(self, schemas: RubinSchemaStore, limits: LimitsSettings | None = None) -> None:
+    def __init__(
+        self,
+        schemas: RubinSchemaStore,
+        limits: LimitsSettings | None = None,
+        *,
+        skip_history_bytes: bool = True,
+    ) -> None:
         self._schemas = schemas
         self.limits = limits or _DEFAULT_LIMITS
+        self.skip_history_bytes = skip_history_bytes
 
     def decode_rubin_body(self, raw: bytes) -> tuple[dict[str, Any], str]:
         """Read a Confluent-framed Rubin message into ``(record, version)``.
@@ -313,7 +332,7 @@ class AlertDecoder:
         buffer = io.BytesIO(raw)
         buffer.seek(WIRE_HEADER.size)
         try:
-            record = fastavro.schemaless_reader(buffer, writer.parsed, writer.reader)
+            record = writer.records.read(buffer, raw, skip_bytes=self.skip_history_bytes)
         except Exception as exc:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
             raise _read_error(exc, f"schema {schema_id} body") from exc
         if buffer.tell() != len(raw):
@@ -342,6 +361,7 @@ class AlertDecoder:
                 limits=self.limits,
                 max_records=self.limits.max_alerts_per_message,
                 max_inflated_bytes=self.limits.max_message_inflated_bytes,
+                skip_history_bytes=self.skip_history_bytes,
             )
             return [record_to_alert(record, version, self.limits) for record, version in records]
         if raw[0] != 0:

@@ -47,6 +47,7 @@ from broker_plugin.exceptions import (
     ResourceLimitError,
     UnsupportedAlertError,
 )
+from broker_plugin.serde.skipping import RecordReader, definitions_of, is_named
 
 #: Top-level alert fields the pipeline never reads (per-object history arrays).
 HISTORY_FIELDS = frozenset(
@@ -59,15 +60,10 @@ MAX_SCHEMA_DEPTH = 32
 #: text reaches the JSON and Avro parsers.
 MAX_SCHEMA_JSON_DEPTH = 3 * MAX_SCHEMA_DEPTH
 _MIN_BYTES = {"null": 0, "boolean": 1, "int": 1, "long": 1, "float": 4, "double": 8, "bytes": 1, "string": 1}
-_NAMED = ("record", "error", "enum", "fixed")
 _MAX_CACHED = 64
 #: Largest schema text cached, and the most cached text in all (Rubin's is ~100 kB, ZTF's 27 kB) [bytes].
 _MAX_CACHED_TEXT = 1_000_000
 _MAX_CACHED_TOTAL = 8_000_000
-
-
-def _named(schema: Any) -> bool:
-    return isinstance(schema, dict) and schema.get("type") in _NAMED
 
 
 def check_writer_schema(parsed: Any) -> int:
@@ -193,22 +189,6 @@ def _holds_array_or_map(schema: Any) -> bool:
     return False
 
 
-def _definitions(schema: Any, out: dict[str, Any]) -> dict[str, Any]:
-    """Every named type defined in a parsed schema, by full name."""
-    if isinstance(schema, list):
-        for branch in schema:
-            _definitions(branch, out)
-    elif isinstance(schema, dict):
-        if _named(schema):
-            out.setdefault(schema["name"], schema)
-        for field in schema.get("fields", ()) if schema.get("type") in ("record", "error") else ():
-            _definitions(field["type"], out)
-        for key in ("items", "values", "type"):
-            if isinstance(schema.get(key), dict | list):
-                _definitions(schema[key], out)
-    return out
-
-
 def project(parsed_writer: Any) -> Any | None:
     """Reader schema of ``parsed_writer`` without :data:`HISTORY_FIELDS` and without any array or map.
 
@@ -224,7 +204,7 @@ def project(parsed_writer: Any) -> Any | None:
     """
     if not isinstance(parsed_writer, dict) or parsed_writer.get("type") not in ("record", "error"):
         return None
-    definitions = _definitions(parsed_writer, {})
+    definitions = definitions_of(parsed_writer)
     emitted: set[str] = set()
     dropped = False
 
@@ -237,7 +217,7 @@ def project(parsed_writer: Any) -> Any | None:
         if isinstance(schema, list):
             return [reader_of(branch) for branch in schema]
         kind = schema.get("type")
-        if _named(schema):
+        if is_named(schema):
             emitted.add(schema["name"])
         if kind in ("record", "error"):
             fields = []
@@ -272,11 +252,14 @@ class ContainerSchema:
         Its projection (see :func:`project`), or ``None`` if that keeps everything.
     min_record_bytes
         Fewest bytes one record encodes in (at least 1).
+    records
+        Reads one record through ``reader``, history skipped as bytes (see :mod:`.skipping`).
     """
 
     writer: Any
     reader: Any | None
     min_record_bytes: int
+    records: RecordReader
 
 
 class ContainerSchemaCache:
@@ -312,7 +295,8 @@ class ContainerSchemaCache:
             return MalformedAvroError(f"container schema is not JSON: {type(exc).__name__}: {exc}")
         try:
             writer, min_record_bytes = parse_outside_schema(schema)
-            return ContainerSchema(writer, project(writer), min_record_bytes)
+            reader = project(writer)
+            return ContainerSchema(writer, reader, min_record_bytes, RecordReader(writer, reader))
         except AlertDecodeError as exc:
             return exc
 

@@ -76,7 +76,9 @@ def rubin_record_to_alert(
     values = {name: _field(source, name) for name in _REQUIRED}
     missing = [name for name, value in values.items() if value is None]
     if missing:
-        raise MissingFieldError(f"diaSource {fields.show(values['diaSourceId'])} has null {', '.join(missing)}")
+        raise MissingFieldError(
+            f"diaSource {fields.show(values['diaSourceId'])} has null {', '.join(missing)}"
+        )
     ra, dec = fields.ra_dec(values["ra"], values["dec"])
     return Alert(
         survey=Survey.RUBIN,

@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from broker_plugin.exceptions import (
     UnsupportedAlertError,
 )
 from broker_plugin.serde.projection import parse_outside_schema, project
+from broker_plugin.serde.skipping import RecordReader
 
 _VERSION_DIR = re.compile(r"^\d+$")
 #: A request is not started with less of the lookup budget left than this [s].
@@ -57,12 +58,18 @@ class WriterSchema:
         The fastavro-parsed schema.
     reader
         The projected reader schema that skips history arrays (see :mod:`.projection`), or ``None``.
+    records
+        Reads one record through ``reader``, history skipped as bytes (see :mod:`.skipping`).
     """
 
     schema_id: int
     version: str
     parsed: Any
     reader: Any = None
+    records: RecordReader = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "records", RecordReader(self.parsed, self.reader))
 
 
 def schema_id_of(version: str) -> int:
