@@ -206,8 +206,8 @@ def flag(value: Any, name: str) -> bool:
     ------
     MissingFieldError
         ``value`` is None.
-    InvalidFieldError
-        Anything else.
+    InvalidPhotometryError
+        Anything else (the flag decides the sign of the flux).
     """
     if value is None:
         raise MissingFieldError(f"{name} is null")

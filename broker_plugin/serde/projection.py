@@ -22,10 +22,11 @@ Alerts are then read through a *projected* reader schema (:func:`project`) that 
 and map: the per-object history (Rubin ``prvDiaSources``/``prvDiaForcedSources``, ZTF
 ``prv_candidates``/``fp_hists``: hundreds of records the image-sequence model does not use) and any other
 array or map at any depth (no real alert has one outside the history, and none is read). fastavro skips
-the bytes of what the reader leaves out without building Python objects, so building the Python dicts of
-the history, most of the decoding time, is avoided; and what is built is a fixed tree of records whose
-size follows the schema and the bytes, never a count the bytes declare. Projection is exact for
-everything kept: a named type first defined inside a left-out field is defined where it is first kept.
+the bytes of what the reader leaves out without building Python objects (and :mod:`.skipping` skips the
+history's bytes faster still), so building the Python dicts of the history is avoided; and what is built
+is a fixed tree of records whose size follows the schema and the bytes, never a count the bytes declare.
+Projection is exact for everything kept: a named type first defined inside a left-out field is defined
+where it is first kept.
 
 ZTF sends a whole container file per message, schema text included; parsing that 27 kB schema each time
 costs more than the record, so checked, parsed schemas (and the errors of bad ones) are cached by text.
