@@ -27,6 +27,38 @@ class SchemaRegistrySettings(BaseModel):
     username: str | None = Field(None, description="Basic-auth user for the schema registry, if any.")
     password: SecretStr | None = Field(None, description="Basic-auth password for the schema registry.")
     timeout_s: float = Field(5.0, gt=0, description="Timeout of one schema-registry request [s].")
+    negative_cache_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "An id the registry did not know (404) or answered with an unusable schema is rejected without"
+            " asking again for this long [s]."
+        ),
+    )
+    backoff_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "After a registry failure (timeout, refused connection, HTTP 5xx, a garbage answer) every lookup"
+            " fails fast with reason schema_registry_unavailable for this long [s]."
+        ),
+    )
+    lookup_budget_s: float = Field(
+        3.0,
+        gt=0,
+        le=30.0,
+        description=(
+            "Most time the consumer may wait on the registry per lookup_window_s, all requests together;"
+            " a request never outlives what is left of it (the real per-request limit is the smaller of"
+            " this and timeout_s), so the consumer never stalls near the Kafka session timeout [s]."
+        ),
+    )
+    lookup_window_s: float = Field(
+        60.0, gt=0, description="The sliding window lookup_budget_s is counted over [s]."
+    )
+    max_response_bytes: int = Field(
+        4_000_000, ge=10_000, description="Largest registry answer read (Rubin's schema is ~100 kB) [bytes]."
+    )
 
 
 class StampSettings(BaseModel):
@@ -181,6 +213,14 @@ class LimitsSettings(BaseModel):
     )
     max_archive_member_bytes: int = Field(
         256_000_000, ge=10_000, description="Largest file read from a .tar/.tar.gz archive [bytes]."
+    )
+    max_message_inflated_bytes: int = Field(
+        64_000_000,
+        ge=10_000,
+        description=(
+            "Most bytes the container blocks of one Kafka message may inflate to, all blocks together (a ZTF"
+            " alert is ~100 kB); a file read alert by alert has only the per-block bound [bytes]."
+        ),
     )
 
 

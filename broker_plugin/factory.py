@@ -21,9 +21,9 @@ from broker_plugin.state.factory import open_state_store
 
 
 def build_decoder(settings: Settings) -> AlertDecoder:
-    """The alert decoder (bundled schemas, plus the registry if configured)."""
+    """The alert decoder (bundled schemas, plus the registry if configured) under ``settings.limits``."""
     registry = SchemaRegistryClient(settings.schema_registry) if settings.schema_registry.url else None
-    return AlertDecoder(RubinSchemaStore(registry))
+    return AlertDecoder(RubinSchemaStore(registry), settings.limits)
 
 
 def model_stamp_settings(settings: Settings, artifact: Artifact) -> StampSettings:

@@ -13,12 +13,16 @@ from typing import Any
 
 import fastavro
 
-from broker_plugin.exceptions import MissingFieldError, UnsupportedAlertError
-from broker_plugin.records import BANDS, Alert, Survey
+from broker_plugin.config import LimitsSettings
+from broker_plugin.exceptions import InvalidPhotometryError, MissingFieldError, UnsupportedAlertError
+from broker_plugin.records import Alert, Survey
+from broker_plugin.serde import fields
 from broker_plugin.serde.schemas import load_bundled_schema, schema_id_of
 
 #: Confluent wire format: magic byte 0x00, then the schema id as a big-endian 4-byte int.
 WIRE_HEADER = struct.Struct(">bI")
+
+_DEFAULT_LIMITS = LimitsSettings()
 
 #: Current field name -> names it had in older schema versions.
 _ALIASES: dict[str, tuple[str, ...]] = {
@@ -40,46 +44,57 @@ def _field(record: dict[str, Any], name: str) -> Any:
     return None
 
 
-def _band(value: Any) -> str | None:
-    if not isinstance(value, str) or not value:
-        return None
-    band = value.strip().lower()
-    # Early simulated streams wrote filter names like "g" or "g_01"; the band is the first letter.
-    return band[0] if band[0] in BANDS else band
+_REQUIRED = ("diaSourceId", "diaObjectId", "midpointMjdTai", "band", "ra", "dec")
 
 
-def rubin_record_to_alert(record: dict[str, Any], version: str) -> Alert:
-    """Map one decoded Rubin alert record to an :class:`Alert`.
+def rubin_record_to_alert(
+    record: dict[str, Any], version: str, limits: LimitsSettings | None = None
+) -> Alert:
+    """Map one decoded Rubin alert record (any schema version) to a validated :class:`Alert`.
+
+    Rules: ``diaSourceId`` and ``diaObjectId`` integers within int64; ``midpointMjdTai`` finite and
+    within :data:`~broker_plugin.records.MJD_RANGE`; ``band`` a string that, stripped and lower-cased, is
+    one of :data:`~broker_plugin.records.BANDS` (see :func:`~.fields.rubin_band`); ``ra`` in [0, 360),
+    ``dec`` in [-90, 90]; ``psfFlux`` finite or null, ``psfFluxErr`` finite and >= 0 or null;
+    ``cutoutDifference`` bytes (at most ``limits.max_cutout_bytes``) or null.
 
     Raises
     ------
     UnsupportedAlertError
-        The record has no ``diaSource``.
+        The record has no ``diaSource`` record.
     MissingFieldError
         A field the pipeline needs is null (a solar-system source has no ``diaObjectId``).
+    InvalidFieldError
+        A subclass naming the field of the wrong type, not finite or out of range.
+    ResourceLimitError
+        The cutout is larger than the limit.
     """
+    limits = limits or _DEFAULT_LIMITS
     source = record.get("diaSource")
     if not isinstance(source, dict):
         raise UnsupportedAlertError("record has no diaSource: not a Rubin alert")
-    values = {
-        name: _field(source, name)
-        for name in ("diaSourceId", "diaObjectId", "midpointMjdTai", "band", "ra", "dec", "psfFlux")
-    }
-    values["band"] = _band(values["band"])
-    missing = [name for name, value in values.items() if value is None and name != "psfFlux"]
+    values = {name: _field(source, name) for name in _REQUIRED}
+    missing = [name for name, value in values.items() if value is None]
     if missing:
-        raise MissingFieldError(f"diaSource {values['diaSourceId']} has null {', '.join(missing)}")
+        raise MissingFieldError(
+            f"diaSource {fields.show(values['diaSourceId'])} has null {', '.join(missing)}"
+        )
+    ra, dec = fields.ra_dec(values["ra"], values["dec"])
     return Alert(
         survey=Survey.RUBIN,
-        diaObjectId=int(values["diaObjectId"]),
-        diaSourceId=int(values["diaSourceId"]),
-        midpointMjdTai=float(values["midpointMjdTai"]),
-        band=values["band"],
-        ra=float(values["ra"]),
-        dec=float(values["dec"]),
-        psfFlux=values["psfFlux"],
-        psfFluxErr=_field(source, "psfFluxErr"),
-        cutoutDifference=record.get("cutoutDifference"),
+        diaObjectId=fields.identifier(values["diaObjectId"], "diaObjectId"),
+        diaSourceId=fields.identifier(values["diaSourceId"], "diaSourceId"),
+        midpointMjdTai=fields.mjd(values["midpointMjdTai"], "midpointMjdTai"),
+        band=fields.rubin_band(values["band"]),
+        ra=ra,
+        dec=dec,
+        psfFlux=fields.optional_number(_field(source, "psfFlux"), "psfFlux", InvalidPhotometryError),
+        psfFluxErr=fields.optional_number(
+            _field(source, "psfFluxErr"), "psfFluxErr", InvalidPhotometryError, 0.0
+        ),
+        cutoutDifference=fields.optional_bytes(
+            record.get("cutoutDifference"), "cutoutDifference", limits.max_cutout_bytes
+        ),
         schemaVersion=version,
     )
 

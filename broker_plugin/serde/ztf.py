@@ -10,8 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker_plugin.exceptions import MissingFieldError, UnsupportedAlertError
+from broker_plugin.config import LimitsSettings
+from broker_plugin.exceptions import (
+    InvalidBandError,
+    InvalidFieldError,
+    InvalidPhotometryError,
+    InvalidPositionError,
+    InvalidTimeError,
+    MissingFieldError,
+    UnsupportedAlertError,
+)
 from broker_plugin.records import Alert, Survey, ZtfCutoutContext
+from broker_plugin.serde import fields
 
 #: ZTF filter id -> band.
 ZTF_BANDS = {1: "g", 2: "r", 3: "i"}
@@ -19,6 +29,12 @@ _JD_TO_MJD = 2400000.5
 _TAI_MINUS_UTC_DAYS = 37.0 / 86400.0
 _DEFAULT_EXPTIME_S = 30.0
 _NJY_ZEROPOINT = 31.4
+#: Plausible PSF magnitudes, their errors and science-image zero points [mag]: far wider than any real
+#: alert (magpsf 13-23, sigmapsf < 1, magzpsci 24-29), narrow enough that every derived flux is finite.
+_MAG_RANGE = (-5.0, 40.0)
+_MAG_ERROR_RANGE = (0.0, 10.0)
+_ZEROPOINT_RANGE = (15.0, 40.0)
+_DEFAULT_LIMITS = LimitsSettings()
 
 
 def is_ztf_record(record: dict[str, Any]) -> bool:
@@ -26,53 +42,85 @@ def is_ztf_record(record: dict[str, Any]) -> bool:
     return "candidate" in record and "objectId" in record
 
 
-def ztf_record_to_alert(record: dict[str, Any]) -> Alert:
-    """Map one ZTF alert record to an :class:`Alert`.
+def ztf_record_to_alert(record: dict[str, Any], limits: LimitsSettings | None = None) -> Alert:
+    """Map one ZTF alert record to a validated :class:`Alert`.
+
+    Rules: ``objectId`` 1-32 printable characters without blanks; ``candid`` an integer within int64;
+    ``jd`` finite, ``exptime`` null or in [0, 3600] s, and the exposure mid-point they give within
+    :data:`~broker_plugin.records.MJD_RANGE`; ``fid`` 1, 2 or 3; ``ra`` in [0, 360), ``dec`` in
+    [-90, 90]; ``magpsf`` null or in [-5, 40] mag and ``sigmapsf`` null or in [0, 10] mag (so the flux
+    10**(-0.4 (magpsf - 31.4)) nJy and its error are finite); ``magzpsci`` in [15, 40] mag; ``xpos`` and
+    ``ypos`` finite or null; ``isdiffpos`` t/f/1/0/true/false; ``cutoutDifference`` null or a record whose
+    ``stampData`` is bytes (at most ``limits.max_cutout_bytes``) or null; ``schemavsn`` a short string.
 
     Raises
     ------
     UnsupportedAlertError
-        The record has no ``candidate``.
+        The record has no ``candidate`` record.
     MissingFieldError
-        A field the pipeline needs is null or out of range (unknown ``fid``).
+        A field the pipeline needs is null.
+    InvalidFieldError
+        A subclass naming the field of the wrong type, not finite or out of range.
+    ResourceLimitError
+        The cutout is larger than the limit.
     """
+    limits = limits or _DEFAULT_LIMITS
     candidate = record.get("candidate")
     if not isinstance(candidate, dict):
         raise UnsupportedAlertError("record has no candidate: not a ZTF alert")
-    required = {k: candidate.get(k) for k in ("candid", "jd", "fid", "ra", "dec", "magzpsci")}
+    required = {k: candidate.get(k) for k in ("candid", "jd", "fid", "ra", "dec", "magzpsci", "isdiffpos")}
     required["objectId"] = record.get("objectId")
     missing = [k for k, v in required.items() if v is None]
     if missing:
-        raise MissingFieldError(f"ZTF candidate {required['candid']} has null {', '.join(missing)}")
-    band = ZTF_BANDS.get(int(required["fid"]))
-    if band is None:
-        raise MissingFieldError(f"ZTF fid {required['fid']} is not 1, 2 or 3")
-    exptime = candidate.get("exptime") or _DEFAULT_EXPTIME_S
-    mjd_tai = float(required["jd"]) - _JD_TO_MJD + exptime / 2.0 / 86400.0 + _TAI_MINUS_UTC_DAYS
-    isdiffpos = str(candidate.get("isdiffpos", "t")).lower() in ("t", "1", "true")
+        raise MissingFieldError(
+            f"ZTF candidate {fields.show(required['candid'])} has null {', '.join(missing)}"
+        )
+    fid = required["fid"]
+    if not isinstance(fid, int) or isinstance(fid, bool) or fid not in ZTF_BANDS:
+        raise InvalidBandError(f"ZTF fid {fields.show(fid)} is not 1, 2 or 3")
+    jd = fields.number(required["jd"], "jd", InvalidTimeError)
+    exptime = fields.optional_number(candidate.get("exptime"), "exptime", InvalidTimeError, 0.0, 3600.0)
+    mjd_tai = jd - _JD_TO_MJD + (exptime or _DEFAULT_EXPTIME_S) / 2.0 / 86400.0 + _TAI_MINUS_UTC_DAYS
+    ra, dec = fields.ra_dec(required["ra"], required["dec"])
+    isdiffpos = fields.flag(required["isdiffpos"], "isdiffpos")
+    magpsf = fields.optional_number(candidate.get("magpsf"), "magpsf", InvalidPhotometryError, *_MAG_RANGE)
+    sigmapsf = fields.optional_number(
+        candidate.get("sigmapsf"), "sigmapsf", InvalidPhotometryError, *_MAG_ERROR_RANGE
+    )
     flux = err = None
-    if candidate.get("magpsf") is not None:
-        # magpsf is the PSF-fit magnitude of |difference|; sign from isdiffpos.
-        flux = 10.0 ** (-0.4 * (float(candidate["magpsf"]) - _NJY_ZEROPOINT)) * (1 if isdiffpos else -1)
-        if candidate.get("sigmapsf") is not None:
-            err = abs(flux) * float(candidate["sigmapsf"]) * 0.4 * 2.302585092994046
-    cutout = record.get("cutoutDifference") or {}
+    if magpsf is not None:
+        # magpsf is the PSF-fit magnitude of |difference|; sign from isdiffpos. Its range keeps the flux
+        # (and its error) finite: 10**(-0.4 (-5 - 31.4)) is 3.6e14 nJy.
+        flux = 10.0 ** (-0.4 * (magpsf - _NJY_ZEROPOINT)) * (1 if isdiffpos else -1)
+        if sigmapsf is not None:
+            err = abs(flux) * sigmapsf * 0.4 * 2.302585092994046
     return Alert(
         survey=Survey.ZTF,
-        diaObjectId=str(required["objectId"]),
-        diaSourceId=int(required["candid"]),
-        midpointMjdTai=mjd_tai,
-        band=band,
-        ra=float(required["ra"]),
-        dec=float(required["dec"]),
+        diaObjectId=fields.object_name(required["objectId"]),
+        diaSourceId=fields.identifier(required["candid"], "candid"),
+        midpointMjdTai=fields.mjd(mjd_tai, "jd (as mid-exposure MJD TAI)"),
+        band=ZTF_BANDS[fid],
+        ra=ra,
+        dec=dec,
         psfFlux=flux,
         psfFluxErr=err,
-        cutoutDifference=cutout.get("stampData") if isinstance(cutout, dict) else None,
-        schemaVersion=str(record.get("schemavsn", "")),
+        cutoutDifference=_stamp(record.get("cutoutDifference"), limits.max_cutout_bytes),
+        schemaVersion=fields.short_text(record.get("schemavsn"), "schemavsn"),
         ztf=ZtfCutoutContext(
-            magzpsci=float(required["magzpsci"]),
+            magzpsci=fields.number(
+                required["magzpsci"], "magzpsci", InvalidPhotometryError, *_ZEROPOINT_RANGE
+            ),
             isdiffpos=isdiffpos,
-            xpos=candidate.get("xpos"),
-            ypos=candidate.get("ypos"),
+            xpos=fields.optional_number(candidate.get("xpos"), "xpos", InvalidPositionError),
+            ypos=fields.optional_number(candidate.get("ypos"), "ypos", InvalidPositionError),
         ),
     )
+
+
+def _stamp(cutout: Any, max_bytes: int) -> bytes | None:
+    """The ``stampData`` of a ZTF cutout record (null cutout or stamp: None)."""
+    if cutout is None:
+        return None
+    if not isinstance(cutout, dict):
+        raise InvalidFieldError(f"cutoutDifference is a {type(cutout).__name__}, not a cutout record")
+    return fields.optional_bytes(cutout.get("stampData"), "cutoutDifference.stampData", max_bytes)
