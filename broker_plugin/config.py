@@ -182,6 +182,20 @@ class LimitsSettings(BaseModel):
     max_archive_member_bytes: int = Field(
         256_000_000, ge=10_000, description="Largest file read from a .tar/.tar.gz archive [bytes]."
     )
+    min_cutout_pixel_scale_arcsec: float = Field(
+        0.02,
+        gt=0,
+        description=(
+            "Smallest pixel scale a cutout's WCS may give, along either axis [arcsec/px]: finer than any "
+            "survey camera (HST 0.04, Rubin 0.2), and it bounds the resampler's work (0.4/0.02 = 20 samples "
+            "per frame pixel side). A singular matrix has 0."
+        ),
+    )
+    max_cutout_pixel_scale_arcsec: float = Field(
+        60.0,
+        gt=0,
+        description="Largest pixel scale a cutout's WCS may give, along either axis [arcsec/px] (TESS: 21).",
+    )
 
 
 class Settings(BaseSettings):
