@@ -4,7 +4,8 @@ Each check turns a value that would crash, exhaust or poison later code into a t
 
 - WCS and scaling cards (``CRPIXn``, ``CRVALn``, ``CDi_j``, ``PCi_j``, ``CDELTn``, ``CROTAn``, ``PVi_m``,
   SIP coefficients, ``LONPOLE``, ``LATPOLE``, ``EQUINOX``, ``BSCALE``, ``BZERO``) must be finite numbers,
-  and SIP orders and ``WCSAXES`` small integers (:class:`CutoutHeaderError`);
+  ``CTYPEn``, ``CUNITn`` and ``RADESYS`` quoted strings, and SIP orders and ``WCSAXES`` integers 0..9
+  (:class:`CutoutHeaderError`);
 - the pixel -> sky matrix must be finite with both pixel scales (its singular values) within
   ``limits.min_cutout_pixel_scale_arcsec`` .. ``limits.max_cutout_pixel_scale_arcsec``, which also rules out
   singular and near-singular matrices (:class:`CutoutWcsError`);
@@ -31,6 +32,8 @@ _REAL_CARDS = re.compile(
     r"(?:CRPIX|CRVAL|CDELT|CROTA)\d{1,2}|(?:CD|PC)\d{1,2}_\d{1,2}|PV\d{1,2}_\d{1,2}"
     r"|(?:A|B|AP|BP)_\d{1,2}_\d{1,2}|LONPOLE|LATPOLE|EQUINOX|BSCALE|BZERO"
 )
+#: Cards whose value must be a quoted string.
+_STRING_CARDS = re.compile(r"CTYPE\d{1,2}|CUNIT\d{1,2}|RADESYS")
 #: Cards that size arrays inside astropy.wcs: a SIP order of 10**6 would allocate and loop over 10**12
 #: coefficients. SIP orders in use are <= 9 (the convention's own examples stop at 5).
 _COUNT_CARDS = {"A_ORDER": 9, "B_ORDER": 9, "AP_ORDER": 9, "BP_ORDER": 9, "WCSAXES": 9}
@@ -51,10 +54,19 @@ def check_wcs_cards(cards: Iterable[tuple[str, object]]) -> None:
         if keyword in _COUNT_CARDS:
             if type(value) is not int or not 0 <= value <= _COUNT_CARDS[keyword]:
                 raise CutoutHeaderError(
-                    f"{keyword} = {value!r:.20} is not an integer 0..{_COUNT_CARDS[keyword]}"
+                    f"{keyword} = {_shown(value)} is not an integer 0..{_COUNT_CARDS[keyword]}"
                 )
-        elif _REAL_CARDS.fullmatch(keyword) and not _finite_real(value):
-            raise CutoutHeaderError(f"{keyword} = {value!r:.20} is not a finite number")
+        elif _REAL_CARDS.fullmatch(keyword):
+            if not _finite_real(value):
+                raise CutoutHeaderError(f"{keyword} = {_shown(value)} is not a finite number")
+        elif _STRING_CARDS.fullmatch(keyword) and not isinstance(value, str):
+            # An unquoted CTYPE would read as "no projection" here and as something else in astropy.
+            raise CutoutHeaderError(f"{keyword} = {_shown(value)} is not a quoted string")
+
+
+def _shown(value: object) -> str:
+    """A card value for an error message: short, and saying so when the text was no FITS value."""
+    return "an unparsable value" if value is None else f"{value!r:.20}"
 
 
 def _finite_real(value: object) -> bool:
@@ -70,7 +82,7 @@ def real_card(cards: dict[str, object], keyword: str, default: float) -> float:
     """A card's value as a finite float (``default`` when absent), or :class:`CutoutHeaderError`."""
     value = cards.get(keyword, default)
     if not _finite_real(value):
-        raise CutoutHeaderError(f"{keyword} = {value!r:.20} is not a finite number")
+        raise CutoutHeaderError(f"{keyword} = {_shown(value)} is not a finite number")
     return float(value)  # type: ignore[arg-type]
 
 

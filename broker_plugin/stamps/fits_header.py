@@ -261,4 +261,5 @@ def read_pixels(raw: bytes, hdu: ImageHdu) -> np.ndarray | None:
         return None
     rows, cols = hdu.shape
     image = np.frombuffer(raw, dtype=hdu.dtype, count=rows * cols, offset=hdu.data_offset)
-    return image.reshape(rows, cols).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # signalling NaNs among hostile bytes: NaN either way, masked later
+        return image.reshape(rows, cols).astype(np.float64)

@@ -102,7 +102,9 @@ def read_image(raw: bytes, limits: LimitsSettings | None = None) -> tuple[np.nda
                         f"{hdu.shape}, the header checks found an image of shape {expected}"
                     )
                 header = hdu.header
-                image = np.asarray(hdu.data, dtype=np.float64).reshape(hdu_info.shape)
+                # BSCALE/BZERO may overflow float32 pixels to inf: those are masked later, not warned about.
+                with np.errstate(over="ignore", invalid="ignore"):
+                    image = np.asarray(hdu.data, dtype=np.float64).reshape(hdu_info.shape)
     except CorruptCutoutError:
         raise
     except Exception as exc:  # astropy raises many types on corrupt bytes; all mean "corrupt cutout"

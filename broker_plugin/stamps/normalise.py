@@ -31,6 +31,7 @@ from astropy.wcs import WCS
 
 from broker_plugin.config import LimitsSettings, StampSettings
 from broker_plugin.exceptions import (
+    CutoutHeaderError,
     CutoutTooLargeError,
     CutoutWcsError,
     EmptyCutoutError,
@@ -46,7 +47,7 @@ from broker_plugin.stamps.checks import (
     flux_factor,
 )
 from broker_plugin.stamps.fast_fits import linear_transform
-from broker_plugin.stamps.fits_header import locate_image, read_pixels
+from broker_plugin.stamps.fits_header import ImageHdu, locate_image, read_pixels
 from broker_plugin.stamps.fits_io import gunzip, read_image
 from broker_plugin.stamps.resample import resample_to_frame, samples_per_side
 
@@ -86,7 +87,11 @@ def wcs_from_header(
     """
     if "CRPIX1" not in header or "CRPIX2" not in header:
         raise CutoutWcsError("cutout header has no CRPIX: no coordinate transform")
-    check_wcs_cards(header.items())
+    try:
+        cards = list(header.items())  # astropy parses card values lazily, here
+    except Exception as exc:  # VerifyError and friends on a card astropy cannot parse
+        raise CutoutHeaderError(f"unparsable cutout header card: {type(exc).__name__}: {exc}") from exc
+    check_wcs_cards(cards)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)  # non-standard cards: fixed or refused below
@@ -197,15 +202,21 @@ class StampNormaliser:
             check_njy(image, np.isfinite(image))
         return check_frame(self._resample(alert, image, cd_arcsec, source, flags), self._settings.size)
 
+    def _locate(self, raw: bytes) -> ImageHdu:
+        """The cutout's image HDU, its structure and its WCS and scaling cards checked."""
+        hdu = locate_image(raw, self._limits)
+        check_wcs_cards(hdu.cards.items())
+        return hdu
+
     def _read_pixels(self, raw: bytes) -> np.ndarray:
         """Pixels of a checked cutout: the fast reader when it understands the file, else astropy."""
-        image = read_pixels(raw, locate_image(raw, self._limits))
+        image = read_pixels(raw, self._locate(raw))
         return read_image(raw, self._limits)[0] if image is None else image
 
     def _read_rubin(self, alert: Alert) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
         """Pixels, linear sky transform and source pixel of a Rubin cutout (fast path, else astropy)."""
         raw = alert.cutoutDifference or b""
-        hdu = locate_image(raw, self._limits)
+        hdu = self._locate(raw)
         image = read_pixels(raw, hdu)
         transform = (
             linear_transform(hdu.cards, alert.ra, alert.dec, self._limits) if image is not None else None
