@@ -118,8 +118,8 @@ def rubin_cutout() -> bytes:
 
 
 @cache
-def real_ztf_cutouts() -> tuple[tuple[bytes, float, bool], ...]:
-    """``(gzipped cutoutDifference, magzpsci, isdiffpos)`` of the 6 golden real ZTF alerts."""
+def real_ztf_cutouts() -> tuple[tuple[bytes, ZtfCutoutContext], ...]:
+    """``(gzipped cutoutDifference, calibration context)`` of the 6 golden real ZTF alerts."""
     from broker_plugin.serde.alerts import AlertDecoder
     from broker_plugin.serde.schemas import RubinSchemaStore
 
@@ -128,7 +128,7 @@ def real_ztf_cutouts() -> tuple[tuple[bytes, float, bool], ...]:
     for path in sorted(ZTF_GOLDEN.glob("*.avro")):
         (alert,) = decoder.decode_message(path.read_bytes())
         assert alert.cutoutDifference is not None and alert.ztf is not None
-        out.append((alert.cutoutDifference, alert.ztf.magzpsci, alert.ztf.isdiffpos))
+        out.append((alert.cutoutDifference, alert.ztf))
     return tuple(out)
 
 
