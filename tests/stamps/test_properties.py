@@ -201,6 +201,8 @@ def test_gunzip_of_any_bytes_is_bounded_or_typed(raw: bytes) -> None:
 
 
 FLOATS = st.floats(allow_nan=True, allow_infinity=True)
+#: Quadrant positions [px, 1-based] (a source far off the CCD is a WCS error of its own), or not finite.
+CCD_POSITIONS = st.none() | st.floats(1.0, 3080.0) | st.sampled_from([math.nan, math.inf, -math.inf])
 
 
 @PROPERTY
@@ -224,8 +226,8 @@ def test_pixel_values_are_rejected_exactly_beyond_the_bound(values: list[float],
     magzpsci=st.one_of(FLOATS, st.floats(-800.0, 800.0)),
     peak=st.one_of(FLOATS, st.floats(-3e38, 3e38)),
     isdiffpos=st.booleans(),
-    xpos=st.one_of(st.none(), FLOATS),
-    ypos=st.one_of(st.none(), FLOATS),
+    xpos=CCD_POSITIONS,
+    ypos=CCD_POSITIONS,
 )
 def test_ztf_calibration_values(magzpsci: float, peak: float, isdiffpos: bool, xpos, ypos) -> None:
     stamp = np.ones((63, 50), np.float32)  # truncated at a CCD edge: xpos places the source
