@@ -93,8 +93,10 @@ def wcs_from_header(
         raise CutoutHeaderError(f"unparsable cutout header card: {type(exc).__name__}: {exc}") from exc
     check_wcs_cards(cards)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AstropyWarning)  # non-standard cards: fixed or refused below
+        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+            # Non-standard cards are refused below, not warned about; PC x CDELT may overflow to inf,
+            # which check_pixel_matrix refuses.
+            warnings.simplefilter("ignore", AstropyWarning)
             wcs = WCS(header, naxis=2, fix=False)
             cd_deg = np.asarray(wcs.wcs.get_pc() * wcs.wcs.get_cdelt()[:, None], dtype=np.float64)
     except Exception as exc:  # astropy.wcs raises several types on malformed headers
@@ -106,7 +108,7 @@ def wcs_from_header(
     source = (float(wcs.wcs.crpix[0]) - 1.0, float(wcs.wcs.crpix[1]) - 1.0)
     if wcs.has_celestial and ra is not None and dec is not None:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), np.errstate(all="ignore"):  # NaN out is refused below
                 warnings.simplefilter("ignore", AstropyWarning)
                 x, y = wcs.celestial.world_to_pixel_values(ra, dec)
             source = (float(x), float(y))
