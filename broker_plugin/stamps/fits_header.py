@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,8 +38,9 @@ from broker_plugin.exceptions import (
 
 BLOCK = 2880
 CARD = 80
-#: A cutout header has well under 100 cards; 64 blocks (2304 cards) bound the work a header can cause.
-MAX_HEADER_BLOCKS = 64
+#: A cutout header has well under 100 cards (Rubin's about 25, ZTF's 6); 32 blocks (1152 cards) leave room
+#: for a copied full-frame header and bound the work a hostile header causes (tens of ms).
+MAX_HEADER_BLOCKS = 32
 #: Rubin's image is the primary HDU; a few extensions before it are tolerated, a long chain is not.
 MAX_HDUS = 16
 #: A cutout side below this cannot hold a PSF; larger than this is not a cutout.
@@ -119,10 +120,13 @@ def card_value(text: str) -> str | bool | int | float | None:
     return None
 
 
-def _read_header(raw: bytes, offset: int) -> tuple[dict[str, object], dict[str, str], int]:
-    """Cards of the header at ``offset``: ``({keyword: value}, {keyword: value text}, data offset)``."""
-    values: dict[str, object] = {}
-    texts: dict[str, str] = {}
+def _read_header(raw: bytes, offset: int) -> tuple[dict[str, str], int]:
+    """Cards of the header at ``offset``: ``({keyword: raw value field}, data offset)``.
+
+    Values are parsed later, and only those needed (:func:`card_value`): a hostile file may hold thousands
+    of cards in headers that are skipped.
+    """
+    fields: dict[str, str] = {}
     for number in range(MAX_HEADER_BLOCKS):
         start = offset + number * BLOCK
         if start + BLOCK > len(raw):
@@ -130,44 +134,40 @@ def _read_header(raw: bytes, offset: int) -> tuple[dict[str, object], dict[str, 
         # 'replace' maps each bad byte to one character, so cards stay 80 characters apart.
         block = raw[start : start + BLOCK].decode("ascii", errors="replace")
         for first in range(0, BLOCK, CARD):
-            card = block[first : first + CARD]
-            keyword = card[:8].rstrip()
+            keyword = block[first : first + 8].rstrip()
             if keyword == "END":
-                return values, texts, start + BLOCK
-            if card[8:10] != "= ":
+                return fields, start + BLOCK
+            if block[first + 8 : first + 10] != "= ":
                 continue  # COMMENT, HISTORY, blank and other commentary cards carry no value
-            if keyword in values and _STRUCTURAL.fullmatch(keyword):
+            if keyword in fields and _STRUCTURAL.fullmatch(keyword):
                 raise CutoutHeaderError(f"FITS header repeats the structural keyword {keyword}")
-            texts[keyword] = card[10:].split("/", 1)[0].strip()
-            values[keyword] = card_value(card[10:])
+            fields[keyword] = block[first + 10 : first + CARD]
     raise CutoutHeaderError(f"FITS header at byte {offset} has no END card in {MAX_HEADER_BLOCKS} blocks")
 
 
-def _integer(
-    values: dict[str, object], texts: dict[str, str], keyword: str, default: int | None = None
-) -> int:
+def _integer(fields: dict[str, str], keyword: str, default: int | None = None) -> int:
     """The integer value of a structural card, or :class:`CutoutHeaderError`."""
-    if keyword not in values and default is not None:
+    if keyword not in fields and default is not None:
         return default
-    value = values.get(keyword)
+    value = card_value(fields[keyword]) if keyword in fields else None
     if type(value) is not int:  # bool is an int subclass, and T is not a number
-        shown = texts.get(keyword, "missing")
-        raise CutoutHeaderError(f"FITS keyword {keyword} is {shown[:20]!r}, not an integer")
+        shown = fields[keyword].split("/", 1)[0].strip()[:20] if keyword in fields else "missing"
+        raise CutoutHeaderError(f"FITS keyword {keyword} is {shown!r}, not an integer")
     return value
 
 
-def _layout(values: dict[str, object], texts: dict[str, str]) -> tuple[int, tuple[int, ...], int, int]:
+def _layout(fields: dict[str, str]) -> tuple[int, tuple[int, ...], int, int]:
     """``(BITPIX, (NAXIS1, ...), PCOUNT, GCOUNT)`` of one HDU, each checked (:class:`CutoutHeaderError`)."""
-    bitpix = _integer(values, texts, "BITPIX")
+    bitpix = _integer(fields, "BITPIX")
     if bitpix not in BITPIX_DTYPES:
         raise CutoutHeaderError(f"BITPIX = {bitpix} is not one of {sorted(BITPIX_DTYPES)}")
-    naxis = _integer(values, texts, "NAXIS")
+    naxis = _integer(fields, "NAXIS")
     if not 0 <= naxis <= 999:
         raise CutoutHeaderError(f"NAXIS = {naxis} is outside 0..999")
-    axes = tuple(_integer(values, texts, f"NAXIS{i}") for i in range(1, naxis + 1))
+    axes = tuple(_integer(fields, f"NAXIS{i}") for i in range(1, naxis + 1))
     if any(n < 0 for n in axes):
         raise CutoutHeaderError(f"negative image axis in NAXISn = {axes}")
-    pcount, gcount = _integer(values, texts, "PCOUNT", 0), _integer(values, texts, "GCOUNT", 1)
+    pcount, gcount = _integer(fields, "PCOUNT", 0), _integer(fields, "GCOUNT", 1)
     if pcount < 0 or gcount < 0:
         raise CutoutHeaderError(f"PCOUNT = {pcount}, GCOUNT = {gcount}: counts cannot be negative")
     return bitpix, axes, pcount, gcount
@@ -209,13 +209,12 @@ def locate_image(raw: bytes, limits: LimitsSettings) -> ImageHdu:
     for index in range(MAX_HDUS):
         if index > 0 and not raw.startswith(b"XTENSION=", offset):
             break  # end of file, or trailing bytes that are no extension: no image in this file
-        values, texts, data_offset = _read_header(raw, offset)
-        bitpix, axes, pcount, gcount = _layout(values, texts)
+        fields, data_offset = _read_header(raw, offset)
+        bitpix, axes, pcount, gcount = _layout(fields)
         itemsize = abs(bitpix) // 8
-        if axes and (index == 0 or values.get("XTENSION") == "IMAGE"):
-            return _checked_image(
-                raw, limits, ImageHdu(index, values, axes, bitpix, data_offset), pcount, gcount
-            )
+        if axes and (index == 0 or card_value(fields.get("XTENSION", "")) == "IMAGE"):
+            hdu = _checked_image(raw, limits, ImageHdu(index, {}, axes, bitpix, data_offset), pcount, gcount)
+            return replace(hdu, cards={keyword: card_value(field) for keyword, field in fields.items()})
         data_bytes = itemsize * gcount * (pcount + math.prod(axes)) if axes else 0
         if data_offset + data_bytes > len(raw):
             raise CorruptCutoutError(f"HDU {index} declares {data_bytes} data bytes; the file ends before")
