@@ -43,7 +43,7 @@ _FACTOR_RANGE = (1e-300, 1e300)
 
 
 def check_wcs_cards(cards: Iterable[tuple[str, object]]) -> None:
-    """Refuse WCS and scaling cards that are not finite numbers (:class:`CutoutHeaderError`).
+    """Refuse WCS and scaling cards of the wrong kind (:class:`CutoutHeaderError`): see the module docstring.
 
     Parameters
     ----------
@@ -57,7 +57,7 @@ def check_wcs_cards(cards: Iterable[tuple[str, object]]) -> None:
                     f"{keyword} = {_shown(value)} is not an integer 0..{_COUNT_CARDS[keyword]}"
                 )
         elif _REAL_CARDS.fullmatch(keyword):
-            if not _finite_real(value):
+            if not is_finite_real(value):
                 raise CutoutHeaderError(f"{keyword} = {_shown(value)} is not a finite number")
         elif _STRING_CARDS.fullmatch(keyword) and not isinstance(value, str):
             # An unquoted CTYPE would read as "no projection" here and as something else in astropy.
@@ -69,19 +69,16 @@ def _shown(value: object) -> str:
     return "an unparsable value" if value is None else f"{value!r:.20}"
 
 
-def _finite_real(value: object) -> bool:
-    """Whether ``value`` is an int or float (not a bool, a string or astropy's Undefined) and finite."""
-    return (
-        isinstance(value, int | float | np.integer | np.floating)
-        and not isinstance(value, bool)
-        and (math.isfinite(value))
-    )
+def is_finite_real(value: object) -> bool:
+    """Whether ``value`` is a finite int or float, Python or numpy (no bool, str or astropy Undefined)."""
+    numeric = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    return numeric and math.isfinite(value)  # type: ignore[arg-type]
 
 
 def real_card(cards: dict[str, object], keyword: str, default: float) -> float:
     """A card's value as a finite float (``default`` when absent), or :class:`CutoutHeaderError`."""
     value = cards.get(keyword, default)
-    if not _finite_real(value):
+    if not is_finite_real(value):
         raise CutoutHeaderError(f"{keyword} = {_shown(value)} is not a finite number")
     return float(value)  # type: ignore[arg-type]
 
@@ -178,7 +175,7 @@ def flux_factor(magzpsci: object, zero_point: float) -> float:
     zero_point
         AB magnitude of 1 nJy.
     """
-    if not _finite_real(magzpsci):
+    if not is_finite_real(magzpsci):
         raise CutoutValueError(f"ZTF magzpsci {magzpsci!r:.20} is not a finite number")
     exponent = -0.4 * (float(magzpsci) - zero_point)  # type: ignore[arg-type]
     if not math.log10(_FACTOR_RANGE[0]) <= exponent <= math.log10(_FACTOR_RANGE[1]):

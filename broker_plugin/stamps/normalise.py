@@ -46,6 +46,7 @@ from broker_plugin.stamps.checks import (
     check_source,
     check_wcs_cards,
     flux_factor,
+    is_finite_real,
 )
 from broker_plugin.stamps.fast_fits import linear_transform
 from broker_plugin.stamps.fits_header import ImageHdu, locate_image, read_pixels
@@ -143,7 +144,7 @@ def ztf_source_pixel(shape: tuple[int, int], ctx: ZtfCutoutContext) -> tuple[flo
     rows, cols = shape
     pos = []
     for side, ccd_pos in ((cols, ctx.xpos), (rows, ctx.ypos)):
-        if ccd_pos is not None and not (isinstance(ccd_pos, int | float) and math.isfinite(ccd_pos)):
+        if ccd_pos is not None and not is_finite_real(ccd_pos):
             raise CutoutWcsError(f"ZTF candidate position {ctx.xpos!r}, {ctx.ypos!r} is not finite")
         if side >= ZTF_CUTOUT_SIDE or ccd_pos is None:
             pos.append((side - 1) / 2.0)

@@ -339,6 +339,17 @@ def test_pixel_scale_range_is_configurable() -> None:
         strict.normalise(rubin_alert(rubin_cutout()))  # 0.2"/px
 
 
+def test_resampling_work_is_bounded_by_max_cutout_pixels() -> None:
+    # Allowed a 0.01"/px cutout, a 0.4" frame pixel needs 40 x 40 samples: 1280**2 points in all.
+    fine = LimitsSettings(min_cutout_pixel_scale_arcsec=0.001)
+    raw = ones_image(64, 64, **linear_wcs(0.01 / 3600, crpix=32.5))
+    with pytest.raises(exc.CutoutTooLargeError, match="resampling"):
+        StampNormaliser(StampSettings(), fine).normalise(rubin_alert(raw))
+    roomy = fine.model_copy(update={"max_cutout_pixels": 2_000_000})
+    with pytest.raises(exc.EmptyCutoutError):  # 0.64" of cutout in a 12.8" frame: resampled, then refused
+        StampNormaliser(StampSettings(), roomy).normalise(rubin_alert(raw))
+
+
 def test_anisotropic_matrix_is_judged_by_its_smaller_scale(normaliser: StampNormaliser) -> None:
     # det = 0.2 x 0.2 as for Rubin, but one axis is 20"/px and the other 0.002"/px.
     cards = {**linear_wcs(), "CD1_1": repr(-20.0 / 3600), "CD2_2": repr(0.002 / 3600)}
