@@ -94,10 +94,11 @@ def linear_transform(
         pc = [[real_card(header, f"PC{i}_{j}", float(i == j)) for j in (1, 2)] for i in (1, 2)]
         cdelt = (real_card(header, "CDELT1", 1.0), real_card(header, "CDELT2", 1.0))
         cd = [[pc[i][j] * cdelt[i] for j in (0, 1)] for i in (0, 1)]
-    # Finite cards can still multiply to inf (PC 1e200 x CDELT 1e200); the check sees the product.
-    with np.errstate(over="ignore", invalid="ignore"):
-        matrix = np.asarray(cd, dtype=np.float64) * 3600.0
-    matrix = check_pixel_matrix(matrix, limits or LimitsSettings())
+    # Finite cards can still multiply to inf (PC 1e200 x CDELT 1e200): Python floats do so silently, and
+    # the check refuses the product.
+    matrix = check_pixel_matrix(
+        np.array([[v * 3600.0 for v in row] for row in cd]), limits or LimitsSettings()
+    )
     x0, y0 = real_card(header, "CRPIX1", 0.0) - 1.0, real_card(header, "CRPIX2", 0.0) - 1.0
     if celestial and ra is not None and dec is not None:
         crval = (real_card(header, "CRVAL1", 0.0), real_card(header, "CRVAL2", 0.0))

