@@ -19,8 +19,8 @@ import math
 import numpy as np
 
 from broker_plugin.config import LimitsSettings
-from broker_plugin.exceptions import CutoutWcsError, StampError
-from broker_plugin.stamps.checks import check_pixel_matrix, check_wcs_cards, real_card
+from broker_plugin.exceptions import CutoutHeaderError, CutoutWcsError, StampError
+from broker_plugin.stamps.checks import check_pixel_matrix, real_card
 from broker_plugin.stamps.fits_header import locate_image, read_pixels
 
 #: cos(angular distance) between the alert and CRVAL below which the gnomonic projection is refused
@@ -81,13 +81,15 @@ def linear_transform(
     """
     if "CRPIX1" not in header or "CRPIX2" not in header:
         return None
-    ctype1, ctype2 = str(header.get("CTYPE1", "") or ""), str(header.get("CTYPE2", "") or "")
+    ctype1, ctype2 = header.get("CTYPE1", ""), header.get("CTYPE2", "")
+    if not (isinstance(ctype1, str) and isinstance(ctype2, str)):
+        raise CutoutHeaderError(f"CTYPE1, CTYPE2 = {ctype1!r:.20}, {ctype2!r:.20}: not quoted strings")
     celestial = (ctype1, ctype2) == ("RA---TAN", "DEC--TAN")
     if (ctype1 or ctype2) and not celestial:
         return None
     if any(key.startswith(("A_", "B_", "PV", "CROTA", "PS")) for key in header):
         return None
-    check_wcs_cards(header.items())
+    # Every number used below is read through real_card, which refuses non-finite and non-numeric values.
     if "CD1_1" in header:
         cd = [[real_card(header, f"CD{i}_{j}", 0.0) for j in (1, 2)] for i in (1, 2)]
     else:

@@ -50,9 +50,9 @@ BITPIX_DTYPES: dict[int, str] = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: 
 #: Keywords that decide where HDUs start and how large their data are: no duplicates allowed, since a
 #: reader that takes the first and one that takes the last would disagree about the layout.
 _STRUCTURAL = re.compile(r"SIMPLE|XTENSION|BITPIX|NAXIS\d*|PCOUNT|GCOUNT")
-_INTEGER = re.compile(r"[+-]?\d+")
-#: A FITS real literal. Python's float() also takes "nan", "inf" and "1_0"; FITS has none of them.
-_REAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][+-]?\d+)?")
+#: A FITS integer or real literal (group "int" or "real"). Python's int() and float() also take "nan",
+#: "inf" and "1_0"; FITS has none of them.
+_NUMBER = re.compile(r"(?P<int>[+-]?\d+)|(?P<real>[+-]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][+-]?\d+)?)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +110,17 @@ def card_value(text: str) -> str | bool | int | float | None:
         while end != -1 and end + 1 < len(text) and text[end + 1] == "'":  # doubled quote inside
             end = text.find("'", end + 2)
         return text[1:end].replace("''", "'").rstrip() if end != -1 else None
-    text = text.split("/", 1)[0].strip()
+    slash = text.find("/")
+    if slash != -1:
+        text = text[:slash].rstrip()
     if text in ("T", "F"):
         return text == "T"
-    if _INTEGER.fullmatch(text):
+    number = _NUMBER.fullmatch(text)
+    if number is None:
+        return None
+    if number.lastgroup == "int":
         return int(text)
-    if _REAL.fullmatch(text):
-        return float(text.replace("D", "E").replace("d", "e"))  # may be inf: "1E999" overflows
-    return None
+    return float(text.replace("D", "E").replace("d", "e"))  # may be inf: "1E999" overflows
 
 
 def _read_header(raw: bytes, offset: int) -> tuple[dict[str, str], int]:

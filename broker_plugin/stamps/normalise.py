@@ -200,8 +200,9 @@ class StampNormaliser:
             cd_arcsec = np.array([[-scale, 0.0], [0.0, scale]])
             source = ztf_source_pixel(image.shape, ctx)
             factor = flux_factor(ctx.magzpsci, NJY_AB_ZEROPOINT)
+            finite = np.isfinite(image)  # scaling by a positive factor and the sign flip keep it
             # Checked before scaling, so the product below cannot overflow to inf.
-            check_dn(image, np.isfinite(image), factor)
+            check_dn(image, finite, factor)
             image = image * factor
             if not ctx.isdiffpos:
                 image = -image
@@ -210,8 +211,10 @@ class StampNormaliser:
                 flags |= StampFlag.EDGE_TRUNCATED
         else:
             image, cd_arcsec, source = self._read_rubin(alert)
-            check_njy(image, np.isfinite(image))
-        return check_frame(self._resample(alert, image, cd_arcsec, source, flags), self._settings.size)
+            finite = np.isfinite(image)
+            check_njy(image, finite)
+        frame = self._resample(alert, image, finite, cd_arcsec, source, flags)
+        return check_frame(frame, self._settings.size)
 
     def _locate(self, raw: bytes) -> ImageHdu:
         """The cutout's image HDU, its structure and its WCS and scaling cards checked."""
@@ -241,10 +244,16 @@ class StampNormaliser:
         return image, *transform
 
     def _resample(
-        self, alert: Alert, image: np.ndarray, cd_arcsec: np.ndarray, source: tuple, flags: StampFlag
+        self,
+        alert: Alert,
+        image: np.ndarray,
+        finite: np.ndarray,
+        cd_arcsec: np.ndarray,
+        source: tuple[float, float],
+        flags: StampFlag,
     ) -> Frame:
+        """The frame of a checked cutout, or :class:`EmptyCutoutError` when too little of it is covered."""
         size, scale = self._settings.size, self._settings.pixel_scale_arcsec
-        finite = np.isfinite(image)
         if not finite.any():
             raise EmptyCutoutError("cutout has no finite pixel")
         if not finite.all():
