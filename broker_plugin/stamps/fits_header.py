@@ -41,8 +41,9 @@ CARD = 80
 #: A cutout header has well under 100 cards (Rubin's about 25, ZTF's 6); 32 blocks (1152 cards) leave room
 #: for a copied full-frame header and bound the work a hostile header causes (tens of ms).
 MAX_HEADER_BLOCKS = 32
-#: Rubin's image is the primary HDU; a few extensions before it are tolerated, a long chain is not.
-MAX_HDUS = 16
+#: Rubin's image is the primary HDU, others put it in the first extension; a couple more are tolerated.
+#: astropy parses every header before the image, so this bounds what a chain of long headers costs it.
+MAX_HDUS = 4
 #: A cutout side below this cannot hold a PSF; larger than this is not a cutout.
 MIN_SIDE, MAX_SIDE = 4, 4096
 #: The FITS standard's BITPIX values and the big-endian dtypes they store.

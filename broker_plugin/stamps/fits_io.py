@@ -24,6 +24,9 @@ __all__ = ["MAX_SIDE", "MIN_SIDE", "check_shape", "gunzip", "read_image"]
 
 #: zlib ``wbits`` for a gzip wrapper (header, CRC32 and length checked), the format ZTF cutouts use.
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
+#: ZTF writes one gzip member per cutout. Each further member copies the rest of the input (zlib's
+#: unused_data), so 75,000 empty 20-byte members in a 1.5 MB message would cost seconds of CPU.
+MAX_GZIP_MEMBERS = 8
 
 
 def gunzip(raw: bytes, max_bytes: int) -> bytes:
@@ -32,8 +35,8 @@ def gunzip(raw: bytes, max_bytes: int) -> bytes:
     Parameters
     ----------
     raw
-        gzip bytes: one member, or several concatenated (as :func:`gzip.decompress` reads them), optionally
-        followed by zero padding.
+        gzip bytes: one member, or up to :data:`MAX_GZIP_MEMBERS` concatenated (as :func:`gzip.decompress`
+        reads them), optionally followed by zero padding.
     max_bytes
         Largest decompressed size accepted (``LimitsSettings.max_cutout_bytes``).
 
@@ -42,12 +45,12 @@ def gunzip(raw: bytes, max_bytes: int) -> bytes:
     CutoutTooLargeError
         The data inflate to more than ``max_bytes``; inflating stops at ``max_bytes + 1``.
     CorruptCutoutError
-        Not gzip, a bad CRC or length, or truncated.
+        Not gzip, a bad CRC or length, truncated, or too many members.
     """
     out = bytearray()
     rest = raw
     try:
-        while True:
+        for _ in range(MAX_GZIP_MEMBERS):
             inflater = zlib.decompressobj(_GZIP_WBITS)
             # max_length caps this call's output; with room left it consumes all the input it can, so a
             # member that has not ended by then is truncated.
@@ -61,6 +64,7 @@ def gunzip(raw: bytes, max_bytes: int) -> bytes:
                 return bytes(out)
     except zlib.error as exc:
         raise CorruptCutoutError(f"cutout is not valid gzip: {exc}") from exc
+    raise CorruptCutoutError(f"cutout holds more than {MAX_GZIP_MEMBERS} gzip members")
 
 
 def read_image(raw: bytes, limits: LimitsSettings | None = None) -> tuple[np.ndarray, fits.Header]:

@@ -128,27 +128,36 @@ def cases() -> dict[str, tuple[str, bytes, str, float]]:
     )
     out["fits-1000sq-int8"] = ("rubin", big, "accepted", WORK_BOUND_MB)
     out["fits-finest-scale"] = ("rubin", fine, "accepted", WORK_BOUND_MB)
-    # CPU: the most header the walker reads (16 HDUs of full-length headers), and a full-length header on
-    # the astropy path (a SIN projection), both bounded in time like the bombs.
+    # CPU: the most header the walker reads (MAX_HDUS HDUs of full-length headers, no image), the same
+    # with a scaled image last (astropy parses all of them), and many empty gzip members.
     filler = [(f"K{i:07d}", f"{i}.5") for i in range(32 * 36 - 20)]
     empty = fits_bytes([("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "0"), *filler])
-    table = [("XTENSION", "'BINTABLE'"), ("BITPIX", "8"), ("NAXIS", "0"), ("PCOUNT", "0"), ("GCOUNT", "1")]
-    out["fits-16-long-headers"] = (
-        "rubin",
-        empty + fits_bytes(table + filler) * 15,
-        "corrupt_cutout",
-        BOMB_BOUND_MB,
+    table = fits_bytes(
+        [
+            ("XTENSION", "'BINTABLE'"),
+            ("BITPIX", "8"),
+            ("NAXIS", "0"),
+            ("PCOUNT", "0"),
+            ("GCOUNT", "1"),
+            *filler,
+        ]
     )
+    out["fits-long-headers-no-image"] = ("rubin", empty + table * 3, "corrupt_cutout", BOMB_BOUND_MB)
+    scaled = [("XTENSION", "'IMAGE'"), *image_cards(**linear_wcs())[1:], ("BSCALE", "1.5"), *filler[:-10]]
+    image = fits_bytes(scaled, np.ones((40, 40), ">f4").tobytes())
+    out["fits-long-headers-astropy"] = ("rubin", empty + table * 2 + image, "accepted", BOMB_BOUND_MB)
+    out["gzip-75000-members"] = ("ztf", gzip_fits(b"") * 75_000, "corrupt_cutout", BOMB_BOUND_MB)
     sin = {**linear_wcs(), "CTYPE1": "'RA---SIN'", "CTYPE2": "'DEC--SIN'"}
     long_sin = fits_bytes(image_cards(**sin) + filler, np.ones((40, 40), ">f4").tobytes())
-    out["fits-long-header-astropy"] = ("rubin", long_sin, "accepted", BOMB_BOUND_MB)
+    out["fits-long-header-astropy-wcs"] = ("rubin", long_sin, "accepted", BOMB_BOUND_MB)
     return out
 
 
 CASE_NAMES = [
     "gzip-1GiB-zeros", "gzip-fits-16384sq", "gzip-fits-declares-100000sq", "fits-declares-16384sq",
     "fits-declares-100000sq", "fits-over-max-bytes", "fits-declares-more-data", "fits-1000sq-int8",
-    "fits-finest-scale", "fits-16-long-headers", "fits-long-header-astropy",
+    "fits-finest-scale", "fits-long-headers-no-image", "fits-long-headers-astropy", "gzip-75000-members",
+    "fits-long-header-astropy-wcs",
 ]  # fmt: skip
 
 

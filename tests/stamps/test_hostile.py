@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import time
 
 import numpy as np
 import pytest
@@ -278,6 +279,15 @@ def test_gunzip_reads_members_and_padding_like_gzip_and_rejects_the_rest() -> No
     for broken in (full[:-3], full[:20], full + b"junk", full[:12] + b"\xff" * 10 + full[22:], b"", b"\x1f"):
         with pytest.raises(exc.CorruptCutoutError):
             gunzip(broken, 10_000)
+
+
+def test_gunzip_refuses_many_members_in_linear_time() -> None:
+    empty = gzip.compress(b"", mtime=0)  # 20 bytes each: a 1.5 MB message could hold 75,000
+    assert gunzip(empty * 8, 100) == b""
+    start = time.perf_counter()
+    with pytest.raises(exc.CorruptCutoutError, match="members"):
+        gunzip(empty * 75_000, 100)
+    assert time.perf_counter() - start < 0.5
 
 
 def test_ztf_cutout_is_bounded_by_max_cutout_bytes() -> None:
