@@ -57,10 +57,11 @@ from broker_plugin.stamps.resample import resample_to_frame, samples_per_side
 NJY_AB_ZEROPOINT = 31.4
 #: A ZTF cutout is 63 x 63 px when not truncated at a CCD edge.
 ZTF_CUTOUT_SIDE = 63
-#: The cards astropy.wcs reads for the primary WCS of an image (no alternates, no lookup tables).
+#: The cards astropy.wcs is given: the primary WCS of an image (no alternates, no lookup tables), each
+#: numeric one among those check_wcs_cards validates.
 _WCS_CARD = re.compile(
-    r"NAXIS\d?|WCSAXES|(?:CTYPE|CUNIT|CRPIX|CRVAL|CDELT|CROTA)\d|(?:CD|PC|PV|PS)\d_\d+"
-    r"|(?:A|B|AP|BP)_(?:ORDER|\d+_\d+)|LONPOLE|LATPOLE|RADESYS|EQUINOX"
+    r"NAXIS\d?|WCSAXES|(?:CTYPE|CUNIT|CRPIX|CRVAL|CDELT|CROTA)\d|(?:CD|PC|PV|PS)\d_\d{1,2}"
+    r"|(?:A|B|AP|BP)_(?:ORDER|\d{1,2}_\d{1,2})|LONPOLE|LATPOLE|RADESYS|EQUINOX"
 )
 
 
