@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator
+from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -222,6 +222,26 @@ class LimitsSettings(BaseModel):
             " alert is ~100 kB); a file read alert by alert has only the per-block bound [bytes]."
         ),
     )
+    min_cutout_pixel_scale_arcsec: float = Field(
+        0.02,
+        gt=0,
+        description=(
+            "Smallest pixel scale a cutout's WCS may give, along either axis [arcsec/px]: finer than any "
+            "survey camera (HST 0.04, Rubin 0.2), and it bounds the resampler's work (0.4/0.02 = 20 samples "
+            "per frame pixel side). A singular matrix has 0."
+        ),
+    )
+    max_cutout_pixel_scale_arcsec: float = Field(
+        60.0,
+        gt=0,
+        description="Largest pixel scale a cutout's WCS may give, along either axis [arcsec/px] (TESS: 21).",
+    )
+
+    @model_validator(mode="after")
+    def _scale_range_is_not_empty(self) -> LimitsSettings:
+        if self.min_cutout_pixel_scale_arcsec >= self.max_cutout_pixel_scale_arcsec:
+            raise ValueError("min_cutout_pixel_scale_arcsec must be below max_cutout_pixel_scale_arcsec")
+        return self
 
 
 class Settings(BaseSettings):

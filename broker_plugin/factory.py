@@ -77,7 +77,7 @@ def build_parts(settings: Settings) -> Parts:
     info = model_info(settings, artifact)
     store = open_state_store(settings.state.url, settings.state.max_frames_per_object)
     pipeline = Pipeline(
-        normaliser=StampNormaliser(model_stamp_settings(settings, artifact)),
+        normaliser=StampNormaliser(model_stamp_settings(settings, artifact), settings.limits),
         store=store,
         predictor=predictor,
         model=info,

@@ -4,9 +4,12 @@ Decoding must keep up with Rubin's bursts (~1000 alerts/s) on one core, and buil
 ``HDUList`` and ``WCS`` objects costs ~5 ms per cutout, almost all of it card verification and the
 round trip through wcslib. A cutout is a primary HDU of 80-character cards and big-endian pixels, and
 its WCS is a linear map (Rubin) or a plain TAN projection, so both are read here directly. Anything
-outside that simple case (scaled integers, extensions before the image, SIP distortion, other
-projections) returns ``None`` and the caller falls back to astropy, which stays the reference: the tests
-check that both paths agree.
+outside that simple case (scaled integers, SIP distortion, other projections) returns ``None`` and the
+caller falls back to astropy, which stays the reference: the tests check that both paths agree.
+
+The file's structure is checked by :func:`~broker_plugin.stamps.fits_header.locate_image` before either
+reader runs, and every WCS number here is checked before it is used: hostile values raise a
+:class:`~broker_plugin.exceptions.StampError`, never fall through to arithmetic errors.
 """
 
 from __future__ import annotations
@@ -15,107 +18,114 @@ import math
 
 import numpy as np
 
-_BLOCK = 2880
-_CARD = 80
-_DTYPES = {-32: ">f4", -64: ">f8", 16: ">i2", 32: ">i4", 8: "u1"}
-_MAX_HEADER_BLOCKS = 64
+from broker_plugin.config import LimitsSettings
+from broker_plugin.exceptions import CutoutHeaderError, CutoutWcsError, StampError
+from broker_plugin.stamps.checks import check_pixel_matrix, real_card
+from broker_plugin.stamps.fits_header import locate_image, read_pixels
+
+#: cos(angular distance) between the alert and CRVAL below which the gnomonic projection is refused
+#: (about 84 deg: far beyond any cutout, and before the projection diverges at 90 deg).
+_MIN_COS_DISTANCE = 0.1
 
 
-def _value(text: str) -> str | float | bool | None:
-    """Parse a card's value field (quoted string, logical, or number)."""
-    text = text.strip()
-    if text.startswith("'"):
-        end = text.find("'", 1)
-        while end != -1 and end + 1 < len(text) and text[end + 1] == "'":  # doubled quote inside
-            end = text.find("'", end + 2)
-        return text[1:end].replace("''", "'").rstrip() if end != -1 else None
-    text = text.split("/", 1)[0].strip()
-    if text in ("T", "F"):
-        return text == "T"
-    try:
-        return float(text.replace("D", "E"))
-    except ValueError:
-        return None
+def parse_primary_image(
+    raw: bytes, limits: LimitsSettings | None = None
+) -> tuple[np.ndarray, dict[str, object]] | None:
+    """Pixels and header cards of a simple, valid FITS image, or ``None`` if it is not that.
 
-
-def parse_primary_image(raw: bytes) -> tuple[np.ndarray, dict[str, object]] | None:
-    """Pixels and header cards of a simple primary-HDU image, or ``None`` if it is not that simple.
+    Parameters
+    ----------
+    raw
+        Uncompressed FITS bytes.
+    limits
+        Size limits of the file (default ``LimitsSettings()``).
 
     Returns
     -------
     tuple or None
-        ``(image float64 [row, column], {keyword: value})``.
+        ``(image float64 [row, column], {keyword: value})``; ``None`` when the file fails the structural
+        checks or stores scaled pixels.
     """
-    if not raw.startswith(b"SIMPLE  ="):
+    try:
+        hdu = locate_image(raw, limits or LimitsSettings())
+    except StampError:
         return None
-    header: dict[str, object] = {}
-    offset = 0
-    end_found = False
-    while not end_found and offset < min(len(raw), _BLOCK * _MAX_HEADER_BLOCKS):
-        block = raw[offset : offset + _BLOCK]
-        if len(block) < _BLOCK:
-            return None
-        offset += _BLOCK
-        for start in range(0, _BLOCK, _CARD):
-            card = block[start : start + _CARD].decode("ascii", errors="replace")
-            keyword = card[:8].rstrip()
-            if keyword == "END":
-                end_found = True
-                break
-            if card[8:10] == "= ":
-                header[keyword] = _value(card[10:])
-    if not end_found or header.get("NAXIS") != 2 or header.get("BSCALE", 1.0) != 1.0:
-        return None
-    if header.get("BZERO", 0.0) != 0.0:
-        return None
-    dtype = _DTYPES.get(int(header.get("BITPIX", 0) or 0))
-    rows, cols = header.get("NAXIS2"), header.get("NAXIS1")
-    if dtype is None or not isinstance(rows, float) or not isinstance(cols, float):
-        return None
-    count = int(rows) * int(cols)
-    itemsize = np.dtype(dtype).itemsize
-    if count <= 0 or offset + count * itemsize > len(raw):
-        return None
-    image = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(int(rows), int(cols))
-    return image.astype(np.float64), header
+    image = read_pixels(raw, hdu)
+    return None if image is None else (image, hdu.cards)
 
 
 def linear_transform(
-    header: dict[str, object], ra: float | None, dec: float | None
+    header: dict[str, object], ra: float | None, dec: float | None, limits: LimitsSettings | None = None
 ) -> tuple[np.ndarray, tuple[float, float]] | None:
     """The cutout's pixel -> (east, north) [arcsec] matrix and 0-based source pixel, if simple.
 
     Handles Rubin's linear header (no CTYPE: the source is at CRPIX) and a plain ``RA---TAN``/
     ``DEC--TAN`` header without distortion (the source is the alert's position, projected). Returns
     ``None`` for anything else.
+
+    Parameters
+    ----------
+    header
+        ``{keyword: value}`` cards.
+    ra, dec
+        The alert's position [deg].
+    limits
+        Plausible pixel-scale range (default ``LimitsSettings()``).
+
+    Raises
+    ------
+    CutoutHeaderError
+        A WCS card that is not a finite number.
+    CutoutWcsError
+        An implausible or singular matrix, CRVAL2 beyond a pole, or a source the projection cannot place.
     """
     if "CRPIX1" not in header or "CRPIX2" not in header:
         return None
-    ctype1, ctype2 = str(header.get("CTYPE1", "") or ""), str(header.get("CTYPE2", "") or "")
+    ctype1, ctype2 = header.get("CTYPE1", ""), header.get("CTYPE2", "")
+    if not (isinstance(ctype1, str) and isinstance(ctype2, str)):
+        raise CutoutHeaderError(f"CTYPE1, CTYPE2 = {ctype1!r:.20}, {ctype2!r:.20}: not quoted strings")
     celestial = (ctype1, ctype2) == ("RA---TAN", "DEC--TAN")
     if (ctype1 or ctype2) and not celestial:
         return None
     if any(key.startswith(("A_", "B_", "PV", "CROTA", "PS")) for key in header):
         return None
+    # Every number used below is read through real_card, which refuses non-finite and non-numeric values.
     if "CD1_1" in header:
-        cd = [[header.get(f"CD{i}_{j}", 0.0) for j in (1, 2)] for i in (1, 2)]
+        cd = [[real_card(header, f"CD{i}_{j}", 0.0) for j in (1, 2)] for i in (1, 2)]
     else:
-        pc = [[header.get(f"PC{i}_{j}", float(i == j)) for j in (1, 2)] for i in (1, 2)]
-        cdelt = (header.get("CDELT1", 1.0), header.get("CDELT2", 1.0))
+        pc = [[real_card(header, f"PC{i}_{j}", float(i == j)) for j in (1, 2)] for i in (1, 2)]
+        cdelt = (real_card(header, "CDELT1", 1.0), real_card(header, "CDELT2", 1.0))
         cd = [[pc[i][j] * cdelt[i] for j in (0, 1)] for i in (0, 1)]
-    matrix = np.asarray(cd, dtype=np.float64) * 3600.0
-    x0, y0 = float(header["CRPIX1"]) - 1.0, float(header["CRPIX2"]) - 1.0  # type: ignore[arg-type]
+    # Finite cards can still multiply to inf (PC 1e200 x CDELT 1e200): Python floats do so silently, and
+    # the check refuses the product.
+    matrix = check_pixel_matrix(
+        np.array([[v * 3600.0 for v in row] for row in cd]), limits or LimitsSettings()
+    )
+    x0, y0 = real_card(header, "CRPIX1", 0.0) - 1.0, real_card(header, "CRPIX2", 0.0) - 1.0
     if celestial and ra is not None and dec is not None:
-        xi, eta = _gnomonic(ra, dec, float(header.get("CRVAL1", 0.0)), float(header.get("CRVAL2", 0.0)))
+        crval = (real_card(header, "CRVAL1", 0.0), real_card(header, "CRVAL2", 0.0))
+        xi, eta = _gnomonic(ra, dec, *crval)
         dx, dy = np.linalg.solve(matrix, [xi * 3600.0, eta * 3600.0])
         x0, y0 = x0 + float(dx), y0 + float(dy)
     return matrix, (x0, y0)
 
 
 def _gnomonic(ra: float, dec: float, ra0: float, dec0: float) -> tuple[float, float]:
-    """Standard coordinates (xi east, eta north) [deg] of (ra, dec) about (ra0, dec0)."""
+    """Standard coordinates (xi east, eta north) [deg] of (ra, dec) about (ra0, dec0).
+
+    Raises
+    ------
+    CutoutWcsError
+        ``dec0`` beyond a pole, a non-finite position, or one too far from (ra0, dec0) to project.
+    """
+    if not -90.0 <= dec0 <= 90.0:
+        raise CutoutWcsError(f"CRVAL2 = {dec0} is not a declination")
+    if not (math.isfinite(ra) and math.isfinite(dec)):  # math.sin(inf) raises ValueError
+        raise CutoutWcsError(f"alert position ({ra}, {dec}) is not finite")
     a, d, a0, d0 = map(math.radians, (ra, dec, ra0, dec0))
     cos_c = math.sin(d0) * math.sin(d) + math.cos(d0) * math.cos(d) * math.cos(a - a0)
+    if not cos_c >= _MIN_COS_DISTANCE:  # also NaN from a non-finite alert position
+        raise CutoutWcsError(f"alert position ({ra}, {dec}) is too far from CRVAL ({ra0}, {dec0}) to project")
     xi = math.cos(d) * math.sin(a - a0) / cos_c
     eta = (math.cos(d0) * math.sin(d) - math.sin(d0) * math.cos(d) * math.cos(a - a0)) / cos_c
     return math.degrees(xi), math.degrees(eta)

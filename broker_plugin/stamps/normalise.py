@@ -9,29 +9,66 @@ ZTF: cutouts carry no WCS. ZTF difference images are delivered north up and east
 resolves); the source is at the cutout centre, or, for a cutout truncated at a CCD edge, at the place
 ``xpos``/``ypos`` imply. Pixel values are DN: flux [nJy] = DN * 10**(-0.4 (magzpsci - 31.4)), sign
 flipped when ``isdiffpos`` is false.
+
+Every cutout is hostile input. In order: its size is bounded (gunzip stops at ``max_cutout_bytes``), its
+structure is checked from the header cards before any pixel is allocated (:mod:`.fits_header`), WCS cards,
+the pixel -> sky matrix and the source position are checked (:mod:`.checks`), and calibrated pixels
+beyond :data:`~broker_plugin.records.MAX_PIXEL_FLUX_NJY` are refused. The frame itself passes
+:func:`~broker_plugin.records.check_frame` before it is returned, so whatever the bytes,
+:meth:`StampNormaliser.normalise` either returns a frame that keeps every frame invariant or raises a
+:class:`~broker_plugin.exceptions.StampError`.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import warnings
+
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
-from broker_plugin.config import StampSettings
-from broker_plugin.exceptions import CutoutWcsError, EmptyCutoutError, MissingCutoutError
-from broker_plugin.records import Alert, Frame, StampFlag, Survey, ZtfCutoutContext
-from broker_plugin.stamps.fast_fits import linear_transform, parse_primary_image
-from broker_plugin.stamps.fits_io import check_shape, gunzip, read_image
-from broker_plugin.stamps.resample import resample_to_frame
+from broker_plugin.config import LimitsSettings, StampSettings
+from broker_plugin.exceptions import (
+    CutoutHeaderError,
+    CutoutTooLargeError,
+    CutoutWcsError,
+    EmptyCutoutError,
+    MissingCutoutError,
+)
+from broker_plugin.records import Alert, Frame, StampFlag, Survey, ZtfCutoutContext, check_frame
+from broker_plugin.stamps.checks import (
+    check_dn,
+    check_njy,
+    check_pixel_matrix,
+    check_source,
+    check_wcs_cards,
+    flux_factor,
+    is_finite_real,
+)
+from broker_plugin.stamps.fast_fits import linear_transform
+from broker_plugin.stamps.fits_header import ImageHdu, locate_image, read_pixels
+from broker_plugin.stamps.fits_io import gunzip, read_image
+from broker_plugin.stamps.resample import resample_to_frame, samples_per_side
 
 #: AB zero point of nJy: m_AB = 31.4 - 2.5 log10(f / nJy).
 NJY_AB_ZEROPOINT = 31.4
 #: A ZTF cutout is 63 x 63 px when not truncated at a CCD edge.
 ZTF_CUTOUT_SIDE = 63
+#: The cards astropy.wcs is given: the primary WCS of an image (no alternates, no lookup tables), each
+#: numeric one among those check_wcs_cards validates.
+_WCS_CARD = re.compile(
+    r"NAXIS\d?|WCSAXES|(?:CTYPE|CUNIT|CRPIX|CRVAL|CDELT|CROTA)\d|(?:CD|PC|PV|PS)\d_\d{1,2}"
+    r"|(?:A|B|AP|BP)_(?:ORDER|\d{1,2}_\d{1,2})|LONPOLE|LATPOLE|RADESYS|EQUINOX"
+)
 
 
-def wcs_from_header(header: fits.Header, ra: float | None, dec: float | None) -> tuple[np.ndarray, tuple]:
-    """Linear pixel -> sky map and source position from a cutout header.
+def wcs_from_header(
+    header: fits.Header, ra: float | None, dec: float | None, limits: LimitsSettings | None = None
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """Linear pixel -> sky map and source position from a cutout header (astropy.wcs).
 
     Parameters
     ----------
@@ -39,51 +76,57 @@ def wcs_from_header(header: fits.Header, ra: float | None, dec: float | None) ->
         The cutout's FITS header.
     ra, dec
         The alert's position [deg], used to place the source when the header is a celestial WCS.
+    limits
+        Plausible pixel-scale range (default ``LimitsSettings()``).
 
     Returns
     -------
     tuple
         ``(cd_arcsec, (x, y))``: 2x2 map pixel offsets -> (east, north) [arcsec], and the 0-based
-        source pixel.
+        source pixel (finite).
 
     Raises
     ------
+    CutoutHeaderError
+        A WCS card that is not a finite number, or an absurd SIP order.
     CutoutWcsError
-        No usable transform (missing CRPIX/CD, singular matrix, unreadable header).
+        No usable transform (missing CRPIX, unreadable header, implausible or singular matrix, a source
+        the WCS cannot place).
     """
     if "CRPIX1" not in header or "CRPIX2" not in header:
         raise CutoutWcsError("cutout header has no CRPIX: no coordinate transform")
     try:
-        wcs = WCS(header, naxis=2, fix=False)
-        cd_deg = np.asarray(wcs.wcs.get_pc() * wcs.wcs.get_cdelt()[:, None], dtype=np.float64)
+        # Only the primary WCS's own cards: astropy parses and verifies each card it reads (~0.1 ms), and
+        # a hostile header may carry a thousand others.
+        cards = [(key, header[key]) for key in header if _WCS_CARD.fullmatch(key)]
+    except Exception as exc:  # VerifyError and friends on a card astropy cannot parse
+        raise CutoutHeaderError(f"unparsable cutout header card: {type(exc).__name__}: {exc}") from exc
+    check_wcs_cards(cards)
+    try:
+        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+            # Non-standard cards are refused below, not warned about; PC x CDELT may overflow to inf,
+            # which check_pixel_matrix refuses.
+            warnings.simplefilter("ignore", AstropyWarning)
+            wcs = WCS(fits.Header(cards), naxis=2, fix=False)
+            cd_deg = np.asarray(wcs.wcs.get_pc() * wcs.wcs.get_cdelt()[:, None], dtype=np.float64)
     except Exception as exc:  # astropy.wcs raises several types on malformed headers
         raise CutoutWcsError(f"unreadable cutout WCS: {type(exc).__name__}: {exc}") from exc
     if wcs.has_celestial and wcs.wcs.lng == 1:
         cd_deg = cd_deg[::-1]  # DEC--TAN first: put the (east, north) rows in order
-    cd_arcsec = _usable_matrix(cd_deg * 3600.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cd_arcsec = check_pixel_matrix(cd_deg * 3600.0, limits or LimitsSettings())
     source = (float(wcs.wcs.crpix[0]) - 1.0, float(wcs.wcs.crpix[1]) - 1.0)
     if wcs.has_celestial and ra is not None and dec is not None:
         try:
-            x, y = wcs.celestial.world_to_pixel_values(ra, dec)
+            with warnings.catch_warnings(), np.errstate(all="ignore"):  # NaN out is refused below
+                warnings.simplefilter("ignore", AstropyWarning)
+                x, y = wcs.celestial.world_to_pixel_values(ra, dec)
             source = (float(x), float(y))
         except Exception as exc:
             raise CutoutWcsError(f"alert position not in cutout WCS: {exc}") from exc
+    if not (math.isfinite(source[0]) and math.isfinite(source[1])):
+        raise CutoutWcsError(f"cutout WCS places the source at a non-finite pixel {source}")
     return cd_arcsec, source
-
-
-def _usable_matrix(cd_arcsec: np.ndarray) -> np.ndarray:
-    """``cd_arcsec`` itself, or :class:`CutoutWcsError` if it is singular or not finite."""
-    if not np.all(np.isfinite(cd_arcsec)) or abs(np.linalg.det(cd_arcsec)) < 1e-12:
-        raise CutoutWcsError("cutout WCS matrix is singular or not finite")
-    return cd_arcsec
-
-
-def _parse_fast(raw: bytes) -> tuple[np.ndarray, dict[str, object]] | None:
-    """The fast reader's ``(pixels, cards)`` (shape checked), or ``None`` when astropy must read it."""
-    parsed = parse_primary_image(raw)
-    if parsed is not None:
-        check_shape(parsed[0])
-    return parsed
 
 
 def ztf_source_pixel(shape: tuple[int, int], ctx: ZtfCutoutContext) -> tuple[float, float]:
@@ -92,11 +135,18 @@ def ztf_source_pixel(shape: tuple[int, int], ctx: ZtfCutoutContext) -> tuple[flo
     ZTF cuts 63 x 63 px centred on the candidate; at a quadrant edge it keeps only the part on the CCD.
     If the candidate is within half a cutout of the low edge, the cutout starts at CCD pixel 1 and the
     candidate sits at ``pos - 1``; otherwise the truncation is on the high side and it stays at 31.
+
+    Raises
+    ------
+    CutoutWcsError
+        ``xpos`` or ``ypos`` is not a finite number.
     """
     half = ZTF_CUTOUT_SIDE // 2
     rows, cols = shape
     pos = []
     for side, ccd_pos in ((cols, ctx.xpos), (rows, ctx.ypos)):
+        if ccd_pos is not None and not is_finite_real(ccd_pos):
+            raise CutoutWcsError(f"ZTF candidate position {ctx.xpos!r}, {ctx.ypos!r} is not finite")
         if side >= ZTF_CUTOUT_SIDE or ccd_pos is None:
             pos.append((side - 1) / 2.0)
         elif ccd_pos - 1.0 < half:
@@ -113,29 +163,48 @@ class StampNormaliser:
     ----------
     settings
         Frame size, pixel scale and quality threshold (a trained model records them).
+    limits
+        Bounds on what a cutout may declare or inflate to, and the plausible pixel-scale range (default
+        ``LimitsSettings()``; the service passes ``Settings.limits``).
     """
 
-    def __init__(self, settings: StampSettings) -> None:
+    def __init__(self, settings: StampSettings, limits: LimitsSettings | None = None) -> None:
         self._settings = settings
+        self._limits = limits or LimitsSettings()
 
     def normalise(self, alert: Alert) -> Frame:
         """Normalise the alert's ``cutoutDifference``.
 
+        Returns
+        -------
+        Frame
+            A frame that passes :func:`~broker_plugin.records.check_frame` for the configured size.
+
         Raises
         ------
         StampError
-            A subclass saying why the cutout cannot be used (missing, corrupt, bad WCS or shape, empty).
+            A subclass saying why the cutout cannot be used: ``missing_cutout``, ``corrupt_cutout`` (not
+            gzip/FITS, truncated), ``cutout_too_large`` (bytes, inflated bytes, declared pixels or
+            resampling points over the limits), ``bad_cutout_header`` (malformed structural or WCS card),
+            ``bad_cutout_shape`` (not 2-D, sides out of range), ``bad_cutout_wcs`` (no, implausible or
+            singular transform; source not placeable), ``bad_cutout_values`` (flux beyond the frame's
+            bound, unusable zero point), ``empty_cutout`` (too little of the frame covered) or
+            ``invalid_frame`` (the frame breaks an invariant, e.g. the alert's band or time).
         """
         if not alert.cutoutDifference:
             raise MissingCutoutError("alert has no cutoutDifference")
         flags = StampFlag.NONE
         if alert.survey is Survey.ZTF:
-            image = self._read_pixels(gunzip(alert.cutoutDifference))
+            image = self._read_pixels(gunzip(alert.cutoutDifference, self._limits.max_cutout_bytes))
             ctx = alert.ztf or ZtfCutoutContext(magzpsci=NJY_AB_ZEROPOINT, isdiffpos=True)
             scale = self._settings.ztf_pixel_scale_arcsec
             cd_arcsec = np.array([[-scale, 0.0], [0.0, scale]])
             source = ztf_source_pixel(image.shape, ctx)
-            image = image * 10.0 ** (-0.4 * (ctx.magzpsci - NJY_AB_ZEROPOINT))
+            factor = flux_factor(ctx.magzpsci, NJY_AB_ZEROPOINT)
+            finite = np.isfinite(image)  # scaling by a positive factor and the sign flip keep it
+            # Checked before scaling, so the product below cannot overflow to inf.
+            check_dn(image, finite, factor)
+            image = image * factor
             if not ctx.isdiffpos:
                 image = -image
                 flags |= StampFlag.SIGN_FLIPPED
@@ -143,36 +212,62 @@ class StampNormaliser:
                 flags |= StampFlag.EDGE_TRUNCATED
         else:
             image, cd_arcsec, source = self._read_rubin(alert)
-        return self._resample(alert, image, cd_arcsec, source, flags)
+            finite = np.isfinite(image)
+            check_njy(image, finite)
+        frame = self._resample(alert, image, finite, cd_arcsec, source, flags)
+        return check_frame(frame, self._settings.size)
 
-    @staticmethod
-    def _read_pixels(raw: bytes) -> np.ndarray:
-        """Pixels of a cutout: the fast reader when it understands the file, else astropy."""
-        parsed = _parse_fast(raw)
-        return read_image(raw)[0] if parsed is None else parsed[0]
+    def _locate(self, raw: bytes) -> ImageHdu:
+        """The cutout's image HDU, its structure and its WCS and scaling cards checked."""
+        hdu = locate_image(raw, self._limits)
+        check_wcs_cards(hdu.cards.items())
+        return hdu
 
-    @staticmethod
-    def _read_rubin(alert: Alert) -> tuple[np.ndarray, np.ndarray, tuple]:
+    def _read_pixels(self, raw: bytes) -> np.ndarray:
+        """Pixels of a checked cutout: the fast reader when it understands the file, else astropy."""
+        image = read_pixels(raw, self._locate(raw))
+        return read_image(raw, self._limits)[0] if image is None else image
+
+    def _read_rubin(self, alert: Alert) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
         """Pixels, linear sky transform and source pixel of a Rubin cutout (fast path, else astropy)."""
         raw = alert.cutoutDifference or b""
-        parsed = _parse_fast(raw)
-        transform = linear_transform(parsed[1], alert.ra, alert.dec) if parsed is not None else None
-        if parsed is None or transform is None:
-            image, header = read_image(raw)
-            cd_arcsec, source = wcs_from_header(header, alert.ra, alert.dec)
+        hdu = self._locate(raw)
+        if "CRPIX1" not in hdu.cards or "CRPIX2" not in hdu.cards:  # refused here, not after astropy's work
+            raise CutoutWcsError("cutout header has no CRPIX: no coordinate transform")
+        image = read_pixels(raw, hdu)
+        transform = (
+            linear_transform(hdu.cards, alert.ra, alert.dec, self._limits) if image is not None else None
+        )
+        if image is None or transform is None:
+            image, header = read_image(raw, self._limits)
+            cd_arcsec, source = wcs_from_header(header, alert.ra, alert.dec, self._limits)
             return image, cd_arcsec, source
-        cd_arcsec, source = transform
-        return parsed[0], _usable_matrix(cd_arcsec), source
+        return image, *transform
 
     def _resample(
-        self, alert: Alert, image: np.ndarray, cd_arcsec: np.ndarray, source: tuple, flags: StampFlag
+        self,
+        alert: Alert,
+        image: np.ndarray,
+        finite: np.ndarray,
+        cd_arcsec: np.ndarray,
+        source: tuple[float, float],
+        flags: StampFlag,
     ) -> Frame:
+        """The frame of a checked cutout, or :class:`EmptyCutoutError` when too little of it is covered."""
         size, scale = self._settings.size, self._settings.pixel_scale_arcsec
-        finite = np.isfinite(image)
         if not finite.any():
             raise EmptyCutoutError("cutout has no finite pixel")
         if not finite.all():
             flags |= StampFlag.NONFINITE_PIXELS
+        source = check_source(source, image.shape, cd_arcsec, size, scale)
+        points = (size * samples_per_side(cd_arcsec, scale)) ** 2
+        if points > self._limits.max_cutout_pixels:
+            # Only a cutout far finer than the frame gets here: never sample more points than the largest
+            # cutout may hold pixels.
+            raise CutoutTooLargeError(
+                f"resampling this cutout takes {points} points, more than max_cutout_pixels="
+                f"{self._limits.max_cutout_pixels}"
+            )
         data, mask = resample_to_frame(image, cd_arcsec, source, size, scale)
         valid = float(mask.mean())
         if valid < self._settings.min_valid_fraction:

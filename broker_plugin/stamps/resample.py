@@ -45,6 +45,23 @@ def frame_sky_offsets(size: int, pixel_scale_arcsec: float) -> tuple[np.ndarray,
     return east, north
 
 
+def samples_per_side(cd_arcsec: np.ndarray, pixel_scale_arcsec: float) -> int:
+    """How many sample points per side of a frame pixel: cutout pixels that fit across one.
+
+    The resampler evaluates ``(size x n)**2`` points, so callers bound ``n`` before resampling a cutout
+    whose pixels come from an untrusted header.
+
+    Parameters
+    ----------
+    cd_arcsec
+        2x2 pixel -> (east, north) map of the cutout [arcsec].
+    pixel_scale_arcsec
+        Frame pixel scale [arcsec].
+    """
+    cutout_area = abs(np.linalg.det(np.asarray(cd_arcsec, dtype=np.float64)))
+    return max(1, math.ceil(pixel_scale_arcsec / math.sqrt(cutout_area) - 1e-9))
+
+
 def _sample_points(
     cd_arcsec: np.ndarray, source_pixel: tuple[float, float], size: int, pixel_scale_arcsec: float, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +110,7 @@ def resample_to_frame(
     """
     cd = np.asarray(cd_arcsec, dtype=np.float64)
     cutout_area = abs(np.linalg.det(cd))
-    n = max(1, math.ceil(pixel_scale_arcsec / math.sqrt(cutout_area) - 1e-9))
+    n = samples_per_side(cd, pixel_scale_arcsec)
     x, y = _sample_points(cd, source_pixel, size, pixel_scale_arcsec, n)
 
     img = np.asarray(image, dtype=np.float64)
