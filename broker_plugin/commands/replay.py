@@ -104,5 +104,6 @@ def replay(
             too_large += 1
             log.warning("skipping an alert of %d bytes: larger than max_produce_bytes", len(message.value))
     producer.flush()
-    log.info("replayed %d alerts into %s (%d unreadable files skipped)", len(messages), topic, unreadable)
-    return len(messages) - too_large
+    sent = len(messages) - too_large
+    log.info("replayed %d alerts into %s (%d unreadable files skipped)", sent, topic, unreadable)
+    return sent
