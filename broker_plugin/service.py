@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
@@ -157,14 +157,14 @@ def process_isolated(
                 raise
             result.rejected.append((item.ref, *_rejected(exc, on_bug)))
             continue
-        result.classifications += one.classifications
-        result.rejected += one.rejected
-        result.ignored += one.ignored
-        result.frames_new += one.frames_new
-        result.frames_duplicate += one.frames_duplicate
-        result.objects_classified += one.objects_classified
-        result.inference_seconds += one.inference_seconds
+        _add(result, one)
     return result
+
+
+def _add(total: BatchResult, one: BatchResult) -> None:
+    """Add ``one``'s outcomes to ``total``: lists concatenated, counts and seconds summed (every field)."""
+    for item in fields(BatchResult):
+        setattr(total, item.name, getattr(total, item.name) + getattr(one, item.name))
 
 
 def _rejected(exc: Exception, on_bug: Callable[[Exception], None] | None) -> tuple[str, str]:
