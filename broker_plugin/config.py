@@ -128,6 +128,15 @@ class KafkaSettings(BaseModel):
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         "zstd", description="Compression of produced messages."
     )
+    max_produce_bytes: int = Field(
+        1_000_000,
+        ge=65_536,
+        description=(
+            "Largest message the plugin produces (librdkafka message.max.bytes); larger dead letters are "
+            "truncated to fit. Keep it at or below the output and dead-letter topics' max.message.bytes "
+            "(broker default 1048588) [bytes]."
+        ),
+    )
 
     @field_validator("input_topics", mode="before")
     @classmethod

@@ -34,6 +34,9 @@ REJECTION_REASONS: tuple[str, ...] = tuple(
         | {"internal_error"}
     )
 )
+#: Where an unexpected exception of one message can happen: decoding it (consumer thread), the pipeline
+#: (normalise, store, classify) and encoding its classification (worker thread).
+INTERNAL_ERROR_STAGES: tuple[str, ...] = ("decode", "pipeline", "encode")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # From shutter to publication: a minute in the live stream, up to years when archives are replayed.
 _OBSERVATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 86400.0, 7 * 86400.0, 365 * 86400.0)
@@ -134,6 +137,27 @@ class ServiceMetrics:
             namespace=ns,
             registry=r,
         )
+        self.internal_errors = Counter(
+            "internal_errors_total",
+            "Unexpected exceptions (bugs) caused by one message, whose message was dead-lettered, by stage.",
+            ["stage"],
+            namespace=ns,
+            registry=r,
+        )
+        self.dead_letters_truncated = Counter(
+            "dead_letters_truncated_total",
+            "Dead letters cut to fit the largest producible message (value, key or headers).",
+            namespace=ns,
+            registry=r,
+        )
+        self.state_invalid_frames = Counter(
+            "state_invalid_frames_total",
+            "Stored frames that failed the frame checks when read back, skipped and removed.",
+            namespace=ns,
+            registry=r,
+        )
+        for stage in INTERNAL_ERROR_STAGES:
+            self.internal_errors.labels(stage=stage)
         for reason in REJECTION_REASONS:
             self.alerts_rejected.labels(reason=reason)
         self.alerts_ignored.labels(reason="band_not_in_model")

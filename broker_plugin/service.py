@@ -9,35 +9,59 @@ classifications and dead letters, waits until Kafka has every one of them, and o
 batch's offsets, which the consumer thread commits: at-least-once.
 With ``transactional_id`` set, outputs and offsets are committed in one transaction instead: exactly-once.
 
-Bad input never stops the service: a message that cannot be decoded or normalised goes to the
-dead-letter topic with ``dead_letter_reason`` and ``dead_letter_error`` headers and counts in
-``alerts_rejected_total{reason}``; an unexpected failure of a whole batch is retried message by message
-so that only the culprit is dead-lettered (reason ``internal_error``). What does stop it: the output
-topic refusing deliveries (nothing is committed, so a restart redelivers) and SIGTERM/SIGINT, on which
-it finishes the queued batches, publishes, commits and closes.
+One rule at the boundary: every consumed message either becomes alerts handed to the pipeline or a
+dead letter with a precise reason, and no single message can stop the service.
+
+- Decoding (consumer thread): a typed error (:class:`~broker_plugin.exceptions.BrokerPluginError`, e.g.
+  ``AlertDecodeError``) dead-letters the message with its ``reason``; any other exception is a bug met by
+  that message: it is logged with its traceback, counted in ``internal_errors_total{stage="decode"}`` and
+  the message is dead-lettered with reason ``internal_error``. The poll goes on.
+- Processing (worker thread, :func:`process_isolated`): when the pipeline raises for a batch, the
+  exception is classified by :func:`is_infrastructure_failure`. An infrastructure failure stops the
+  service with nothing of the batch committed, so a restart redelivers it and nothing is lost:
+  the state store unreachable or failing (``sqlite3.OperationalError`` and ``DatabaseError`` proper -
+  locked, I/O, disk full, corrupt file; every ``psycopg.Error`` except ``DataError`` and
+  ``IntegrityError`` - connection, server, permissions, missing tables, transaction conflicts; a closed
+  store) and Kafka (``KafkaException``, :class:`~broker_plugin.kafka.producer.DeliveryError`), also when
+  wrapped (``__cause__``/``__context__``). Anything else was caused by the data of one message (typed
+  errors such as ``InferenceInputError``, SQL ``DataError``/``IntegrityError`` from a value the store
+  cannot hold, or a bug): the batch is retried message by message, the culprit is dead-lettered (its typed
+  ``reason``, or ``internal_error``, counted in ``internal_errors_total{stage="pipeline"}``) and the other
+  alerts are processed. A culprit that failed after the store step may leave its (valid) frame stored:
+  the store is idempotent, so replaying the dead letter is harmless.
+- Publishing: a classification that cannot be encoded dead-letters its message (``internal_error``,
+  ``stage="encode"``). Dead letters are cut to fit ``kafka.max_produce_bytes``
+  (:mod:`broker_plugin.kafka.deadletter`), so they are never refused for their size.
+
+What does stop the service: the infrastructure failures above, outputs that Kafka does not accept
+(nothing is committed, so a restart redelivers) and SIGTERM/SIGINT, on which it finishes the queued
+batches, publishes, commits and closes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 
-from confluent_kafka import KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from broker_plugin import __version__
 from broker_plugin.config import Settings
-from broker_plugin.exceptions import AlertDecodeError, BrokerPluginError, MessageTooLargeError
+from broker_plugin.exceptions import BrokerPluginError, MessageTooLargeError
 from broker_plugin.kafka.consumer import AlertConsumer, Offsets
-from broker_plugin.kafka.producer import OutputProducer
+from broker_plugin.kafka.deadletter import build_dead_letter
+from broker_plugin.kafka.producer import DeliveryError, OutputProducer
 from broker_plugin.metrics import Health, ServiceMetrics
 from broker_plugin.pipeline import BatchResult, Inbound, Pipeline
 from broker_plugin.serde.alerts import AlertDecoder
 from broker_plugin.serde.classifications import classification_key, encode_classification
-from broker_plugin.state.base import StateStore
+from broker_plugin.state.base import StateStore, StateStoreClosedError
 from broker_plugin.workqueue import CoalescingQueue
 
 log = logging.getLogger(__name__)
@@ -46,6 +70,110 @@ _MJD_UNIX_EPOCH = 40587.0
 _TAI_MINUS_UTC_S = 37.0
 #: How often the tracked-objects gauge is refreshed [s].
 _COUNT_INTERVAL_S = 10.0
+#: Producer timestamps outside this range [ms since the epoch] are ignored (they would not fit the output).
+_TIMESTAMP_RANGE_MS = (1, 2**63 - 1)
+#: SQLite errors raised by the values of one message, not by the database: isolated, never fatal.
+_SQLITE_DATA_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+)
+
+
+def _is_infrastructure(exc: BaseException) -> bool:
+    if isinstance(exc, KafkaException | DeliveryError | StateStoreClosedError):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return not isinstance(exc, _SQLITE_DATA_ERRORS)
+    # psycopg is imported only by deployments that use PostgreSQL: if it is not loaded, none of its
+    # errors can be raised.
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        return not isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
+    return False
+
+
+def is_infrastructure_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it wraps) is a failure of the state store or of Kafka.
+
+    Such a failure must stop the service before anything is committed (a restart redelivers); anything
+    else was caused by one message and is isolated (see the module docstring for the list).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if _is_infrastructure(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def rejection_of(exc: Exception) -> tuple[str, str]:
+    """``(reason, error)`` of a dead letter for ``exc``: its typed reason, or ``internal_error`` for a bug."""
+    if isinstance(exc, BrokerPluginError):
+        return exc.reason, str(exc)
+    return "internal_error", f"{type(exc).__name__}: {exc}"
+
+
+def process_isolated(
+    pipeline: Pipeline, inbound: Sequence[Inbound], on_bug: Callable[[Exception], None] | None = None
+) -> BatchResult:
+    """:meth:`Pipeline.process` over a batch; if it raises, alert by alert so that only culprits are rejected.
+
+    Parameters
+    ----------
+    pipeline
+        The pipeline.
+    inbound
+        The batch.
+    on_bug
+        Called with every exception that is not a typed error (a bug), after it was logged with its
+        traceback.
+
+    Raises
+    ------
+    Exception
+        An infrastructure failure (:func:`is_infrastructure_failure`): nothing of the batch may be
+        committed.
+    """
+    try:
+        return pipeline.process(inbound)
+    except Exception as exc:
+        if is_infrastructure_failure(exc):
+            raise
+        if len(inbound) == 1:  # the culprit is known: no retry
+            return BatchResult(rejected=[(inbound[0].ref, *_rejected(exc, on_bug))])
+        log.warning(
+            "batch of %d alerts failed (%s: %s); retrying one by one", len(inbound), type(exc).__name__, exc
+        )
+    result = BatchResult()
+    for item in inbound:
+        try:
+            one = pipeline.process([item])
+        except Exception as exc:
+            if is_infrastructure_failure(exc):
+                raise
+            result.rejected.append((item.ref, *_rejected(exc, on_bug)))
+            continue
+        _add(result, one)
+    return result
+
+
+def _add(total: BatchResult, one: BatchResult) -> None:
+    """Add ``one``'s outcomes to ``total``: lists concatenated, counts and seconds summed (every field)."""
+    for item in fields(BatchResult):
+        setattr(total, item.name, getattr(total, item.name) + getattr(one, item.name))
+
+
+def _rejected(exc: Exception, on_bug: Callable[[Exception], None] | None) -> tuple[str, str]:
+    reason, error = rejection_of(exc)
+    if reason == "internal_error":
+        log.error("unexpected error processing one alert; it is dead-lettered", exc_info=exc)
+        if on_bug is not None:
+            on_bug(exc)
+    return reason, error
 
 
 @dataclass
@@ -81,14 +209,18 @@ class _Batch:
 
 def alert_timestamp_ms(message: Message) -> int | None:
     """When the alert was produced: Rubin's ``producer_timestamp`` header [ms], else the message time."""
+    low, high = _TIMESTAMP_RANGE_MS
     for name, value in message.headers() or []:
         if name == "producer_timestamp" and value:
             try:
-                return int(float(value))
-            except ValueError:
+                stamp = int(float(value))
+            except (ValueError, OverflowError):  # not a number, NaN or infinite: use the message time
                 break
+            if low <= stamp <= high:
+                return stamp
+            break
     kind, stamp = message.timestamp()
-    return stamp if kind != 0 and stamp > 0 else None
+    return stamp if kind != 0 and low <= stamp <= high else None
 
 
 def mjd_tai_to_unix(mjd_tai: float) -> float:
@@ -129,6 +261,7 @@ class Service:
         self._settings, self._kafka, self._service = settings, settings.kafka, settings.service
         self._pipeline, self._decoder, self._store = pipeline, decoder, store
         self._metrics, self._health = metrics, health
+        store.watch_invalid_frames(lambda _key, _source_id, _why: metrics.state_invalid_frames.inc())
         self._stop = threading.Event()
         capacity = settings.service.queue_max_batches * settings.service.batch_max_size
         self._queue: CoalescingQueue[_Batch] = CoalescingQueue(capacity)
@@ -196,11 +329,16 @@ class Service:
                 continue
             try:
                 alerts = self._decoder.decode_message(value)
-            except AlertDecodeError as exc:
-                batch.failed.append((message, exc.reason, str(exc)))
+                stamp = alert_timestamp_ms(message)
+                inbound = [Inbound(alert, stamp, message) for alert in alerts]
+            except Exception as exc:  # any exception of one message: that message is dead-lettered
+                reason, error = rejection_of(exc)
+                if reason == "internal_error":
+                    log.exception("unexpected error decoding %s; it is dead-lettered", _source(message))
+                    self._metrics.internal_errors.labels(stage="decode").inc()
+                batch.failed.append((message, reason, error))
                 continue
-            stamp = alert_timestamp_ms(message)
-            batch.inbound.extend(Inbound(alert, stamp, message) for alert in alerts)
+            batch.inbound.extend(inbound)
         return batch
 
     def _pause(self) -> None:
@@ -289,11 +427,15 @@ class Service:
             for ref, reason, error in result.rejected:
                 self._dead_letter(ref, reason, error)
             for ref, classification in result.classifications:
-                del ref
-                value = encode_classification(classification, self._kafka.output_schema_id)
-                self._producer.produce(
-                    self._kafka.output_topic, value, key=classification_key(classification)
-                )
+                try:
+                    value = encode_classification(classification, self._kafka.output_schema_id)
+                    key = classification_key(classification)
+                except Exception as exc:  # a value of one alert the output schema cannot hold
+                    log.exception("unexpected error encoding the classification of %s", _source(ref))
+                    self._metrics.internal_errors.labels(stage="encode").inc()
+                    self._dead_letter(ref, *rejection_of(exc))
+                    continue
+                self._producer.produce(self._kafka.output_topic, value, key=key)
             if transactional:
                 self._producer.commit_transaction(batch.offsets(), batch.group_metadata)
             else:
@@ -308,39 +450,36 @@ class Service:
         self._maybe_expire()
 
     def _process(self, inbound: Sequence[Inbound]) -> BatchResult:
-        """The pipeline over a batch; on an unexpected failure, message by message to isolate the culprit."""
-        try:
-            return self._pipeline.process(inbound)
-        except BrokerPluginError:
-            raise
-        except Exception:
-            log.exception("batch of %d alerts failed; retrying one by one", len(inbound))
-        result = BatchResult()
-        for item in inbound:
-            try:
-                one = self._pipeline.process([item])
-            except Exception as exc:
-                result.rejected.append((item.ref, "internal_error", f"{type(exc).__name__}: {exc}"))
-                continue
-            result.classifications += one.classifications
-            result.rejected += one.rejected
-            result.ignored += one.ignored
-            result.frames_new += one.frames_new
-            result.frames_duplicate += one.frames_duplicate
-            result.objects_classified += one.objects_classified
-            result.inference_seconds += one.inference_seconds
-        return result
+        """The pipeline over a batch, isolating culprits (see :func:`process_isolated`)."""
+        return process_isolated(self._pipeline, inbound, self._count_pipeline_bug)
+
+    def _count_pipeline_bug(self, exc: Exception) -> None:
+        del exc
+        self._metrics.internal_errors.labels(stage="pipeline").inc()
 
     def _dead_letter(self, message: object, reason: str, error: str) -> None:
         assert isinstance(message, Message)  # noqa: S101 - refs are the consumed messages
-        headers = [
-            *(message.headers() or []),
-            ("dead_letter_reason", reason.encode()),
-            ("dead_letter_error", error[:2000].encode()),
-            ("dead_letter_source", f"{message.topic()}/{message.partition()}/{message.offset()}".encode()),
-            ("dead_letter_plugin_version", __version__.encode()),
-        ]
-        self._producer.produce(self._kafka.dead_letter_topic, message.value() or b"", message.key(), headers)
+        value, key, headers = message.value() or b"", message.key(), message.headers() or []
+        letter = build_dead_letter(
+            value, key, headers, reason=reason, error=error, source=_source(message),
+            plugin_version=__version__, max_bytes=self._kafka.max_produce_bytes,
+        )  # fmt: skip
+        try:
+            self._producer.produce(self._kafka.dead_letter_topic, letter.value, letter.key, letter.headers)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise
+            # Our size estimate was short (it never should be): send the headers alone, which always fit.
+            log.warning(
+                "dead letter of %s still too large (%s); sent without its value", _source(message), exc
+            )
+            letter = build_dead_letter(
+                value, key, headers, reason=reason, error=error, source=_source(message),
+                plugin_version=__version__, max_bytes=0,
+            )  # fmt: skip
+            self._producer.produce(self._kafka.dead_letter_topic, letter.value, letter.key, letter.headers)
+        if letter.truncated:
+            self._metrics.dead_letters_truncated.inc()
         self._metrics.alerts_rejected.labels(reason=reason).inc()
 
     def _record(self, result: BatchResult) -> None:
@@ -369,3 +508,10 @@ class Service:
         if now >= self._next_count:  # a COUNT over the store: every few seconds, not every batch
             self._next_count = now + _COUNT_INTERVAL_S
             self._metrics.objects_tracked.set(self._store.object_count())
+
+
+def _source(message: object) -> str:
+    """``topic/partition/offset`` of a consumed message."""
+    if isinstance(message, Message):
+        return f"{message.topic()}/{message.partition()}/{message.offset()}"
+    return repr(message)

@@ -42,6 +42,10 @@ def test_metric_names_and_precreated_labels(served) -> None:
     ):
         assert f"broker_plugin_{name}" in text
     assert "decode_error" in REJECTION_REASONS and "internal_error" in REJECTION_REASONS
+    for stage in ("decode", "pipeline", "encode"):
+        assert f'broker_plugin_internal_errors_total{{stage="{stage}"}} 0.0' in text
+    assert "broker_plugin_dead_letters_truncated_total 0.0" in text
+    assert "broker_plugin_state_invalid_frames_total 0.0" in text
 
 
 def test_health_endpoints_follow_the_loop(served) -> None:

@@ -2,7 +2,8 @@
 
 Each epoch reseeds its own generators from ``(seed, epoch)``, so a run resumed from its last checkpoint
 draws exactly the batches an uninterrupted run would have (deterministic with a seed on CPU). A
-checkpoint (``torch.save`` of tensors and numbers, our own files under ``runs/``) is written after every
+checkpoint (tensors, the optimiser state and plain numbers, strings, lists and dicts: read back with
+``torch.load(weights_only=True)``, which never runs code, see :func:`load_checkpoint`) is written after every
 epoch; the best state by validation macro-F1 (of the net's own head, or of a linear probe on its pooled
 features, :func:`probe_macro_f1`) is kept beside it (accuracy would favour the majority class on these
 imbalanced pools; the authors selected by accuracy on the test fold itself).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -156,10 +158,58 @@ def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
-def _save(path: Path, state: dict[str, Any]) -> None:
+def plain_data(value: Any) -> Any:
+    """``value`` as what ``torch.load(weights_only=True)`` reads back.
+
+    That is tensors, Python scalars, strings, ``None``, and lists, tuples and dicts of them; numpy scalars
+    become Python numbers and numpy arrays tensors.
+
+    Raises
+    ------
+    TypeError
+        For anything else (it could not be read back without unpickling arbitrary objects).
+    """
+    if isinstance(value, np.generic):  # first: np.float64 is a float, yet pickles as a numpy scalar
+        return value.item()
+    if value is None or isinstance(value, torch.Tensor) or type(value) in (bool, int, float, str):
+        return value
+    for kind in (bool, int, float, str):  # a subclass (an enum, say) would pickle as its own class
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, dict):
+        return {k: plain_data(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(plain_data(v) for v in value)
+    if isinstance(value, list):
+        return [plain_data(v) for v in value]
+    raise TypeError(f"{type(value).__name__} cannot be stored in a checkpoint (weights_only)")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (see :func:`plain_data`) atomically: a kill mid-write leaves the previous file."""
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill mid-write leaves the previous checkpoint
+    torch.save(plain_data(state), tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a file of :func:`save_checkpoint` with ``weights_only=True`` (no code runs while loading).
+
+    Raises
+    ------
+    RuntimeError
+        The file holds other objects (e.g. written by an older version with pickled numpy values):
+        delete it to redo that step.
+    """
+    try:
+        return torch.load(path, weights_only=True, map_location=map_location)
+    except pickle.UnpicklingError as exc:
+        raise RuntimeError(
+            f"{path} holds objects a weights-only load refuses (written by an older version?); "
+            f"delete it to redo that step: {exc}"
+        ) from exc
 
 
 def train_full(
@@ -208,7 +258,7 @@ def train_full(
     class_weight = torch.tensor(weights, dtype=torch.float32, device=device)
     state: dict[str, Any] = {"epoch": 0, "history": [], "best": -1.0, "best_epoch": -1, "best_state": None}
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False, map_location=device)
+        state = load_checkpoint(checkpoint, map_location=device)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         log.info("%s: resumed after epoch %d", label, state["epoch"])
@@ -293,7 +343,7 @@ def train_full(
             " best" if state["best_epoch"] == epoch + 1 else "",
         )
         state.update(epoch=epoch + 1, net=net.state_dict(), opt=opt.state_dict())
-        _save(checkpoint, state)
+        save_checkpoint(checkpoint, state)
     if state["best_state"] is not None:
         net.load_state_dict(state["best_state"])
     return {

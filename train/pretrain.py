@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from train.loop import LoopSettings, train_full
+from train.loop import LoopSettings, load_checkpoint, save_checkpoint, train_full
 from train.plan import Member, Plan
 
 log = logging.getLogger("train")
@@ -77,17 +76,15 @@ def run_pretrain(plan: Plan) -> list[Path]:
 
 
 def save_net(net: nn.Module, path: Path, info: dict[str, object]) -> None:
-    """Store a net's state and its training record (atomic)."""
+    """Store a net's state and its training record (atomic; plain data, read with ``weights_only``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    torch.save({"state": state, "info": info}, tmp)
-    tmp.replace(path)
+    save_checkpoint(path, {"state": state, "info": info})
 
 
 def load_net(plan: Plan, path: Path, seed: int = 0) -> tuple[nn.Module, dict[str, object]]:
-    """Rebuild a stored net."""
-    stored = torch.load(path, weights_only=False, map_location="cpu")
+    """Rebuild a stored net (``torch.load(weights_only=True)``: loading runs no code)."""
+    stored = load_checkpoint(path)
     net = plan.new_net(seed)
     net.load_state_dict(stored["state"])
     return net, stored["info"]

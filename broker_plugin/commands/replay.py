@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from confluent_kafka import KafkaError, KafkaException
+
 from broker_plugin.config import KafkaSettings
-from broker_plugin.exceptions import AlertDecodeError
+from broker_plugin.exceptions import AlertDecodeError, BrokerPluginError
 from broker_plugin.kafka.producer import OutputProducer
 from broker_plugin.serde.alerts import CONTAINER_MAGIC, AlertDecoder, iter_container, record_to_alert
 from broker_plugin.serde.files import iter_alert_payloads
@@ -42,6 +44,10 @@ def collect_messages(path: Path, decoder: AlertDecoder) -> tuple[list[ReplayMess
     messages: list[ReplayMessage] = []
     unreadable = 0
     for name, raw in iter_alert_payloads(path):
+        if not isinstance(raw, bytes):
+            unreadable += 1
+            log.warning("skipping %s: %s", name, raw)
+            continue
         try:
             if not raw.startswith(CONTAINER_MAGIC):
                 (alert,) = decoder.decode_message(raw)  # already a framed Rubin message: send as is
@@ -60,9 +66,12 @@ def collect_messages(path: Path, decoder: AlertDecoder) -> tuple[list[ReplayMess
                 alert = record_to_alert(record, version)
                 value = encode_rubin_message(record, version)
                 messages.append(ReplayMessage(alert.midpointMjdTai, value, alert.diaObjectId))
-        except AlertDecodeError as exc:
+        except BrokerPluginError as exc:
             unreadable += 1
             log.warning("skipping %s: %s", name, exc)
+        except Exception:  # a bug met by one file: skip it, keep the archive
+            unreadable += 1
+            log.exception("skipping %s: unexpected error", name)
     messages.sort(key=lambda m: m.midpointMjdTai)
     return messages, unreadable
 
@@ -79,6 +88,7 @@ def replay(
     messages, unreadable = collect_messages(path, AlertDecoder(RubinSchemaStore()))
     producer = OutputProducer(settings, client_id="broker-plugin-replay")
     start = time.monotonic()
+    too_large = 0
     for i, message in enumerate(messages):
         if rate > 0:
             delay = start + i / rate - time.monotonic()
@@ -86,7 +96,14 @@ def replay(
                 time.sleep(delay)
         stamp = str(time.time() * 1000).encode()
         key = str(message.diaObjectId).encode() if key_by_object else None
-        producer.produce(topic, message.value, key=key, headers=[("producer_timestamp", stamp)])
+        try:
+            producer.produce(topic, message.value, key=key, headers=[("producer_timestamp", stamp)])
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise
+            too_large += 1
+            log.warning("skipping an alert of %d bytes: larger than max_produce_bytes", len(message.value))
     producer.flush()
-    log.info("replayed %d alerts into %s (%d unreadable files skipped)", len(messages), topic, unreadable)
-    return len(messages)
+    sent = len(messages) - too_large
+    log.info("replayed %d alerts into %s (%d unreadable files skipped)", sent, topic, unreadable)
+    return sent

@@ -7,6 +7,7 @@ import signal
 import threading
 
 from broker_plugin.config import Settings
+from broker_plugin.exceptions import StateUrlError
 from broker_plugin.factory import build_parts, build_service
 from broker_plugin.service import Service
 
@@ -32,9 +33,13 @@ class _StopSignal:
 
 
 def run_service(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; exit status 0 on a clean stop, 1 after a fatal error."""
+    """Run until SIGTERM/SIGINT; exit status 0 on a clean stop, 1 after a fatal error, 2: bad state URL."""
     stop = _StopSignal()
-    parts = build_parts(settings)
+    try:
+        parts = build_parts(settings)
+    except StateUrlError as exc:
+        log.error("cannot open the state store: %s", exc)  # a configuration error: no traceback
+        return 2
     service, server, _metrics = build_service(settings, parts)
     stop.service = service
     if stop.requested.is_set():

@@ -50,7 +50,8 @@ def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
         "acks": "all",
         "compression.type": settings.compression_type,
         "linger.ms": 5,
-        "message.max.bytes": 10_000_000,
+        # Every produced message fits the broker's limit: dead letters are truncated to this size.
+        "message.max.bytes": settings.max_produce_bytes,
     }
     if settings.transactional_id:
         config["transactional.id"] = settings.transactional_id

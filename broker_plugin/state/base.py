@@ -13,15 +13,35 @@ Semantics (the contract tests check each):
   time, and are dropped with the object's frames. Callers rebuild them from frames.
 - :meth:`StateStore.expire` removes objects with no new frame for ``idle_seconds`` (wall clock of the
   last write), frames and cache alike, and returns how many it removed.
+- Every frame read back passes :func:`broker_plugin.records.check_frame` (without a size: the store does
+  not know the model's). A stored frame that does not (written by an older version, or bytes that no
+  longer decode) is never returned: :meth:`StateStore.frames` skips it, logs it, reports it to the
+  listeners of :meth:`StateStore.watch_invalid_frames` and deletes its row, since no version can use it.
+  So ``n_frames`` and :meth:`StateStore.frame_count` count the frames stored and not yet found invalid:
+  an invalid frame counts until the first read of its object meets it, never after (a redelivery of its
+  alert then stores a fresh frame).
+- Opening a store on something that is not a state database (an unknown URL scheme, a file that is not
+  SQLite, a database whose tables of our names have other columns) raises
+  :class:`~broker_plugin.exceptions.StateUrlError`; a closed store raises :class:`StateStoreClosedError`.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from broker_plugin.records import Frame
+
+log = logging.getLogger(__name__)
+
+#: Called with ``(object key, diaSourceId, why)`` for every invalid stored frame a read skips.
+InvalidFrameListener = Callable[[str, int, str], None]
+
+
+class StateStoreClosedError(RuntimeError):
+    """The store was closed: nothing can be read or written (an infrastructure state, not bad input)."""
 
 
 def object_key(survey: str, diaObjectId: int | str) -> str:
@@ -52,6 +72,16 @@ class AddResult:
 class StateStore(abc.ABC):
     """Durable per-object frames plus a token cache. Implementations are safe to share between threads."""
 
+    def watch_invalid_frames(self, listener: InvalidFrameListener) -> None:
+        """Call ``listener(key, diaSourceId, why)`` for every invalid stored frame a read skips."""
+        self._invalid_frame_listeners = [*getattr(self, "_invalid_frame_listeners", []), listener]
+
+    def _report_invalid(self, key: str, invalid: Sequence[tuple[int, str]]) -> None:
+        for source_id, why in invalid:
+            log.warning("state: stored frame %s/%d is invalid, skipped and deleted: %s", key, source_id, why)
+            for listener in getattr(self, "_invalid_frame_listeners", ()):
+                listener(key, source_id, why)
+
     @abc.abstractmethod
     def add_frames(self, key: str, frames: list[Frame]) -> AddResult:
         """Store frames of one object, idempotently by ``diaSourceId``; durable on return."""
@@ -67,7 +97,7 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def frames(self, key: str) -> list[Frame]:
-        """The object's stored frames, oldest first (empty list if unknown)."""
+        """The object's valid stored frames, oldest first (empty if unknown); invalid ones are dropped."""
 
     @abc.abstractmethod
     def frame_count(self, key: str) -> int:

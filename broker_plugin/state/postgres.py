@@ -21,11 +21,12 @@ from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
+from broker_plugin.exceptions import StateUrlError
 from broker_plugin.records import Frame
-from broker_plugin.state.base import AddResult, StateStore
-from broker_plugin.state.rows import FrameRow, add_result, to_rows
-from broker_plugin.state.sequence import decode_frame
+from broker_plugin.state.base import AddResult, StateStore, StateStoreClosedError
+from broker_plugin.state.rows import FrameRow, add_result, read_frames, to_rows
 
 #: Objects expired per transaction: each holds one advisory lock until commit, and the server's lock
 #: table is shared by all sessions (max_locks_per_transaction x max_connections).
@@ -57,7 +58,7 @@ class _Pool:
         with self._cond:
             while True:
                 if self._closed:
-                    raise RuntimeError("the state store is closed")
+                    raise StateStoreClosedError("the state store is closed")
                 if self._idle:
                     return self._idle.pop()
                 if self._open < self._size:
@@ -115,6 +116,13 @@ class PostgresStateStore(StateStore):
     clock
         Wall clock [s] stamped on writes and read by :meth:`expire`; instances sharing a database must
         agree on it (NTP is plenty for idle times of days).
+
+    Raises
+    ------
+    StateUrlError
+        ``dsn`` is not a libpq connection string, or tables of our names have other columns.
+    psycopg.OperationalError
+        The server cannot be reached (an infrastructure failure, not a bad URL).
     """
 
     def __init__(
@@ -128,6 +136,11 @@ class PostgresStateStore(StateStore):
         # Lock namespace per table set, so that stores on other tables never contend (signed int4).
         self._ns = zlib.crc32(f"{schema}.{table_prefix}".encode()) - 2**31
         self._q = _Queries(schema, table_prefix)
+        try:
+            conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            # Not the parser's message: it quotes the string, password included.
+            raise StateUrlError("not a PostgreSQL connection URL (libpq cannot parse it)") from None
         self._pool = _Pool(dsn, pool_size)
         try:
             self._create_schema(schema)
@@ -141,8 +154,17 @@ class PostgresStateStore(StateStore):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._ns,))
             if schema is not None:
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            for statement in self._q.schema:
-                conn.execute(statement)
+            try:
+                for statement in self._q.schema:
+                    conn.execute(statement)
+                # Tables of our names made by something else: refuse them now, not on the first alert (an
+                # index over a missing column fails above already).
+                for probe in self._q.probes:
+                    conn.execute(probe)
+            except psycopg.errors.UndefinedColumn as exc:
+                raise StateUrlError(
+                    f"not a state database: tables of its names lack columns ({exc})"
+                ) from exc
 
     @contextmanager
     def _locked(self, *keys: str) -> Iterator[psycopg.Connection]:
@@ -206,10 +228,15 @@ class PostgresStateStore(StateStore):
                 results[i] = add_result(rows, inserted[j], pruned[j], last, n_frames[j] - len(pruned[j]))
 
     def frames(self, key: str) -> list[Frame]:
-        """The object's frames, oldest first."""
+        """The object's valid frames, oldest first; invalid ones are skipped and deleted (see ``base``)."""
         with self._pool.connection() as conn:
-            blobs = conn.execute(self._q.frames, (key,)).fetchall()
-        return [decode_frame(blob) for (blob,) in blobs]
+            rows = conn.execute(self._q.frames, (key,)).fetchall()
+        frames, invalid = read_frames(rows)
+        if invalid:
+            with self._locked(key) as conn:
+                conn.execute(self._q.drop_frame_ids, (key, [source_id for source_id, _ in invalid]))
+            self._report_invalid(key, invalid)
+        return frames
 
     def frame_count(self, key: str) -> int:
         """How many frames the object has."""
@@ -344,7 +371,16 @@ class _Queries:
             "INSERT INTO {objects} (object_key, last_write) VALUES (%s, %s)"
             " ON CONFLICT (object_key) DO UPDATE SET last_write = EXCLUDED.last_write"
         )
-        self.frames = q("SELECT blob FROM {frames} WHERE object_key = %s ORDER BY mjd, dia_source_id")
+        self.frames = q(
+            "SELECT dia_source_id, mjd, blob FROM {frames} WHERE object_key = %s ORDER BY mjd, dia_source_id"
+        )
+        self.drop_frame_ids = q("DELETE FROM {frames} WHERE object_key = %s AND dia_source_id = ANY(%s)")
+        # Selecting every column we use from a table of another application fails with UndefinedColumn.
+        self.probes = [
+            q("SELECT object_key, last_write FROM {objects} LIMIT 0"),
+            q("SELECT object_key, dia_source_id, mjd, blob FROM {frames} LIMIT 0"),
+            q("SELECT object_key, model_version, blob FROM {cache} LIMIT 0"),
+        ]
         self.count = q("SELECT COUNT(*) FROM {frames} WHERE object_key = %s")
         self.get_cache = q("SELECT blob FROM {cache} WHERE object_key = %s AND model_version = %s")
         self.put_cache = q(

@@ -6,9 +6,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from broker_plugin.records import Frame
+from broker_plugin.exceptions import InvalidFrameError
+from broker_plugin.records import Frame, check_frame
 from broker_plugin.state.base import AddResult
-from broker_plugin.state.sequence import encode_frame
+from broker_plugin.state.sequence import decode_frame, encode_frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +71,29 @@ def add_result(
     return AddResult(
         new=tuple(row.diaSourceId for row in kept), n_frames=n_frames, inserted_before_last=before_last
     )
+
+
+def read_frames(rows: Iterable[tuple[int, float, bytes]]) -> tuple[list[Frame], list[tuple[int, str]]]:
+    """Decode and check stored ``(diaSourceId, mjd, blob)`` rows.
+
+    Returns
+    -------
+    frames
+        The frames that decode, keep every invariant of :func:`~broker_plugin.records.check_frame` and
+        match their row's ``diaSourceId`` and time, in row order.
+    invalid
+        ``(diaSourceId, why)`` of every other row.
+    """
+    frames: list[Frame] = []
+    invalid: list[tuple[int, str]] = []
+    for source_id, mjd, blob in rows:
+        try:
+            # FrameFormatError and UnicodeDecodeError (a band that is not UTF-8) are ValueErrors.
+            frame = check_frame(decode_frame(blob))
+            if frame.diaSourceId != source_id or frame.midpointMjdTai != mjd:
+                raise InvalidFrameError("frame bytes do not match their row's diaSourceId and time")
+        except (ValueError, InvalidFrameError) as exc:
+            invalid.append((int(source_id), f"{type(exc).__name__}: {exc}"))
+            continue
+        frames.append(frame)
+    return frames, invalid

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from broker_plugin.exceptions import StateUrlError
 from broker_plugin.records import Frame
-from broker_plugin.state.base import AddResult, StateStore
-from broker_plugin.state.rows import FrameRow, add_result, to_rows
-from broker_plugin.state.sequence import decode_frame
+from broker_plugin.state.base import AddResult, StateStore, StateStoreClosedError
+from broker_plugin.state.rows import FrameRow, add_result, read_frames, to_rows
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -41,6 +41,13 @@ CREATE TABLE IF NOT EXISTS token_cache (
 );
 """
 
+#: Our tables and the columns we use: a database with tables of these names must have these columns.
+_TABLES = {
+    "objects": ("object_key", "last_write"),
+    "frames": ("object_key", "dia_source_id", "mjd", "blob"),
+    "token_cache": ("object_key", "model_version", "blob"),
+}
+
 _NEWEST = "SELECT mjd, dia_source_id FROM frames WHERE object_key = ? ORDER BY mjd DESC, dia_source_id DESC"
 
 
@@ -55,6 +62,12 @@ class SqliteStateStore(StateStore):
         Newest frames kept per object; older ones are pruned at write time.
     clock
         Wall clock [s] stamped on writes and read by :meth:`expire` (injectable for tests).
+
+    Raises
+    ------
+    StateUrlError
+        ``path`` cannot be opened as a state database: not SQLite, unreadable, read-only, a folder, or a
+        database of another application (see :meth:`_check_schema`).
     """
 
     def __init__(
@@ -66,18 +79,49 @@ class SqliteStateStore(StateStore):
         self.max_frames_per_object = max_frames_per_object
         self._clock = clock
         self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            self.close()
+            raise StateUrlError(f"{self.path} cannot be used as a state database: {exc}") from exc
+        except StateUrlError:
+            self.close()
+            raise
+
+    def _open(self) -> None:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per public call.
         # check_same_thread=False: the lock, not the thread, guards the connection.
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        # The first statement that reads the file: "file is not a database" shows here.
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
+        self._check_schema()
         with self._transaction() as conn:
             # Not executescript: it commits first, and the schema belongs in one transaction.
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+
+    def _check_schema(self) -> None:
+        """Refuse a database of another application: tables, but none of ours, or ours with other columns."""
+        assert self._conn is not None  # noqa: S101 - called by _open only
+        tables = {
+            name for (name,) in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        ours = tables & _TABLES.keys()
+        if tables and not ours:
+            raise StateUrlError(
+                f"{self.path} is an SQLite database of something else (tables {sorted(tables)[:5]}), "
+                "not a state database"
+            )
+        for table in sorted(ours):
+            columns = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            missing = set(_TABLES[table]) - columns
+            if missing:
+                raise StateUrlError(
+                    f"{self.path} is not a state database: its table {table} lacks {sorted(missing)}"
+                )
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -85,7 +129,7 @@ class SqliteStateStore(StateStore):
         with self._lock:
             conn = self._conn
             if conn is None:
-                raise RuntimeError("the state store is closed")
+                raise StateStoreClosedError("the state store is closed")
             # IMMEDIATE takes the write lock up front: no reader-to-writer upgrade that could fail midway.
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -99,7 +143,7 @@ class SqliteStateStore(StateStore):
     def _reader(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._conn is None:
-                raise RuntimeError("the state store is closed")
+                raise StateStoreClosedError("the state store is closed")
             yield self._conn
 
     def add_frames(self, key: str, frames: list[Frame]) -> AddResult:
@@ -147,12 +191,22 @@ class SqliteStateStore(StateStore):
         return {source_id for (source_id,) in cur.fetchall()}
 
     def frames(self, key: str) -> list[Frame]:
-        """The object's frames, oldest first."""
+        """The object's valid frames, oldest first; invalid ones are skipped and deleted (see ``base``)."""
         with self._reader() as conn:
-            blobs = conn.execute(
-                "SELECT blob FROM frames WHERE object_key = ? ORDER BY mjd, dia_source_id", (key,)
+            rows = conn.execute(
+                "SELECT dia_source_id, mjd, blob FROM frames WHERE object_key = ?"
+                " ORDER BY mjd, dia_source_id",
+                (key,),
             ).fetchall()
-        return [decode_frame(blob) for (blob,) in blobs]
+        frames, invalid = read_frames(rows)
+        if invalid:
+            with self._transaction() as conn:
+                conn.executemany(
+                    "DELETE FROM frames WHERE object_key = ? AND dia_source_id = ?",
+                    [(key, source_id) for source_id, _ in invalid],
+                )
+            self._report_invalid(key, invalid)
+        return frames
 
     def frame_count(self, key: str) -> int:
         """How many frames the object has."""

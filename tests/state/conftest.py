@@ -33,13 +33,17 @@ class FakeClock:
         self.now += seconds
 
 
+#: Tests give times as days after this MJD: frames read back must lie in the survey era (check_frame).
+MJD_BASE = 60_000.0
+
+
 def make_frame(diaSourceId: int, mjd: float, band: str = "r", size: int = 32) -> Frame:
-    """A frame with pixels and mask derived from its id (so two frames never look alike)."""
+    """A valid frame at ``MJD_BASE + mjd`` with pixels and mask derived from its id (no two look alike)."""
     rng = np.random.default_rng(diaSourceId & 0xFFFFFFFF)
     mask = rng.random((size, size)) > 0.1
     data = np.where(mask, rng.normal(0, 100, (size, size)), 0).astype(np.float32)
     return Frame(
-        data=data, mask=mask, flags=StampFlag(diaSourceId % 32), band=band, midpointMjdTai=mjd,
+        data=data, mask=mask, flags=StampFlag(diaSourceId % 32), band=band, midpointMjdTai=MJD_BASE + mjd,
         diaSourceId=diaSourceId, originalShape=(51, 51),
     )  # fmt: skip
 

@@ -19,9 +19,11 @@ def ids(store: StateStore, key: str) -> list[int]:
 
 
 def test_frames_round_trip_bit_exact(store: StateStore) -> None:
-    frames = [make_frame(11, 60_000.1), make_frame(12, 60_000.2, band="g")]
-    frames.append(make_frame(13, 60_000.3))
-    frames[2].data[0, :3] = [np.nan, -0.0, np.inf]  # odd values survive bit for bit
+    frames = [make_frame(11, 0.1), make_frame(12, 0.2, band="g")]
+    frames.append(make_frame(13, 0.3))
+    # Odd but valid values survive bit for bit: signed zero, the smallest subnormal, the largest flux.
+    frames[2].mask[0, :3] = True
+    frames[2].data[0, :3] = [-0.0, np.float32(1e-45), 1e12]
     result = store.add_frames("rubin:1", frames)
     assert result.new == (11, 12, 13)
     assert result.n_frames == 3
@@ -250,7 +252,7 @@ def test_two_instances_write_one_object(make_store: StoreFactory, max_frames: in
     """Two plugin processes (here two stores, each with its own connections) receive one object's
     alerts, redeliveries included: each frame is stored once and reported new exactly once in total."""
     stores = [make_store(max_frames_per_object=max_frames) for _ in range(2)]
-    frames = [make_frame(5000 + i, 60_000.0 + (i * 7919) % 40) for i in range(40)]
+    frames = [make_frame(5000 + i, float((i * 7919) % 40)) for i in range(40)]
     barrier = threading.Barrier(2)
 
     def work(s: int) -> list[int]:
@@ -319,3 +321,35 @@ def test_two_instances_batch_overlapping_objects(make_store: StoreFactory) -> No
     assert Counter(reported) == Counter(1000 * k + r for k in range(12) for r in range(15))
     for k, key in enumerate(keys):
         assert ids(stores[1], key) == [1000 * k + r for r in range(15)]
+
+
+def test_invalid_stored_frames_are_skipped_reported_and_removed(make_store: StoreFactory) -> None:
+    """Frames an older version stored without today's checks never reach the model (check_frame)."""
+    store = make_store()
+    seen: list[tuple[str, int, str]] = []
+    store.watch_invalid_frames(lambda key, source_id, why: seen.append((key, source_id, why)))
+    nan_pixel = make_frame(2, 2.0)
+    nan_pixel.mask[0, 0] = True
+    nan_pixel.data[0, 0] = np.nan
+    huge = make_frame(3, 3.0)
+    huge.mask[1, 1] = True
+    huge.data[1, 1] = 3e38
+    unknown_band = make_frame(4, 4.0, band="q")
+    ancient = make_frame(5, -59_000.0)  # MJD 1000: before any survey
+    result = store.add_frames(
+        "k", [make_frame(1, 1.0), nan_pixel, huge, unknown_band, ancient, make_frame(6, 6.0)]
+    )
+    assert result.n_frames == 6  # stored as an older version would have: no check at write time
+    assert ids(store, "k") == [1, 6]
+    assert [(key, source_id) for key, source_id, _ in seen] == [("k", 5), ("k", 2), ("k", 3), ("k", 4)]
+    assert "non-finite" in seen[1][2] and "band" in seen[3][2]
+    # Removed, not merely hidden: counts and rankings see the valid frames only, and a second store
+    # instance (another process) reads the same.
+    assert store.frame_count("k") == 2
+    assert ids(make_store(), "k") == [1, 6]
+    after = store.add_frames("k", [make_frame(7, 7.0)])
+    assert (after.new, after.n_frames) == ((7,), 3)
+    # A redelivery of a removed frame's alert, normalised by today's code, is stored afresh.
+    assert store.add_frames("k", [make_frame(2, 2.0)]).new == (2,)
+    assert ids(store, "k") == [1, 2, 6, 7]
+    assert len(seen) == 4  # each invalid frame reported once

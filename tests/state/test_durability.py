@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from broker_plugin.exceptions import StateUrlError
 from broker_plugin.state.factory import open_state_store
 from broker_plugin.state.sqlite import SqliteStateStore
 
@@ -71,8 +73,55 @@ def test_factory_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_factory_rejects_unknown_schemes() -> None:
     for url in ("redis://localhost", "sqlite://", "sqlite://host/file.db"):
-        with pytest.raises(ValueError):
+        with pytest.raises(StateUrlError):
             open_state_store(url, 5)
+    with pytest.raises(StateUrlError, match="'redis'") as caught:
+        open_state_store("redis://user:hunter2@localhost", 5)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_factory_rejects_what_is_not_a_state_database(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database, but long enough to have a header page " * 20)
+    with pytest.raises(StateUrlError, match=r"notes\.txt"):
+        open_state_store(f"sqlite:///{text}", 5)
+    assert text.read_text().startswith("not a database")  # untouched
+    with pytest.raises(StateUrlError):
+        open_state_store(str(tmp_path), 5)  # a folder
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(StateUrlError, match="invoices"):
+        open_state_store(str(other), 5)
+    clash = tmp_path / "clash.db"
+    with sqlite3.connect(clash) as conn:
+        conn.execute("CREATE TABLE frames (id INTEGER)")
+    with pytest.raises(StateUrlError, match="frames"):
+        open_state_store(str(clash), 5)
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    with pytest.raises(StateUrlError, match="folder"):
+        open_state_store(f"sqlite:///{blocked}/state.db", 5)
+
+
+@pytest.mark.integration
+def test_factory_rejects_what_is_not_a_postgres_state_database(postgres_schema: str) -> None:
+    import psycopg
+
+    from tests.state.conftest import POSTGRES_DSN
+
+    with pytest.raises(StateUrlError, match="not a PostgreSQL connection URL") as caught:
+        open_state_store("postgresql://u:secret@127.0.0.1:5432/test?nonsense_option=1", 5)
+    assert "secret" not in str(caught.value)
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE "{postgres_schema}".broker_plugin_frames (id int8)')
+    url = f"{POSTGRES_DSN}{'&' if '?' in POSTGRES_DSN else '?'}options=-csearch_path%3D{postgres_schema}"
+    try:
+        with pytest.raises(StateUrlError, match="not a state database"):
+            open_state_store(url, 5)
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP TABLE "{postgres_schema}".broker_plugin_frames')
 
 
 @pytest.mark.integration
@@ -86,3 +135,23 @@ def test_factory_postgres_url(postgres_schema: str) -> None:
         assert isinstance(store, PostgresStateStore)
         assert store.max_frames_per_object == 7
         assert store.object_count() == 0
+
+
+def test_undecodable_stored_bytes_are_skipped(tmp_path: Path) -> None:
+    from tests.state.conftest import make_frame
+
+    path = tmp_path / "state.db"
+    seen: list[int] = []
+    with SqliteStateStore(path) as store:
+        store.watch_invalid_frames(lambda _key, source_id, _why: seen.append(source_id))
+        store.add_frames("k", [make_frame(i, float(i)) for i in range(1, 5)])
+        with sqlite3.connect(path) as conn:  # bit rot, or a format of another version
+            conn.execute("UPDATE frames SET blob = x'425046ff' WHERE dia_source_id = 2")
+            conn.execute("UPDATE frames SET blob = substr(blob, 1, 100) WHERE dia_source_id = 3")
+        # Bytes of another frame under this row: decodable, valid, but not this row's frame.
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE frames SET blob = (SELECT blob FROM frames WHERE dia_source_id = 1)"
+                         " WHERE dia_source_id = 4")  # fmt: skip
+        assert [f.diaSourceId for f in store.frames("k")] == [1]
+        assert seen == [2, 3, 4]
+        assert store.frame_count("k") == 1

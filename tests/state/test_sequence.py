@@ -20,7 +20,7 @@ from tests.state.conftest import assert_same_frame, make_frame
 
 
 def test_round_trip_is_bit_exact() -> None:
-    frame = make_frame(123, 60_123.456789)
+    frame = make_frame(123, 123.456789)
     # NaN with a payload, signed zero, infinities, subnormal: all survive as bits.
     frame.data[0, :5] = np.array([0x7FC00123, 0x80000000, 0x7F800000, 0xFF800000, 1], np.uint32).view(
         np.float32

@@ -106,8 +106,8 @@ def test_rerun_resumes_and_is_deterministic(trained: Path, small_dataset: Path, 
     assert (trained / "run" / "members" / "member-f0-s0.pt").stat().st_mtime_ns == before
     # Same config and seed in a fresh folder: identical stage-1 weights.
     assert main(["pretrain", *_args(tmp_path, small_dataset)]) == 0
-    a = torch.load(trained / "run" / "pretrain" / "backbone-s0.pt", weights_only=False)["state"]
-    b = torch.load(tmp_path / "run" / "pretrain" / "backbone-s0.pt", weights_only=False)["state"]
+    a = torch.load(trained / "run" / "pretrain" / "backbone-s0.pt", weights_only=True)["state"]
+    b = torch.load(tmp_path / "run" / "pretrain" / "backbone-s0.pt", weights_only=True)["state"]
     for k in a:
         torch.testing.assert_close(a[k], b[k])
 
@@ -145,8 +145,8 @@ def test_interrupted_pretraining_resumes_from_its_checkpoint(small_dataset: Path
         ],
     )
     run_pretrain(make_plan(ref, small_dataset))
-    a = torch.load(tmp_path / "a" / "pretrain" / "backbone-s0.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "pretrain" / "backbone-s0.pt", weights_only=False)
+    a = torch.load(tmp_path / "a" / "pretrain" / "backbone-s0.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "pretrain" / "backbone-s0.pt", weights_only=True)
     assert [h["epoch"] for h in a["info"]["history"]] == [1, 2]
     for k in a["state"]:
         torch.testing.assert_close(a["state"][k], b["state"][k])
@@ -159,7 +159,7 @@ def test_stage_one_can_pick_its_epoch_by_a_linear_probe(small_dataset: Path, tmp
     probe = ["--training.pretrain.selection=probe", "--training.pretrain.probe_objects=12"]
     cfg = load_config(CONFIG, [f"--training.run_dir={tmp_path}", *TINY, *probe])
     (path,) = run_pretrain(make_plan(cfg, small_dataset))
-    history = torch.load(path, weights_only=False)["info"]["history"]
+    history = torch.load(path, weights_only=True)["info"]["history"]
     assert len(history) == 2 and all(0 <= h["val_probe_macro_f1"] <= 1 for h in history)
 
 
@@ -169,7 +169,7 @@ def test_unfreezing_is_kept_only_when_it_helps_on_validation(small_dataset: Path
     members = sorted((tmp_path / "run" / "members").glob("member-*.pt"))
     assert len(members) == 3
     for path in members:
-        info = torch.load(path, weights_only=False)["info"]
+        info = torch.load(path, weights_only=True)["info"]
         gain = info["unfreeze"]["best_val_macro_f1"] > info["head"]["best_val_macro_f1"]
         assert info["kept"] == ("unfrozen" if gain else "frozen")
 
