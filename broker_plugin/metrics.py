@@ -34,9 +34,9 @@ REJECTION_REASONS: tuple[str, ...] = tuple(
         | {"internal_error"}
     )
 )
-#: Where an unexpected exception of one message can happen: decoding it (consumer thread), the pipeline
-#: (normalise, store, classify) and encoding its classification (worker thread).
-INTERNAL_ERROR_STAGES: tuple[str, ...] = ("decode", "pipeline", "encode")
+#: Where an unexpected exception of one message can happen: decoding it (consumer thread), normalising its
+#: cutout, the rest of the pipeline (store, classify) and encoding its classification (worker thread).
+INTERNAL_ERROR_STAGES: tuple[str, ...] = ("decode", "normalise", "pipeline", "encode")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # From shutter to publication: a minute in the live stream, up to years when archives are replayed.
 _OBSERVATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 86400.0, 7 * 86400.0, 365 * 86400.0)

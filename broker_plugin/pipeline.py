@@ -107,6 +107,9 @@ class _ObjectWork:
     key: str
     items: list[tuple[Inbound, Frame]]
     added: AddResult | None = None
+    #: Frames the object had before this batch (the store's count; recounted when its frames are read,
+    #: since a read drops stored frames that fail the frame invariants).
+    base: int = 0
     #: Index into ``items`` -> the answer its output carries (only alerts that get an output).
     answers: dict[int, _Answer] = field(default_factory=dict)
     track: ObjectTrack | None = None
@@ -230,17 +233,17 @@ class Pipeline:
             added = item.added
             assert added is not None  # noqa: S101 - set by process()
             new = item.new_indices()
-            base = added.n_frames - len(new)  # frames stored before this batch (after pruning)
-            wanted_new = [i for k, i in enumerate(new) if base + k + 1 >= self._min_frames]
+            item.base = added.n_frames - len(new)  # frames stored before this batch (after pruning)
             stored: list[Frame] | None = None
             redelivered = self._redelivered(item, new)
             if redelivered:
-                stored = self._store.frames(item.key)
+                stored = self._read(item, new)
                 ranks = {f.diaSourceId: r for r, f in enumerate(stored, start=1)}
                 for i in redelivered:
                     rank = ranks.get(item.items[i][1].diaSourceId, 0)  # 0: pruned long ago, no output
                     if rank >= self._min_frames:
                         recomputes.append((item, i, stored[:rank]))
+            wanted_new = [i for k, i in enumerate(new) if item.base + k + 1 >= self._min_frames]
             if not wanted_new and not any(r[0] is item for r in recomputes):
                 continue
             classified += 1
@@ -251,7 +254,7 @@ class Pipeline:
                 blob = self._store.get_cache(item.key, version)
                 track = ObjectTrack.from_bytes(blob, version) if blob is not None else None
                 if track is None or not self._cache_is_current(track, added, len(new)):
-                    stored = stored if stored is not None else self._store.frames(item.key)
+                    stored = stored if stored is not None else self._read(item, new)
                     new_ids = {f.diaSourceId for f in new_frames}
                     before = [f for f in stored if f.diaSourceId not in new_ids]
                     cache = self._predictor.new_cache(self._predictor.preprocess(before) if before else None)
@@ -261,11 +264,11 @@ class Pipeline:
                 step_inputs.append(self._predictor.preprocess(new_frames))
             else:
                 # New frames out of time order: each alert's known frames are a different sequence.
-                stored = stored if stored is not None else self._store.frames(item.key)
+                stored = stored if stored is not None else self._read(item, new)
                 new_ids = {f.diaSourceId for f in new_frames}
                 before = [f for f in stored if f.diaSourceId not in new_ids]
                 for k, i in enumerate(new):
-                    if i in wanted_new:
+                    if item.base + k + 1 >= self._min_frames:
                         recomputes.append((item, i, sorted(before + new_frames[: k + 1], key=_time_key)))
                 rebuilt.append((item, stored))
         self._answer_stepped(stepped, step_caches, step_inputs)
@@ -275,6 +278,12 @@ class Pipeline:
             item.track = ObjectTrack(cache, _meta(stored[-self._recent_keep :]))
         self._store.put_caches([(w.key, version, w.track.to_bytes()) for w in objects if w.track is not None])
         return classified
+
+    def _read(self, item: _ObjectWork, new: list[int]) -> list[Frame]:
+        """The object's stored frames (time order), and its count of frames from before this batch."""
+        stored = self._store.frames(item.key)
+        item.base = len(stored) - len(new)
+        return stored
 
     def _redelivered(self, item: _ObjectWork, new: list[int]) -> list[int]:
         """Indices of alerts whose frame was stored before this batch (not repeats inside the batch)."""
@@ -304,11 +313,10 @@ class Pipeline:
         for (item, new, recent), (steps, cache) in zip(
             stepped, self._predictor.update_steps(caches, inputs), strict=True
         ):
-            base = item.added.n_frames - len(new) if item.added is not None else 0
             for k, (i, prediction) in enumerate(zip(new, steps, strict=True)):
                 frame = item.items[i][1]
                 recent = extend_recent(recent, [(frame.midpointMjdTai, frame.band)], self._recent_keep)
-                if base + k + 1 >= self._min_frames:
+                if item.base + k + 1 >= self._min_frames:
                     item.answers[i] = (prediction, *window_meta(recent, prediction.n_frames))
             item.track = ObjectTrack(cache, recent)
 

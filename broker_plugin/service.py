@@ -489,6 +489,8 @@ class Service:
             metrics.alerts_ignored.labels(reason=reason).inc()
         metrics.frames_stored.inc(result.frames_new)
         metrics.frames_duplicate.inc(result.frames_duplicate)
+        if result.internal_errors:  # normalise bugs the pipeline rejected alert by alert itself
+            metrics.internal_errors.labels(stage="normalise").inc(result.internal_errors)
         if result.objects_classified:
             metrics.inference_batch_size.observe(result.objects_classified)
             metrics.inference_duration.observe(result.inference_seconds)

@@ -48,7 +48,7 @@ def inspect_alert(alert: Alert, normaliser: StampNormaliser) -> dict[str, Any]:
 def inspect_path(path: Path, settings: Settings) -> Iterator[dict[str, Any]]:
     """One description per alert under ``path`` (see module docstring)."""
     decoder = build_decoder(settings)
-    normaliser = StampNormaliser(settings.stamps)
+    normaliser = StampNormaliser(settings.stamps, settings.limits)
     for name, item in iter_alerts(path, decoder, settings.limits):
         if isinstance(item, Problem):
             yield item.row()
