@@ -36,10 +36,7 @@ def rss_mb():
 
 settings = Settings(_env_file=None)
 decoder = build_decoder(settings)
-try:
-    normaliser = StampNormaliser(settings.stamps, settings.limits)
-except TypeError:  # a normaliser without limits
-    normaliser = StampNormaliser(settings.stamps)
+normaliser = StampNormaliser(settings.stamps, settings.limits)
 raw = open(sys.argv[1], "rb").read()
 baseline = rss_mb()
 start = time.perf_counter()

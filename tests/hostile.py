@@ -1,7 +1,7 @@
 """Hostile alerts built from real ones: one builder per class of bad input the plugin must survive.
 
 Every builder returns the message bytes; :data:`HOSTILE` maps a case name to ``(builder, reasons)``, the
-dead-letter reasons the case may get (one, except where two readings of the bytes are equally right).
+dead-letter reasons the case may get.
 ZTF cases start from a real ZTF alert of ``tests/data/ztf``, Rubin cases from the factories' Rubin alert
 with a real Rubin-format cutout.
 """
@@ -173,7 +173,7 @@ HOSTILE: dict[str, tuple[Callable[[int], bytes], set[str]]] = {
     ),
     "rubin_string_crpix": (
         lambda i: rubin_bad(i, cutout=rubin_cutout_with(CRPIX1="'twenty'")),
-        {"bad_cutout_header", "bad_cutout_wcs"},
+        {"bad_cutout_header"},
     ),
     "rubin_huge_naxis": (
         lambda i: rubin_bad(
@@ -192,7 +192,7 @@ HOSTILE: dict[str, tuple[Callable[[int], bytes], set[str]]] = {
     "ztf_nan_jd": (lambda i: ztf_alert(_candidate(jd=math.nan)), {"invalid_time"}),
     "ztf_string_magpsf": (
         lambda i: ztf_alert(_candidate_type("magpsf", "string", "bright")),
-        {"invalid_field", "invalid_photometry"},
+        {"invalid_photometry"},
     ),
     "ztf_gzip_bomb": (lambda i: ztf_alert(ztf_cutout_edit(gzip_bomb())), {"cutout_too_large"}),
     "empty_schema_2e40_records": (
@@ -202,10 +202,10 @@ HOSTILE: dict[str, tuple[Callable[[int], bytes], set[str]]] = {
     "deflate_bomb": (lambda i: deflate_bomb(), {"resource_limit"}),
     "block_count_minus_1": (
         lambda i: container_bytes(EMPTY_RECORD, [(-1, b"")]),
-        {"malformed_avro", "resource_limit"},
+        {"resource_limit"},
     ),
     "block_count_0": (
         lambda i: container_bytes(EMPTY_RECORD, [(0, b"")]),
-        {"malformed_avro", "resource_limit"},
+        {"resource_limit"},
     ),
 }
