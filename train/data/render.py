@@ -233,33 +233,35 @@ def render(
     )
     model = obj.flux_diff[sel][:, None] * unit
     science = np.clip(obj.flux_total[sel], 0, None)[:, None] * unit
-    template = np.zeros_like(model) if template_rng is not None else None
-    if template_rng is not None:
-        t_fwhm, t_sky_var, t_gain = template_conditions(obj, sel, pixel_scale, config)
-        t_var = scene.psf_components(t_fwhm, w)[1]
     scale = (1.0 + cond.mismatch[sel])[:, None] ** 2
     shift = (cond.shift_e[sel][:, None], cond.shift_n[sel][:, None])
+    # The static scene as registered to the science grid: the template's misregistration shifts it.
+    registered = []
     for name, (flux, (ce, cn), cov) in _static_profiles(obj, sel, float(psf_var.min())):
         centre = (ce + je, cn + jn)
         sci = scene.evaluate(
             scene.convolve_profile(flux, centre, cov, psf_var, psf_w, pix_var), east, north, area
         )
-        # The template as registered to the science grid (misregistered by the shift) and convolved by a
-        # matching kernel that misses the science PSF's width by the mismatch.
         shifted = (centre[0] + shift[0], centre[1] + shift[1])
+        registered.append((flux, shifted, cov))
+        # The subtraction's template: convolved by a matching kernel that misses the science PSF's width.
         matched = scene.convolve_profile(flux, shifted, cov, psf_var * scale, psf_w, pix_var)
         model += sci - scene.evaluate(matched, east, north, area)
         if name == "host":
             science += sci  # the source's own flux f(t) is already in; f_ref is the template's
-        if template is not None:
-            coadd = scene.convolve_profile(flux, shifted, cov, t_var, psf_w, pix_var)
-            template += scene.evaluate(coadd, east, north, area)
     sigma_pix, gain = visit_noise(obj, sel, pixel_scale, config)
     variance = sigma_pix[:, None] ** 2 + gain[:, None] * np.clip(science, 0, None)
     noise = rng.standard_normal(model.shape) * np.sqrt(variance)
     out = Rendered(model + noise, variance, model, unit, science + noise)
-    if template is None:
+    if template_rng is None:
         return out
+    # The co-add: the same registered static scene under the co-add's PSF, with the co-add's noise.
+    t_fwhm, t_sky_var, t_gain = template_conditions(obj, sel, pixel_scale, config)
+    t_psf_var = scene.psf_components(t_fwhm, w)[1]
+    template = np.zeros_like(model)
+    for flux, centre, cov in registered:
+        coadd = scene.convolve_profile(flux, centre, cov, t_psf_var, psf_w, pix_var)
+        template += scene.evaluate(coadd, east, north, area)
     t_variance = t_sky_var[:, None] + t_gain[:, None] * np.clip(template, 0, None)
     template += template_rng.standard_normal(template.shape) * np.sqrt(t_variance)
     return dataclasses.replace(out, template=template, template_variance=t_variance, template_fwhm=t_fwhm)
