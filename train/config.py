@@ -111,6 +111,17 @@ class RenderConfig(_Strict):
     astrometric_jitter_arcsec: float = Field(0.04, ge=0, description="Source centring error [arcsec].")
     bad_column_rate: float = Field(0.03, ge=0, le=1, description="Fraction of images with a bad column.")
     mask_blob_rate: float = Field(0.03, ge=0, le=1, description="Fraction of images with a masked blob.")
+    template_visits: int = Field(
+        20, ge=1, description="Visits co-added into the template (its noise variance is 1/N of a visit's)."
+    )
+    template_seeing_ratio: float = Field(
+        0.85,
+        gt=0,
+        description="Template FWHM / the median FWHM of the object's visits in a band (good-seeing co-add).",
+    )
+    science_template: bool = Field(
+        True, description="Also store science and template frames in the shards (alerts always carry them)."
+    )
 
 
 class AlertConfig(_Strict):

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.nddata import CCDData
 
 from broker_plugin.commands.inspect import inspect_path
 from broker_plugin.config import Settings
+from broker_plugin.factory import build_decoder
 from broker_plugin.serde.alerts import iter_container
+from broker_plugin.serde.rubin import encode_rubin_message
 from broker_plugin.serde.schemas import latest_rubin_version
-from train.config import CLASSES
+from broker_plugin.stamps import RubinCutoutGeometry, StampNormaliser
+from train.config import CLASSES, SimulationConfig
+from train.data import scene
 from train.data.alerts import write_alerts
 from train.data.cadence import Survey
-from train.data.population import catalogue, make_object
+from train.data.population import SimObject, catalogue, make_object
+from train.data.render import psf_photometry, template_conditions
 
 from .conftest import small_config
+from .psf_matching import match, matching_kernel
 
 DEMO = Path(__file__).resolve().parents[2] / "broker_plugin" / "demo_data"
 
@@ -72,26 +80,170 @@ def test_truth_table_covers_the_alerts(alerts_dir: Path) -> None:
     assert sum(int(row["n_alerts"]) for row in truth.values()) == len(records)
 
 
-def test_psf_flux_is_the_true_difference_flux_within_its_error(tmp_path: Path) -> None:
-    """With a perfect subtraction (no PSF mismatch, misregistration, centring error) pulls are N(0, 1)."""
+def _objects(sim: SimulationConfig, n: int) -> dict[int, SimObject]:
+    survey = Survey(sim.survey, sim.seed)
+    return {sim.alerts.first_object_id + e.index: make_object(sim, survey, e) for e in catalogue(sim)[:n]}
+
+
+def _epoch(sim: SimulationConfig, source: dict) -> int:
+    return (source["diaSourceId"] - sim.alerts.first_object_id - 10_000_000) % 1000
+
+
+def _read(cutout: bytes) -> tuple[np.ndarray, np.ndarray, fits.Header]:
+    """Image and variance [nJy, nJy^2] and header of a Rubin cutout, read back with astropy."""
+    with fits.open(io.BytesIO(cutout)) as hdus:
+        header = hdus[0].header
+    ccd = CCDData.read(io.BytesIO(cutout), format="fits")
+    assert ccd.unit == "nJy" and ccd.uncertainty.uncertainty_type == "var"
+    return np.asarray(ccd.data, np.float64), np.asarray(ccd.uncertainty.array, np.float64), header
+
+
+def _psf(fwhm: float, wing: float, header: fits.Header, side: int) -> np.ndarray:
+    """Unit-flux PSF at the cutout's source pixel (CRPIX), on the cutout's grid."""
+    source = (header["CRPIX1"] - 1.0, header["CRPIX2"] - 1.0)
+    east, north = (
+        o.ravel()[None, :] for o in RubinCutoutGeometry(side, 0.2, header["ROTPA"], source).sky_offsets()
+    )
+    w, v = scene.psf_components(np.array([fwhm]), wing)
+    zero = np.zeros((1, 1))
+    comps = scene.convolve_profile(np.ones((1, 1)), (zero, zero), (zero,) * 3, v, w, 0.2**2 / 12)
+    return scene.evaluate(comps, east, north, 0.2**2)
+
+
+@pytest.fixture(scope="module")
+def quiet_alerts(tmp_path_factory: pytest.TempPathFactory) -> tuple[SimulationConfig, Path]:
+    """Alerts of every epoch (min_snr 0) with a perfect subtraction: no mismatch, misregistration, jitter."""
     sim = small_config()
     quiet = sim.render.model_copy(
         update={"mismatch_sigma": 0.0, "misregistration_arcsec": 0.0, "astrometric_jitter_arcsec": 0.0}
     )
     sim = sim.model_copy(update={"render": quiet, "alerts": sim.alerts.model_copy(update={"min_snr": 0.0})})
-    write_alerts(sim, tmp_path, max_objects=4)
-    survey = Survey(sim.survey, sim.seed)
-    objects = {sim.alerts.first_object_id + e.index: make_object(sim, survey, e) for e in catalogue(sim)[:4]}
+    out = tmp_path_factory.mktemp("quiet")
+    write_alerts(sim, out, max_objects=4)
+    return sim, out
+
+
+def test_psf_flux_is_the_true_difference_flux_within_its_error(
+    quiet_alerts: tuple[SimulationConfig, Path],
+) -> None:
+    """With a perfect subtraction (no PSF mismatch, misregistration, centring error) pulls are N(0, 1)."""
+    sim, folder = quiet_alerts
+    objects = _objects(sim, 4)
     pulls = []
-    for r in _records(tmp_path):
+    for r in _records(folder):
         src = r["diaSource"]
         obj = objects[src["diaObjectId"]]
-        epoch = (src["diaSourceId"] - sim.alerts.first_object_id - 10_000_000) % 1000
+        epoch = _epoch(sim, src)
         assert obj.epochs.band[epoch] == src["band"]
         assert src["midpointMjdTai"] == pytest.approx(obj.epochs.mjd[epoch])
         pulls.append((src["psfFlux"] - obj.flux_diff[epoch]) / src["psfFluxErr"])
     assert len(pulls) > 100
     assert np.std(pulls) == pytest.approx(1.0, abs=0.15) and abs(np.mean(pulls)) < 0.15
+
+
+def test_science_minus_matched_template_has_the_alert_flux(
+    quiet_alerts: tuple[SimulationConfig, Path],
+) -> None:
+    """Read back from the FITS: PSF flux of science - template * K = psfFlux, template PSF flux = f_ref.
+
+    With a perfect subtraction the only difference is the matched template's noise, a fraction of
+    psfFluxErr; epochs whose seeing beats the co-add's cannot be matched (K would deconvolve) and are
+    skipped.
+    """
+    sim, folder = quiet_alerts
+    objects = _objects(sim, 4)
+    wing = sim.render.psf_wing_weight
+    diff_pulls, ref_pulls = [], []
+    for r in _records(folder):
+        src = r["diaSource"]
+        obj, epoch = objects[src["diaObjectId"]], _epoch(sim, src)
+        science, variance, header = _read(r["cutoutScience"])
+        template, t_variance, _ = _read(r["cutoutTemplate"])
+        fwhm, t_fwhm = (
+            obj.epochs.fwhm[epoch],
+            template_conditions(obj, np.array([epoch]), 0.2, sim.render)[0][0],
+        )
+        good = np.isfinite(science).ravel()
+        side = science.shape[0]
+        t_flux, t_err = psf_photometry(
+            template.reshape(1, -1), t_variance.reshape(1, -1), _psf(t_fwhm, wing, header, side)
+        )
+        if obj.host is None:  # else the PSF fit picks up the host's light under the source
+            ref_pulls.append((t_flux[0] - obj.flux_ref[epoch]) / t_err[0])
+        if fwhm <= t_fwhm:
+            continue
+        matched = match(template, matching_kernel(fwhm, t_fwhm, wing, 0.2))
+        image = np.where(good, (science - matched).ravel(), np.nan)[None, :]
+        flux, _ = psf_photometry(image, variance.reshape(1, -1), _psf(fwhm, wing, header, side))
+        diff_pulls.append((flux[0] - src["psfFlux"]) / src["psfFluxErr"])
+    assert len(diff_pulls) > 100
+    # What is left is the matched template's noise: in PSF flux about 1/sqrt(N) = 0.22 of psfFluxErr.
+    expected = 1 / np.sqrt(sim.render.template_visits)
+    assert np.std(diff_pulls) == pytest.approx(expected, rel=0.3) and abs(np.mean(diff_pulls)) < 0.05
+    assert np.max(np.abs(diff_pulls)) < 5 * expected
+    # The template holds the source at its reference flux (stars, AGN) or nothing (SNe), within its error.
+    assert len(ref_pulls) > 100
+    assert abs(np.mean(ref_pulls)) < 0.2 and np.std(ref_pulls) == pytest.approx(1.0, abs=0.2)
+
+
+def test_alerts_carry_science_and_template_on_the_difference_grid(alerts_dir: Path) -> None:
+    """Decoded like a Kafka message; three cutouts on one grid; the template a quieter co-add; consistent."""
+    sim = small_config()
+    objects = _objects(sim, 5)
+    settings = Settings(_env_file=None)
+    decoder, normaliser = build_decoder(settings), StampNormaliser(settings.stamps)
+    version = latest_rubin_version()
+    wing, stds, noise_ratios = sim.render.psf_wing_weight, [], []
+    for r in _records(alerts_dir):
+        (alert,) = decoder.decode_message(encode_rubin_message(r, version))
+        assert alert.cutoutDifference == r["cutoutDifference"]
+        difference, variance, header = _read(r["cutoutDifference"])
+        science, s_variance, s_header = _read(r["cutoutScience"])
+        template, t_variance, t_header = _read(r["cutoutTemplate"])
+        for other in (s_header, t_header):
+            for card in (
+                "NAXIS1",
+                "NAXIS2",
+                "CRPIX1",
+                "CRPIX2",
+                "CRVAL1",
+                "CRVAL2",
+                "ROTPA",
+                "PC1_1",
+                "PC1_2",
+            ):
+                assert other[card] == header[card]
+        # The visit's artefacts in science and difference alike; the co-add has none.
+        np.testing.assert_array_equal(np.isnan(science), np.isnan(difference))
+        assert np.isfinite(template).all()
+        np.testing.assert_array_equal(s_variance, variance)
+        noise_ratios.append(np.median(t_variance) / np.median(variance))
+        # The plugin's normaliser makes valid frames of all three (what serving will do with them).
+        frames = [
+            normaliser.normalise(dataclasses.replace(alert, cutoutDifference=c))
+            for c in (r["cutoutDifference"], r["cutoutScience"], r["cutoutTemplate"])
+        ]
+        np.testing.assert_array_equal(frames[1].mask, frames[0].mask)
+        # Away from the subtraction residuals, science - template * K = difference within noise.
+        obj, epoch = objects[r["diaSource"]["diaObjectId"]], _epoch(sim, r["diaSource"])
+        fwhm, t_fwhm = (
+            obj.epochs.fwhm[epoch],
+            template_conditions(obj, np.array([epoch]), 0.2, sim.render)[0][0],
+        )
+        if fwhm <= t_fwhm:
+            continue
+        matched = match(template, matching_kernel(fwhm, t_fwhm, wing, 0.2))
+        sigma = np.sqrt(variance)
+        inner = np.zeros(science.shape, bool)
+        inner[10:-10, 10:-10] = True  # out of reach of the kernel's edge effects
+        # Where the static light is below 0.1 sigma its PSF-mismatch residual is well below the noise.
+        far = inner & np.isfinite(science) & (np.abs(matched) < 0.1 * sigma)
+        if far.sum() >= 50:
+            stds.append(np.std(((science - matched - difference) / sigma)[far]))
+    assert len(stds) > 30
+    assert np.median(stds) < 0.06 and max(stds) < 0.12
+    # Template noise: 1/template_visits of a visit's variance (band medians; a star adds Poisson / N).
+    assert np.median(noise_ratios) == pytest.approx(1 / sim.render.template_visits, rel=0.3)
 
 
 def test_bundled_demo_archive() -> None:

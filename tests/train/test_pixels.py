@@ -37,10 +37,8 @@ def test_point_source_snr_matches_depth_on_native_images(delta_mag: float) -> No
     geom = RubinCutoutGeometry(41, config.native_pixel_scale_arcsec)
     east, north = (np.broadcast_to(o.ravel(), (n, o.size)) for o in geom.sky_offsets())
     cond = Conditions.draw(rng, n, config)
-    image, variance, _, psf = render(
-        obj, np.arange(n), east, north, geom.pixel_scale_arcsec, cond, config, rng
-    )
-    flux, err = psf_photometry(image, variance, psf)
+    out = render(obj, np.arange(n), east, north, geom.pixel_scale_arcsec, cond, config, rng)
+    flux, err = psf_photometry(out.difference, out.variance, out.psf)
     expected = 5.0 * 10 ** (0.4 * delta_mag)
     measured = flux.mean() / flux.std()
     assert measured == pytest.approx(expected, rel=0.10)

@@ -2,12 +2,15 @@
 
 Each epoch whose forced PSF flux is significant (``|psfFlux / psfFluxErr| >= alerts.min_snr``, as
 Rubin alerts on DIA sources above 5 sigma) becomes one alert of the latest bundled ``lsst.v*.alert``
-schema. Its ``cutoutDifference`` is rendered the way Rubin delivers it: 0.2"/px, the detector's
-orientation at that visit (a fresh rotation every time), a side of 30..102 px following an exponential
-size distribution, and written by :func:`broker_plugin.stamps.write_rubin_cutout` (CCDData FITS in nJy
-with variance, PSF and the local linear CD WCS without CTYPE). The alerts of all objects are merged in
-time and written one container file per night (``alerts-<MJD night>.avro``); ``truth.csv`` maps
-``diaObjectId`` to its class.
+schema. Its three cutouts, ``cutoutDifference``, ``cutoutScience`` and ``cutoutTemplate`` (see
+:mod:`train.data.render` for what each holds), are rendered the way Rubin delivers them: one pixel grid
+for all three, 0.2"/px, the detector's orientation at that visit (a fresh rotation every time), a side
+of 30..102 px following an exponential size distribution, each written by
+:func:`broker_plugin.stamps.write_rubin_cutout` (CCDData FITS in nJy with variance, the PSF of that
+image (the visit's, or the co-add's for the template) and the local linear CD WCS without CTYPE).
+Schema versions before 6.1 have no ``cutoutScience``; it is left out there. The alerts of all objects
+are merged in time and written one container file per night (``alerts-<MJD night>.avro``);
+``truth.csv`` maps ``diaObjectId`` to its class.
 
 All alerts are held in memory before the time sort: meant for replay sets of up to a few thousand
 objects (use ``--objects`` / ``--per-class``), not for the whole training set.
@@ -24,13 +27,13 @@ import numpy as np
 from broker_plugin.records import BANDS
 from broker_plugin.serde.files import write_alert_container
 from broker_plugin.serde.rubin import rubin_alert_record
-from broker_plugin.serde.schemas import latest_rubin_version
+from broker_plugin.serde.schemas import latest_rubin_version, load_bundled_schema
 from broker_plugin.stamps import RubinCutoutGeometry, write_rubin_cutout
 from train.config import CLASSES, SimulationConfig
 from train.data import scene
 from train.data.cadence import Survey
 from train.data.population import SimObject, catalogue, make_object
-from train.data.render import Conditions, add_artefacts, psf_photometry, render
+from train.data.render import Conditions, add_artefacts, psf_photometry, render, share_artefacts
 
 TRUTH_COLUMNS = (
     "diaObjectId",
@@ -57,22 +60,34 @@ def _psf_image(fwhm: float, wing: float, pixel_scale: float) -> np.ndarray:
     return img / img.sum()
 
 
+def _cutout_fields(version: str) -> frozenset[str]:
+    """The cutout fields of a Rubin schema version (``cutoutScience`` exists from 6.1 on)."""
+    return frozenset(
+        f["name"] for f in load_bundled_schema(version).parsed["fields"] if f["name"].startswith("cutout")
+    )
+
+
 def object_alerts(obj: SimObject, config: SimulationConfig, version: str) -> list[dict[str, Any]]:
-    """Alert records of one object (its significant, non-blank epochs)."""
+    """Alert records of one object (its significant, non-blank epochs), with all three cutouts."""
     cfg, rcfg = config.alerts, config.render
     e = obj.entry
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, e.index, 2]))
+    # The template noise has a generator of its own: the difference cutouts (and so which epochs alert)
+    # are the same draws whether or not templates are rendered.
+    template_rng = rng.spawn(1)[0]
+    fields = _cutout_fields(version)
     n = len(obj.epochs)
     cond = Conditions.draw(rng, n, rcfg)
     object_id = cfg.first_object_id + e.index
     lo, hi = cfg.size_range
+    scale = cfg.pixel_scale_arcsec
     records = []
     for i in range(n):
         size = int(min(hi, lo + rng.exponential(cfg.size_scale)))
         centre = (size - 1) / 2.0
         geom = RubinCutoutGeometry(
             size,
-            cfg.pixel_scale_arcsec,
+            scale,
             float(rng.uniform(0.0, 360.0)),
             (centre + rng.uniform(-0.5, 0.5), centre + rng.uniform(-0.5, 0.5)),
         )
@@ -80,20 +95,28 @@ def object_alerts(obj: SimObject, config: SimulationConfig, version: str) -> lis
             continue
         east, north = (o.ravel()[None, :] for o in geom.sky_offsets())
         sel = np.array([i])
-        image, variance, _, psf = render(obj, sel, east, north, cfg.pixel_scale_arcsec, cond, rcfg, rng)
-        flux, err = psf_photometry(image, variance, psf)
+        out = render(obj, sel, east, north, scale, cond, rcfg, rng, template_rng)
+        flux, err = psf_photometry(out.difference, out.variance, out.psf)
         if abs(flux[0] / err[0]) < cfg.min_snr:
             continue
-        img = image.reshape(size, size)
-        add_artefacts(img, False, rcfg, rng)
-        cutout = write_rubin_cutout(
-            img,
-            variance.reshape(size, size),
-            geom,
-            obj.ra,
-            obj.dec,
-            psf=_psf_image(float(obj.epochs.fwhm[i]), rcfg.psf_wing_weight, cfg.pixel_scale_arcsec),
-        )
+        shape = (size, size)
+        diff, sci = out.difference.reshape(shape), out.science.reshape(shape)
+        add_artefacts(diff, False, rcfg, rng)
+        share_artefacts(diff, sci)
+        variance = out.variance.reshape(shape)
+        psf = _psf_image(float(obj.epochs.fwhm[i]), rcfg.psf_wing_weight, scale)
+        cutouts = {
+            "cutoutDifference": write_rubin_cutout(diff, variance, geom, obj.ra, obj.dec, psf=psf),
+            "cutoutScience": write_rubin_cutout(sci, variance, geom, obj.ra, obj.dec, psf=psf),
+            "cutoutTemplate": write_rubin_cutout(
+                out.template.reshape(shape),
+                out.template_variance.reshape(shape),
+                geom,
+                obj.ra,
+                obj.dec,
+                psf=_psf_image(float(out.template_fwhm[0]), rcfg.psf_wing_weight, scale),
+            ),
+        }
         records.append(
             rubin_alert_record(
                 version,
@@ -105,7 +128,7 @@ def object_alerts(obj: SimObject, config: SimulationConfig, version: str) -> lis
                 dec=obj.dec,
                 psfFlux=float(flux[0]),
                 psfFluxErr=float(err[0]),
-                cutoutDifference=cutout,
+                **{name: value for name, value in cutouts.items() if name in fields},
             )
         )
     return records
@@ -129,10 +152,6 @@ def write_alerts(
         Output folder: ``alerts-<night>.avro`` files and ``truth.csv``.
     max_objects, per_class
         Limit the objects (first ones of the catalogue, optionally this many per class).
-    min_alerts
-        Skip objects with fewer alerts (a replay set whose objects all have sequences).
-    max_alerts
-        Keep only each object's first alerts in time (a small archive).
     min_alerts
         Skip objects with fewer alerts (a replay set whose objects all have sequences).
     max_alerts

@@ -1,12 +1,20 @@
 """Preview pictures (the only module that uses ``matplotlib``): frames over time per band + light curve.
 
-One PNG per class from a simulated dataset: for the first object of that class, a row of frames per
-band (time runs left to right, one colour scale per row, masked pixels grey) above its light curve
-(noise-free difference flux as lines, forced PSF photometry with 1-sigma errors as points).
+One PNG per class from a simulated dataset: for the first object of that class, per band a row of
+science, template and difference frames (time runs left to right; science and template share one
+colour scale per band, the difference has its own; masked pixels grey) above its light curve
+(noise-free difference flux as lines, forced PSF photometry with 1-sigma errors as points). A dataset
+without science and template frames shows the difference rows only.
+
+``python -m train.data.preview [--objects 64] [--classes SNIa] [--out docs/img]`` simulates the first
+objects of the default config into a temporary folder and draws the previews of the documentation.
 """
 
 from __future__ import annotations
 
+import argparse
+import tempfile
+from collections.abc import Sequence as Seq
 from pathlib import Path
 
 import matplotlib as mpl
@@ -14,9 +22,11 @@ import matplotlib as mpl
 mpl.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from PIL import Image
 
 from broker_plugin.records import BANDS
-from train.config import CLASSES
+from train.config import CLASSES, load_config
+from train.data.population import catalogue
 from train.data.shards import Sequence, ShardDataset
 
 _COLOURS = {
@@ -28,29 +38,47 @@ _COLOURS = {
     "y": "k",
 }
 MAX_COLUMNS = 12
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def plot_sequence(seq: Sequence, path: Path, dpi: int = 90) -> Path:
+def _scale(images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[float, float]:
+    vals = np.concatenate([im[m] for im, m in zip(images, masks, strict=True)] + [np.zeros(1)])
+    lo, hi = np.percentile(vals, [1, 99.7])
+    return float(lo), float(hi)
+
+
+def plot_sequence(seq: Sequence, path: Path, dpi: int = 72) -> Path:
     """Draw one object's frames and light curve into ``path`` (PNG at ``dpi``)."""
     present = [b for b in range(len(BANDS)) if np.any(seq.band == b)]
-    fig = plt.figure(figsize=(MAX_COLUMNS * 0.9, len(present) * 0.95 + 3.2), dpi=dpi)
-    grid = fig.add_gridspec(len(present) + 1, MAX_COLUMNS, height_ratios=[1] * len(present) + [3.2])
+    planes = [("diff", seq.frames, seq.masks)]
+    if seq.science is not None and seq.template is not None and seq.template_masks is not None:
+        planes = [("sci", seq.science, seq.masks), ("tmpl", seq.template, seq.template_masks), *planes]
+    n_rows = len(present) * len(planes)
+    fig = plt.figure(figsize=(MAX_COLUMNS * 0.85 + 0.5, n_rows * 0.85 + 3.2), dpi=dpi)
+    # An empty row between the frames and the light curve leaves room for the light curve's title.
+    grid = fig.add_gridspec(n_rows + 2, MAX_COLUMNS, height_ratios=[1] * n_rows + [0.5, 3.6], hspace=0.12)
     cmap = mpl.colormaps["magma"].with_extremes(bad="0.6")
-    for row, b in enumerate(present):
+    for k, b in enumerate(present):
         idx = np.nonzero(seq.band == b)[0]
         idx = idx[np.linspace(0, len(idx) - 1, min(MAX_COLUMNS, len(idx))).round().astype(int)]
-        vals = np.concatenate([seq.frames[i][seq.masks[i]] for i in idx] + [np.zeros(1)])
-        lo, hi = np.percentile(vals, [1, 99.7])
-        for col, i in enumerate(idx):
-            ax = fig.add_subplot(grid[row, col])
-            img = np.ma.masked_array(seq.frames[i], ~seq.masks[i])
-            ax.imshow(img, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(BANDS[b], rotation=0, labelpad=10, fontsize=11)
-            if row == 0:
-                ax.set_title(f"{seq.mjd[i] - seq.mjd[0]:.0f} d", fontsize=7)
+        # Science and template share a scale (the same sky, f(t) against f_ref); the difference has its own.
+        static = _scale(
+            [p[i] for _, p, _ in planes[:-1] for i in idx], [m[i] for _, _, m in planes[:-1] for i in idx]
+        )
+        for j, (name, images, masks) in enumerate(planes):
+            row = k * len(planes) + j
+            lo, hi = _scale([images[i] for i in idx], [masks[i] for i in idx]) if name == "diff" else static
+            for col, i in enumerate(idx):
+                ax = fig.add_subplot(grid[row, col])
+                ax.imshow(
+                    np.ma.masked_array(images[i], ~masks[i]), origin="lower", cmap=cmap, vmin=lo, vmax=hi
+                )
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if col == 0:
+                    ax.set_ylabel(f"{BANDS[b]} {name}", rotation=0, labelpad=18, fontsize=9)
+                if row == 0:
+                    ax.set_title(f"{seq.mjd[i] - seq.mjd[0]:.0f} d", fontsize=7)
     ax = fig.add_subplot(grid[-1, :])
     for b in present:
         sel = seq.band == b
@@ -78,18 +106,21 @@ def plot_sequence(seq: Sequence, path: Path, dpi: int = 90) -> Path:
     ax.set_ylabel("difference flux [nJy]")
     ax.axhline(0, color="0.5", lw=0.5)
     ax.legend(ncol=len(present), fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.09, right=0.99, top=0.98, bottom=0.05)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.canvas.draw()
+    rgb = Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB")
     plt.close(fig)
+    # A 256-colour palette keeps the colour map and the line colours, at a third of the RGB file's size.
+    rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
     return path
 
 
-def write_previews(dataset: str | Path, out_dir: str | Path) -> list[Path]:
+def write_previews(dataset: str | Path, out_dir: str | Path, classes: Seq[str] = CLASSES) -> list[Path]:
     """One PNG per class (the first object of that class that has a significant detection)."""
     data = ShardDataset(dataset)
     written = []
-    for cls in CLASSES:
+    for cls in classes:
         candidates = [i for i, m in enumerate(data.metadata) if m["label"] == cls and m["true_class"] == cls]
         best = next(
             (i for i in candidates if np.nanmax(np.abs(data[i].psf_flux / data[i].psf_flux_err)) > 15),
@@ -98,3 +129,31 @@ def write_previews(dataset: str | Path, out_dir: str | Path) -> list[Path]:
         if best is not None:
             written.append(plot_sequence(data[best], Path(out_dir) / f"preview_{cls.lower()}.png"))
     return written
+
+
+def main(argv: Seq[str] | None = None) -> None:
+    """Draw the documentation's previews from the first objects of a config."""
+    from train.data import shards
+    from train.data.simulate import simulate_objects
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--config", type=Path, default=ROOT / "train" / "configs" / "default.toml")
+    parser.add_argument("--objects", type=int, default=64, help="Simulate the first N objects.")
+    parser.add_argument("--classes", nargs="+", default=["SNIa"], choices=CLASSES)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    args = parser.parse_args(argv)
+    config = load_config(args.config).simulation
+    arrays, objects = simulate_objects(config, catalogue(config)[: args.objects])
+    with tempfile.TemporaryDirectory() as tmp:
+        shards.write_shard(Path(tmp) / "shard-00000", arrays, objects)
+        planes = shards.PLANES if config.render.science_template else shards.PLANES[:1]
+        manifest = {"format": shards.FORMAT, "format_version": shards.FORMAT_VERSION, "planes": list(planes)}
+        (Path(tmp) / "manifest.json").write_text(
+            shards.dumps(manifest | {"shards": [{"name": "shard-00000"}]})
+        )
+        for path in write_previews(tmp, args.out, args.classes):
+            print(f"preview: {path}")
+
+
+if __name__ == "__main__":
+    main()

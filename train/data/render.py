@@ -1,18 +1,29 @@
-"""Pixels: difference images of a simulated object, at any pixel grid, and the model frames.
+"""Pixels: the difference, science and template images of a simulated object, and the model frames.
 
-An epoch's difference image is
+Every epoch is rendered as three images on one pixel grid (the science visit's):
 
-- the source's difference flux ``f(t) - f_ref`` as a PSF at the (slightly mis-centred) source position;
-- the PSF-mismatch residual of everything static (host galaxy, and the template flux of a star or AGN):
-  the template is matched with a PSF a few per cent too wide or narrow and misregistered by a few
-  hundredths of an arcsec, leaving rings and dipoles that grow with the host's brightness;
-- Gaussian noise with the variance of sky + read noise (set by the epoch's 5-sigma depth) plus Poisson
-  noise of the science image (host + source);
-- artefacts: a bad column, a masked blob (saturated star, cosmic-ray mask), or a lost observation
-  (everything masked): NaN pixels, which the resampler masks.
+- the **science** image: the epoch's scene (the source at its flux ``f(t)``, the host galaxy) convolved
+  with the epoch's PSF, plus Gaussian noise with the variance of sky + read noise (set by the epoch's
+  5-sigma depth) and the Poisson noise of the scene;
+- the **template**: the reference co-add of ``template_visits`` visits: the static scene (host, and the
+  source at the reference flux ``f_ref`` of a star or AGN) convolved with the co-add's PSF (a FWHM of
+  ``template_seeing_ratio`` times the median seeing of the object's visits in that band), registered to
+  the science grid with a misregistration of a few hundredths of an arcsec, and noise of variance
+  ``1 / template_visits`` of a typical visit's (sky + read + Poisson, band medians over the object's
+  visits);
+- the **difference** image = science - PSF-matched template: the source's difference flux
+  ``f(t) - f_ref`` as a PSF, the PSF-mismatch residual of everything static (the matching kernel gives a
+  PSF a few per cent too wide or narrow, applied to the misregistered template: rings and dipoles that
+  grow with the host's brightness), and the science image's noise realisation (the matched template's
+  noise adds ``sum(K^2) / template_visits`` of that variance and is neglected).
+
+So science - template (matched to the science PSF) - difference is the mismatch residual near bright
+static light plus the matched template's noise, far below the difference's own noise (tested). Artefacts
+(a bad column, a masked blob, or a lost observation) are NaN pixels of the visit: the science and
+difference images share them, the co-add has none (the whole epoch is NaN when the visit is lost).
 
 Training frames are made exactly as serving makes them: each epoch is rendered on a native survey grid
-(SDSS-like 0.396"/px, its orientation jittered per visit) and sent through
+(SDSS-like 0.396"/px, its orientation jittered per visit) and every image is sent through
 :func:`broker_plugin.stamps.resample_to_frame`, the function serving uses on every alert cutout, so
 there is no training/serving skew in resampling, masking or flux scaling. Alert cutouts are rendered on
 :class:`broker_plugin.stamps.RubinCutoutGeometry` grids (0.2"/px, rotated per visit) by the same code.
@@ -20,6 +31,7 @@ there is no training/serving skew in resampling, masking or flux scaling. Alert 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -55,8 +67,12 @@ class Conditions:
         )
 
 
-def _static_profiles(obj: SimObject, sel: np.ndarray, min_psf_var: float) -> list[tuple]:
-    """Static light of the scene per selected epoch: ``(flux (E,J), centre, covariance)`` tuples."""
+def _static_profiles(obj: SimObject, sel: np.ndarray, min_psf_var: float) -> list[tuple[str, tuple]]:
+    """Static light of the scene per selected epoch: ``(name, (flux (E,J), centre, covariance))``.
+
+    ``name`` is ``"host"`` for the galaxy or ``"reference"`` for the source's template flux ``f_ref``
+    (a star's or AGN's mean flux), which the science image does not hold at that flux.
+    """
     bands = obj.epochs.band[sel]
     out = []
     if obj.host is not None:
@@ -75,11 +91,93 @@ def _static_profiles(obj: SimObject, sel: np.ndarray, min_psf_var: float) -> lis
             major * un * un + minor * ue * ue,
         )
         cen = (np.full((1, len(amps)), h.offset[0]), np.full((1, len(amps)), h.offset[1]))
-        out.append((hflux[:, None] * amps[None, :], cen, tuple(c[None, :] for c in cov)))
+        out.append(("host", (hflux[:, None] * amps[None, :], cen, tuple(c[None, :] for c in cov))))
     ref = obj.flux_ref[sel]
     if np.any(ref != 0):
-        out.append((ref[:, None], (np.zeros((1, 1)), np.zeros((1, 1))), (np.zeros((1, 1)),) * 3))
+        point = (ref[:, None], (np.zeros((1, 1)), np.zeros((1, 1))), (np.zeros((1, 1)),) * 3)
+        out.append(("reference", point))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """The images of the rendered epochs, each ``(E, P)`` on the given pixel grids [nJy / pixel].
+
+    Attributes
+    ----------
+    difference
+        Difference image (science - PSF-matched template, with the subtraction residuals).
+    variance
+        Variance of the difference and of the science image [nJy^2]: they share the science noise.
+    model
+        Noise-free difference image.
+    psf
+        Unit-flux PSF of the epoch at the source (pixel-integrated).
+    science
+        Science image: the source at ``f(t)`` and the host, the epoch's PSF and noise.
+    template
+        Reference co-add registered to the science grid: host and the source at ``f_ref``, the
+        co-add's PSF and noise; ``None`` when not rendered.
+    template_variance
+        Its variance [nJy^2]; ``None`` when not rendered.
+    template_fwhm
+        ``(E,)`` FWHM of the co-add's PSF [arcsec]; ``None`` when not rendered.
+    """
+
+    difference: np.ndarray
+    variance: np.ndarray
+    model: np.ndarray
+    psf: np.ndarray
+    science: np.ndarray
+    template: np.ndarray | None = None
+    template_variance: np.ndarray | None = None
+    template_fwhm: np.ndarray | None = None
+
+
+def visit_noise(
+    obj: SimObject, idx: np.ndarray, pixel_scale: float, config: RenderConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sky + read noise per pixel and Poisson gain of the visits ``idx``.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``sigma_pix`` [nJy per pixel of side ``pixel_scale``] and ``gain`` [nJy per photo-electron],
+        each ``(len(idx),)``.
+    """
+    ep = obj.epochs
+    # sigma_flux(PSF fit) = F5 / 5 = sigma_pix sqrt(A_eff) / pixel, with the pixelated PSF's A_eff.
+    a_eff = scene.effective_area(ep.fwhm[idx], config.psf_wing_weight, pixel_scale**2 / 12.0)
+    sigma_pix = mag_to_njy(ep.m5[idx]) / 5.0 / np.sqrt(a_eff) * pixel_scale
+    sky = mag_to_njy(ep.sky_mag[idx]) * pixel_scale**2
+    return sigma_pix, sigma_pix**2 / sky  # the sky's Poisson variance equals sigma_pix^2
+
+
+def template_conditions(
+    obj: SimObject, sel: np.ndarray, pixel_scale: float, config: RenderConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The co-add's PSF FWHM, sky + read variance per pixel and Poisson gain at the selected epochs.
+
+    One co-add per band: its seeing is ``template_seeing_ratio`` times the median FWHM of the object's
+    visits in that band, and its noise that of the band's median visit divided by ``template_visits``
+    (the mean of N visits has 1/N of the variance, the Poisson part included).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``fwhm`` [arcsec], ``sky_var`` [nJy^2 per pixel] and ``gain`` [nJy], each ``(E,)``.
+    """
+    ep = obj.epochs
+    sigma, gain = visit_noise(obj, np.arange(len(ep)), pixel_scale, config)
+    bands = ep.band[sel]
+    fwhm, sky_var, t_gain = (np.empty(len(sel)) for _ in range(3))
+    n = config.template_visits
+    for b in np.unique(bands):
+        own, at = ep.band == b, bands == b
+        fwhm[at] = config.template_seeing_ratio * np.median(ep.fwhm[own])
+        sky_var[at] = np.median(sigma[own] ** 2) / n
+        t_gain[at] = np.median(gain[own]) / n
+    return fwhm, sky_var, t_gain
 
 
 def render(
@@ -91,8 +189,9 @@ def render(
     cond: Conditions,
     config: RenderConfig,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Noisy difference images of the selected epochs on the given pixel grids.
+    template_rng: np.random.Generator | None = None,
+) -> Rendered:
+    """Noisy difference, science and (optionally) template images of the selected epochs.
 
     Parameters
     ----------
@@ -109,13 +208,15 @@ def render(
     config
         Rendering settings.
     rng
-        Noise generator.
+        Noise of the science visit (shared by the science and difference images): one standard normal
+        per pixel, the same draws whether or not the template is rendered.
+    template_rng
+        Noise of the template; ``None`` renders no template.
 
     Returns
     -------
-    tuple of numpy.ndarray
-        ``image`` [nJy / pixel], ``variance`` [nJy^2], the noise-free ``model`` [nJy / pixel], and the
-        unit-flux PSF at the source, each ``(E, P)``.
+    Rendered
+        The images, their variances, the noise-free difference and the PSF.
     """
     ep = obj.epochs
     fwhm, w = ep.fwhm[sel], config.psf_wing_weight
@@ -133,23 +234,37 @@ def render(
     model = obj.flux_diff[sel][:, None] * unit
     science = np.clip(obj.flux_total[sel], 0, None)[:, None] * unit
     scale = (1.0 + cond.mismatch[sel])[:, None] ** 2
-    for flux, (ce, cn), cov in _static_profiles(obj, sel, float(psf_var.min())):
+    shift = (cond.shift_e[sel][:, None], cond.shift_n[sel][:, None])
+    # The static scene as registered to the science grid: the template's misregistration shifts it.
+    registered = []
+    for name, (flux, (ce, cn), cov) in _static_profiles(obj, sel, float(psf_var.min())):
         centre = (ce + je, cn + jn)
         sci = scene.evaluate(
             scene.convolve_profile(flux, centre, cov, psf_var, psf_w, pix_var), east, north, area
         )
-        shifted = (centre[0] + cond.shift_e[sel][:, None], centre[1] + cond.shift_n[sel][:, None])
-        tmpl = scene.convolve_profile(flux, shifted, cov, psf_var * scale, psf_w, pix_var)
-        model += sci - scene.evaluate(tmpl, east, north, area)
-        science += sci
-    # Sky + read noise from the depth: sigma_flux(PSF fit) = F5 / 5 = sigma_pix sqrt(A_eff) / pixel.
-    a_eff = scene.effective_area(fwhm, w, pix_var)
-    sigma_pix = mag_to_njy(ep.m5[sel]) / 5.0 / np.sqrt(a_eff) * pixel_scale
-    sky = mag_to_njy(ep.sky_mag[sel]) * area
-    gain = sigma_pix**2 / sky  # nJy per photo-electron: the sky's Poisson variance equals sigma_pix^2
+        shifted = (centre[0] + shift[0], centre[1] + shift[1])
+        registered.append((flux, shifted, cov))
+        # The subtraction's template: convolved by a matching kernel that misses the science PSF's width.
+        matched = scene.convolve_profile(flux, shifted, cov, psf_var * scale, psf_w, pix_var)
+        model += sci - scene.evaluate(matched, east, north, area)
+        if name == "host":
+            science += sci  # the source's own flux f(t) is already in; f_ref is the template's
+    sigma_pix, gain = visit_noise(obj, sel, pixel_scale, config)
     variance = sigma_pix[:, None] ** 2 + gain[:, None] * np.clip(science, 0, None)
-    image = model + rng.standard_normal(model.shape) * np.sqrt(variance)
-    return image, variance, model, unit
+    noise = rng.standard_normal(model.shape) * np.sqrt(variance)
+    out = Rendered(model + noise, variance, model, unit, science + noise)
+    if template_rng is None:
+        return out
+    # The co-add: the same registered static scene under the co-add's PSF, with the co-add's noise.
+    t_fwhm, t_sky_var, t_gain = template_conditions(obj, sel, pixel_scale, config)
+    t_psf_var = scene.psf_components(t_fwhm, w)[1]
+    template = np.zeros_like(model)
+    for flux, centre, cov in registered:
+        coadd = scene.convolve_profile(flux, centre, cov, t_psf_var, psf_w, pix_var)
+        template += scene.evaluate(coadd, east, north, area)
+    t_variance = t_sky_var[:, None] + t_gain[:, None] * np.clip(template, 0, None)
+    template += template_rng.standard_normal(template.shape) * np.sqrt(t_variance)
+    return dataclasses.replace(out, template=template, template_variance=t_variance, template_fwhm=t_fwhm)
 
 
 def add_artefacts(image: np.ndarray, missing: bool, config: RenderConfig, rng: np.random.Generator) -> None:
@@ -189,35 +304,70 @@ def native_geometries(n: int, config: RenderConfig, rng: np.random.Generator) ->
 def render_frames(obj: SimObject, config: RenderConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """All model frames of one object.
 
+    The difference, science and template images of every epoch go through the serving resampler on the
+    same native grid. The science frame shares the difference frame's mask (same artefacts); the
+    template (a co-add) has its own, full except at lost visits (no alert, so no cutout of any kind).
+    The template's noise comes from a generator spawned from ``rng``, so the difference frames are the
+    same bytes whether or not ``config.science_template`` asks for the other two.
+
     Returns
     -------
     dict
-        ``frames`` float32 ``(N, S, S)`` [nJy per frame pixel], ``masks`` bool ``(N, S, S)``, and the
-        native-image PSF photometry ``psf_flux``, ``psf_flux_err`` [nJy] per frame.
+        ``frames`` (difference) float32 ``(N, S, S)`` [nJy per frame pixel], ``masks`` bool ``(N, S, S)``,
+        the native-image PSF photometry ``psf_flux``, ``psf_flux_err`` [nJy] per frame, and, when
+        ``config.science_template``, ``science``, ``template`` (float32 like ``frames``) and
+        ``template_masks`` (bool).
     """
     n = len(obj.epochs)
+    template_rng = rng.spawn(1)[0]
     cond = Conditions.draw(rng, n, config)
     geoms = native_geometries(n, config, rng)
     offsets = [g.sky_offsets() for g in geoms]
     east = np.stack([o[0].ravel() for o in offsets])
     north = np.stack([o[1].ravel() for o in offsets])
     sel = np.arange(n)
-    image, variance, _, psf = render(
-        obj, sel, east, north, config.native_pixel_scale_arcsec, cond, config, rng
+    both = config.science_template
+    out = render(
+        obj,
+        sel,
+        east,
+        north,
+        config.native_pixel_scale_arcsec,
+        cond,
+        config,
+        rng,
+        template_rng if both else None,
     )
-    flux, err = psf_photometry(image, variance, psf)
-    size = geoms[0].size
-    image = image.reshape(n, size, size)
-    frames = np.zeros((n, config.frame_size, config.frame_size), np.float32)
-    masks = np.zeros((n, config.frame_size, config.frame_size), bool)
-    for i, geom in enumerate(geoms):
-        add_artefacts(image[i], bool(obj.epochs.missing[i]), config, rng)
-        frames[i], masks[i] = resample_to_frame(
-            image[i], geom.cd_arcsec, geom.source_xy, config.frame_size, config.frame_pixel_scale_arcsec
-        )
+    flux, err = psf_photometry(out.difference, out.variance, out.psf)
+    size, side = geoms[0].size, config.frame_size
+    shape = (n, size, size)
+    images = {"frames": out.difference.reshape(shape)}
+    if both:
+        images |= {"science": out.science.reshape(shape), "template": out.template.reshape(shape)}
+    planes = {name: np.zeros((n, side, side), np.float32) for name in images}
+    masks = {name: np.zeros((n, side, side), bool) for name in images}
     missing = obj.epochs.missing
+    for i, geom in enumerate(geoms):
+        add_artefacts(images["frames"][i], bool(missing[i]), config, rng)
+        if both:
+            share_artefacts(images["frames"][i], images["science"][i])
+            if missing[i]:
+                images["template"][i] = np.nan
+        for name, image in images.items():
+            planes[name][i], masks[name][i] = resample_to_frame(
+                image[i], geom.cd_arcsec, geom.source_xy, side, config.frame_pixel_scale_arcsec
+            )
     flux[missing], err[missing] = np.nan, np.nan
-    return {"frames": frames, "masks": masks, "psf_flux": flux, "psf_flux_err": err}
+    result = {"frames": planes["frames"], "masks": masks["frames"], "psf_flux": flux, "psf_flux_err": err}
+    if both:
+        result |= {"science": planes["science"], "template": planes["template"]}
+        result["template_masks"] = masks["template"]
+    return result
+
+
+def share_artefacts(difference: np.ndarray, science: np.ndarray) -> None:
+    """Give the science image the difference image's NaN pixels (in place): the visit's artefacts."""
+    science[np.isnan(difference)] = np.nan
 
 
 def psf_photometry(image: np.ndarray, variance: np.ndarray, psf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

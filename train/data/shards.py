@@ -2,20 +2,29 @@
 
 Layout of a dataset folder::
 
-    manifest.json              format, config, seed, class/pool counts, per-file SHA-256, dataset hash
+    manifest.json              format, format_version, planes, config, seed, class/pool counts,
+                               per-file SHA-256, dataset hash
     shard-00000/
         frames.npy             float32 (N, S, S)  difference flux per frame pixel [nJy], north up, east
                                left, exactly what serving's resampler produces (masked pixels are 0)
-        masks.npy              bool    (N, S, S)  True where the pixel is measured
+        masks.npy              bool    (N, S, S)  True where the difference (and science) pixel is measured
+        science.npy            float32 (N, S, S)  science image flux per frame pixel [nJy], the same
+                               resampler on the same grid; masked where ``masks`` is False  (*)
+        template.npy           float32 (N, S, S)  template (reference co-add) flux per frame pixel [nJy] (*)
+        template_masks.npy     bool    (N, S, S)  True where the template pixel is measured (*)
         band.npy               int8    (N,)       index into broker_plugin.records.BANDS
-        mjd.npy                float64 (N,)       midpointMjdTai [MJD]
+        mjd.npy                float64 (N,)       midpointMjdTai [MJD, TAI], the alert's observation time
         flux_true.npy          float32 (N,)       noise-free difference flux f(t) - f_ref [nJy]
-        psf_flux.npy           float32 (N,)       forced PSF flux on the native image [nJy] (NaN: blank)
-        psf_flux_err.npy       float32 (N,)       its 1-sigma error [nJy]
+        psf_flux.npy           float32 (N,)       psfFlux: forced PSF flux on the native difference image,
+                               as the DIA pipeline puts into the alert [nJy] (NaN: blank)
+        psf_flux_err.npy       float32 (N,)       psfFluxErr, its 1-sigma error [nJy]
         offsets.npy            int64   (n+1,)     object j owns frames offsets[j]:offsets[j+1]
         objects.json           list of n dicts: index, diaObjectId, label, class_id, true_class, subtype,
                                confirmed, pool, ra, dec, redshift, period, n_frames, params
     shard-00001/ ...
+
+(*) only where ``manifest["planes"]`` lists ``"science"`` and ``"template"`` (``render.science_template``);
+format version 1 (before science and template existed) is read as a dataset of difference frames.
 
 N counts the frames of all n objects of the shard, in time order within each object. Every file is
 written deterministically (``np.save``, sorted JSON keys, no timestamps), so the same config and seed
@@ -35,7 +44,10 @@ from typing import Any
 import numpy as np
 
 FORMAT = "convention-sim-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format versions this reader understands (1: difference frames only).
+READABLE_VERSIONS = (1, 2)
+#: Arrays of every shard, ``offsets`` last.
 ARRAYS: tuple[str, ...] = (
     "frames",
     "masks",
@@ -46,6 +58,10 @@ ARRAYS: tuple[str, ...] = (
     "psf_flux_err",
     "offsets",
 )
+#: Arrays of the science and template frames, present when the manifest's planes name them.
+IMAGE_ARRAYS: tuple[str, ...] = ("science", "template", "template_masks")
+#: The image planes a dataset may hold, each the serving resampler's output on the same frame grid.
+PLANES: tuple[str, ...] = ("difference", "science", "template")
 
 
 def _jsonable(value: Any) -> Any:
@@ -82,7 +98,7 @@ def write_shard(folder: Path, arrays: dict[str, np.ndarray], objects: list[dict[
     folder
         The shard folder (created).
     arrays
-        The :data:`ARRAYS`, already with their on-disk dtypes.
+        The :data:`ARRAYS` and optionally the :data:`IMAGE_ARRAYS`, already with their on-disk dtypes.
     objects
         Per-object metadata, in frame order.
 
@@ -92,7 +108,7 @@ def write_shard(folder: Path, arrays: dict[str, np.ndarray], objects: list[dict[
         File name -> SHA-256.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ARRAYS:
+    for name in ARRAYS + tuple(n for n in IMAGE_ARRAYS if n in arrays):
         np.save(folder / f"{name}.npy", arrays[name], allow_pickle=False)
     (folder / "objects.json").write_text(dumps(objects))
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
@@ -100,7 +116,11 @@ def write_shard(folder: Path, arrays: dict[str, np.ndarray], objects: list[dict[
 
 @dataclass(frozen=True, slots=True)
 class Sequence:
-    """One object's frames (views into the memory-mapped shard) and metadata."""
+    """One object's frames (views into the memory-mapped shard) and metadata.
+
+    ``frames``/``masks`` are the difference frames; ``science`` (masked like them), ``template`` and
+    ``template_masks`` are ``None`` in a dataset without those planes.
+    """
 
     frames: np.ndarray
     masks: np.ndarray
@@ -110,6 +130,9 @@ class Sequence:
     psf_flux: np.ndarray
     psf_flux_err: np.ndarray
     meta: dict[str, Any]
+    science: np.ndarray | None = None
+    template: np.ndarray | None = None
+    template_masks: np.ndarray | None = None
 
 
 class ShardDataset:
@@ -133,6 +156,15 @@ class ShardDataset:
         self.manifest: dict[str, Any] = json.loads((self.root / "manifest.json").read_text())
         if self.manifest.get("format") != FORMAT:
             raise ValueError(f"{self.root} is not a {FORMAT} dataset")
+        version = self.manifest.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(
+                f"{self.root} is a {FORMAT} dataset of format version {version!r}; this reader reads "
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}: re-simulate it with this code"
+            )
+        #: Image planes of the dataset (``"difference"`` always; ``"science"``, ``"template"`` if stored).
+        self.planes: tuple[str, ...] = tuple(self.manifest.get("planes", ("difference",)))
+        self._arrays = ARRAYS + (IMAGE_ARRAYS if "template" in self.planes else ())
         self.metadata: list[dict[str, Any]] = []
         self._where: list[tuple[int, int]] = []
         for s, shard in enumerate(self.manifest["shards"]):
@@ -147,14 +179,15 @@ class ShardDataset:
     def _shard(self, s: int) -> dict[str, np.ndarray]:
         if s not in self._open:
             folder = self.root / self.manifest["shards"][s]["name"]
-            self._open[s] = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ARRAYS}
+            self._open[s] = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in self._arrays}
         return self._open[s]
 
     def __getitem__(self, i: int) -> Sequence:
         s, j = self._where[i]
         arr = self._shard(s)
         lo, hi = int(arr["offsets"][j]), int(arr["offsets"][j + 1])
-        return Sequence(*(arr[n][lo:hi] for n in ARRAYS[:-1]), meta=self.metadata[i])
+        images = {n: arr[n][lo:hi] for n in IMAGE_ARRAYS if n in arr}
+        return Sequence(*(arr[n][lo:hi] for n in ARRAYS[:-1]), meta=self.metadata[i], **images)
 
     def __iter__(self) -> Iterator[Sequence]:
         for i in range(len(self)):

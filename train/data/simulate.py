@@ -1,8 +1,9 @@
 """``python -m train simulate``: the whole labelled dataset, shard by shard, in parallel, reproducibly.
 
 Each shard is made by one worker process from the config and seed alone (objects draw their own
-``SeedSequence([seed, index])`` generators; pixel noise uses ``SeedSequence([seed, index, 1])``), so
-the bytes do not depend on the number of workers or on scheduling.
+``SeedSequence([seed, index])`` generators; pixel noise uses ``SeedSequence([seed, index, 1])`` and
+the template's noise a generator spawned from it), so the bytes do not depend on the number of workers
+or on scheduling.
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ def pixel_rng(seed: int, index: int) -> np.random.Generator:
 def simulate_objects(config: SimulationConfig, entries: list[CatalogueEntry]) -> tuple[dict, list]:
     """Frames and metadata of some catalogue entries, concatenated in shard layout."""
     survey = Survey(config.survey, config.seed)
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in shards.ARRAYS if n != "offsets"}
+    images = ("frames", "masks") + (shards.IMAGE_ARRAYS if config.render.science_template else ())
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in shards.ARRAYS + images if n != "offsets"}
     objects, offsets = [], [0]
     for entry in entries:
         obj = make_object(config, survey, entry)
         out = render_frames(obj, config.render, pixel_rng(config.seed, entry.index))
-        parts["frames"].append(out["frames"])
-        parts["masks"].append(out["masks"])
+        for name in images:
+            parts[name].append(out[name])
         parts["band"].append(np.array([BANDS.index(b) for b in obj.epochs.band], dtype=np.int8))
         parts["mjd"].append(obj.epochs.mjd.astype(np.float64))
         parts["flux_true"].append(obj.flux_diff.astype(np.float32))
@@ -123,6 +125,7 @@ def simulate(config: SimulationConfig, out_dir: str | Path, workers: int | None 
     manifest = {
         "format": shards.FORMAT,
         "format_version": shards.FORMAT_VERSION,
+        "planes": list(shards.PLANES if config.render.science_template else shards.PLANES[:1]),
         "seed": config.seed,
         "config": config.model_dump(mode="json"),
         "classes": list(CLASSES),
