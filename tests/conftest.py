@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from broker_plugin.config import Settings, StampSettings
+from broker_plugin.factory import build_parts
 from broker_plugin.serde.alerts import AlertDecoder
 from broker_plugin.serde.schemas import RubinSchemaStore
 from broker_plugin.stamps import StampNormaliser
@@ -90,3 +91,11 @@ def kafka_bootstrap() -> Iterator[str]:
 
     with EmbeddedBroker() as broker:
         yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def parts(service_settings: Settings):
+    """The service's parts (pipeline, decoder, store, predictor) on the test artifact and a fresh store."""
+    built = build_parts(service_settings)
+    yield built
+    built.close()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from broker_plugin.pipeline import Inbound
+from broker_plugin.serde.alerts import AlertDecoder
 from broker_plugin.serde.rubin import encode_rubin_message, rubin_alert_record
 from broker_plugin.stamps import RubinCutoutGeometry, write_rubin_cutout
 
@@ -153,3 +155,14 @@ def object_alerts(
             )
         )
     return out
+
+
+def inbound_of(
+    decoder: AlertDecoder, messages: list[bytes], alert_timestamp_ms: int | None = None
+) -> list[Inbound]:
+    """Pipeline input for framed messages: every decoded alert, its ref the message's index."""
+    return [
+        Inbound(alert, alert_timestamp_ms, i)
+        for i, message in enumerate(messages)
+        for alert in decoder.decode_message(message)
+    ]

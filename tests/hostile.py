@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import math
 import zlib
 from collections.abc import Callable
@@ -20,36 +19,14 @@ import fastavro
 import numpy as np
 
 from tests.factories import ZTF_GOLDEN, rubin_cutout_bytes, rubin_message
+from tests.serde.hostile import container_header, raw_block
 
 ZTF_FILE = ZTF_GOLDEN / "2713305823315015047.avro"
 
 
-def _zigzag(value: int) -> bytes:
-    """One Avro long (zig-zag varint)."""
-    n = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def container_bytes(schema: dict[str, Any], blocks: list[tuple[int, bytes]], codec: str = "null") -> bytes:
     """An Avro container file written by hand: each block is ``(declared record count, block bytes)``."""
-    sync = b"S" * 16
-    meta = {"avro.schema": json.dumps(schema).encode(), "avro.codec": codec.encode()}
-    header = io.BytesIO()
-    fastavro.schemaless_writer(
-        header,
-        fastavro.parse_schema(fastavro.read.HEADER_SCHEMA),
-        {"magic": b"Obj\x01", "meta": meta, "sync": sync},
-    )
-    body = b"".join(_zigzag(count) + _zigzag(len(data)) + data + sync for count, data in blocks)
-    return header.getvalue() + body
+    return container_header(schema, codec) + b"".join(raw_block(count, data) for count, data in blocks)
 
 
 def ztf_alert(edit: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> bytes:

@@ -8,15 +8,13 @@ import psycopg
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message
 
-from broker_plugin.config import Settings
 from broker_plugin.exceptions import InvalidFrameError
-from broker_plugin.factory import build_parts
 from broker_plugin.inference.errors import InferenceInputError
 from broker_plugin.kafka.producer import DeliveryError
 from broker_plugin.pipeline import Inbound
 from broker_plugin.service import alert_timestamp_ms, is_infrastructure_failure, process_isolated
 from broker_plugin.state.base import StateStoreClosedError
-from tests.factories import object_alerts
+from tests.factories import inbound_of, object_alerts
 
 
 def wrapped(inner: BaseException) -> RuntimeError:
@@ -55,15 +53,8 @@ def test_infrastructure_failures_are_told_from_culprits(exc: BaseException, fata
     assert is_infrastructure_failure(exc) is fatal
 
 
-@pytest.fixture
-def parts(service_settings: Settings):
-    built = build_parts(service_settings)
-    yield built
-    built.close()
-
-
 def inbound(parts, messages: list[bytes]) -> list[Inbound]:
-    return [Inbound(a, None, i) for i, m in enumerate(messages) for a in parts.decoder.decode_message(m)]
+    return inbound_of(parts.decoder, messages, None)
 
 
 def test_a_culprit_is_isolated_and_the_rest_of_the_batch_classified(parts) -> None:

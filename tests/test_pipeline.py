@@ -8,22 +8,11 @@ import pytest
 from broker_plugin.config import Settings
 from broker_plugin.factory import build_parts
 from broker_plugin.pipeline import Inbound
-from tests.factories import object_alerts, rubin_message
-
-
-@pytest.fixture
-def parts(service_settings: Settings):
-    built = build_parts(service_settings)
-    yield built
-    built.close()
+from tests.factories import inbound_of, object_alerts, rubin_message
 
 
 def inbound(parts, messages: list[bytes]) -> list[Inbound]:
-    return [
-        Inbound(a, 1_700_000_000_000, i)
-        for i, m in enumerate(messages)
-        for a in parts.decoder.decode_message(m)
-    ]
+    return inbound_of(parts.decoder, messages, 1_700_000_000_000)
 
 
 def test_outputs_start_at_min_frames_and_follow_every_alert(parts) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from broker_plugin.config import Settings
 from broker_plugin.kafka import admin
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +26,19 @@ def unique(name: str) -> str:
 
 def create_topics(bootstrap: str, *topics: str, partitions: int = 4) -> None:
     admin.create_topics(bootstrap, list(topics), partitions)
+
+
+def with_fresh_topics(settings: Settings, partitions: int = 1, **service: object) -> Settings:
+    """``settings`` with new input, output and dead-letter topics and group (and ``service`` overrides)."""
+    names = {"input": unique("alerts"), "output": unique("classifications"), "dead": unique("dead-letter")}
+    create_topics(settings.kafka.bootstrap_servers, *names.values(), partitions=partitions)
+    kafka = settings.kafka.model_copy(update={
+        "input_topics": [names["input"]], "output_topic": names["output"],
+        "dead_letter_topic": names["dead"], "group_id": unique("group"),
+    })  # fmt: skip
+    return settings.model_copy(
+        update={"kafka": kafka, "service": settings.service.model_copy(update=service)}
+    )
 
 
 def produce(

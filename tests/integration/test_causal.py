@@ -9,7 +9,7 @@ from broker_plugin.config import Settings
 from broker_plugin.serde.classifications import decode_classification
 from tests.factories import object_alerts
 from tests.integration.conftest import RunningService
-from tests.integration.support import create_topics, produce, read_all, unique
+from tests.integration.support import produce, read_all, with_fresh_topics
 
 pytestmark = pytest.mark.integration
 
@@ -22,19 +22,13 @@ def stream() -> list[bytes]:
 
 
 def outputs_with_batch_size(settings: Settings, bootstrap: str, values: list[bytes], size: int) -> list:
-    names = {"input": unique("alerts"), "output": unique("classifications"), "dead": unique("dead-letter")}
-    create_topics(bootstrap, *names.values(), partitions=1)
-    kafka = settings.kafka.model_copy(update={
-        "input_topics": [names["input"]], "output_topic": names["output"],
-        "dead_letter_topic": names["dead"], "group_id": unique("group"),
-    })  # fmt: skip
+    settings = with_fresh_topics(settings, partitions=1, batch_max_size=size)
     state = settings.state.model_copy(update={"url": settings.state.url.replace(".db", f"-{size}.db")})
-    service = settings.service.model_copy(update={"batch_max_size": size})
+    settings = settings.model_copy(update={"state": state})
+    names = {"input": settings.kafka.input_topics[0], "output": settings.kafka.output_topic}
     # Produced before the service starts: its first polls hold the whole backlog (a catch-up).
     produce(bootstrap, names["input"], values)
-    running = RunningService(
-        settings.model_copy(update={"kafka": kafka, "state": state, "service": service})
-    ).start()
+    running = RunningService(settings).start()
     try:
         messages = read_all(bootstrap, names["output"], 12, partitions=1)
     finally:

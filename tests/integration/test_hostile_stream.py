@@ -13,20 +13,16 @@ from broker_plugin.serde.classifications import decode_classification
 from tests.factories import object_alerts
 from tests.hostile import HOSTILE
 from tests.integration.conftest import RunningService
-from tests.integration.support import committed, create_topics, produce, read_all, unique, wait_until
+from tests.integration.support import committed, produce, read_all, wait_until, with_fresh_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_every_hostile_class_is_dead_lettered_and_the_stream_goes_on(kafka_settings: Settings) -> None:
-    bootstrap = kafka_settings.kafka.bootstrap_servers
-    names = {"input": unique("alerts"), "output": unique("classifications"), "dead": unique("dead-letter")}
-    create_topics(bootstrap, *names.values(), partitions=1)
-    kafka = kafka_settings.kafka.model_copy(update={
-        "input_topics": [names["input"]], "output_topic": names["output"],
-        "dead_letter_topic": names["dead"], "group_id": unique("group"),
-    })  # fmt: skip
-    settings = kafka_settings.model_copy(update={"kafka": kafka})
+    settings = with_fresh_topics(kafka_settings, partitions=1)
+    kafka = settings.kafka
+    bootstrap = kafka.bootstrap_servers
+    names = {"input": kafka.input_topics[0], "output": kafka.output_topic, "dead": kafka.dead_letter_topic}
     cases = list(HOSTILE.items())
     goods = [object_alerts(60 + k, 8, first_source=6000 + 100 * k) for k in range(3)]
     good_stream = [raw for group in zip(*goods, strict=True) for raw in group]

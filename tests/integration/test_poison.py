@@ -18,29 +18,12 @@ from broker_plugin.inference.errors import InferenceInputError
 from broker_plugin.serde.classifications import decode_classification
 from tests.factories import object_alerts
 from tests.integration.conftest import RunningService
-from tests.integration.support import (
-    FAST_GROUP,
-    committed,
-    create_topics,
-    produce,
-    read_all,
-    unique,
-    wait_until,
-)
+from tests.integration.support import committed, produce, read_all, wait_until, with_fresh_topics
 
 
 @pytest.fixture
-def one_partition(service_settings: Settings, kafka_bootstrap: str) -> Settings:
-    names = {"input": unique("alerts"), "output": unique("classifications"), "dead": unique("dead-letter")}
-    create_topics(kafka_bootstrap, *names.values(), partitions=1)
-    kafka = service_settings.kafka.model_copy(update={
-        "bootstrap_servers": kafka_bootstrap, "input_topics": [names["input"]],
-        "output_topic": names["output"], "dead_letter_topic": names["dead"], "group_id": unique("group"),
-        **FAST_GROUP,
-    })  # fmt: skip
-    metrics = service_settings.metrics.model_copy(update={"host": "127.0.0.1", "port": 0})
-    service = service_settings.service.model_copy(update={"batch_max_wait_ms": 20})
-    return service_settings.model_copy(update={"kafka": kafka, "metrics": metrics, "service": service})
+def one_partition(kafka_settings: Settings) -> Settings:
+    return with_fresh_topics(kafka_settings, partitions=1)
 
 
 def metric(running: RunningService, line_start: str) -> float:
