@@ -186,6 +186,16 @@ class ServiceSettings(BaseModel):
         ge=1000,
         description="Larger messages are dead-lettered (Rubin and ZTF alerts are 50-500 kB) [bytes].",
     )
+    prepare_processes: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description=(
+            "Processes that decode messages and normalise cutouts beside the inference thread (a crash of"
+            " one on a hostile message is survived: the message is dead-lettered). 0: decode in the"
+            " consumer thread and normalise in the pipeline, in this process (debugging) [count]."
+        ),
+    )
 
 
 class MetricsSettings(BaseModel):
