@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing import connection
 
 from broker_plugin.config import LimitsSettings, SchemaRegistrySettings, StampSettings
 from broker_plugin.exceptions import BrokerPluginError
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 
 #: Reason and error of a message on which a preparation process died twice.
 PROCESS_DIED = ("internal_error", "preparation process died")
-#: How often a preparation process checks that the service is still there [s].
-_ORPHAN_CHECK_S = 1.0
 
 
 def make_decoder(registry: SchemaRegistrySettings, limits: LimitsSettings) -> AlertDecoder:
@@ -192,22 +191,23 @@ PreparerFactory = Callable[[PrepareConfig], Preparer]
 _preparer: Preparer | None = None
 
 
-def _start_process(config: PrepareConfig, make: PreparerFactory) -> None:
+def _start_process(
+    config: PrepareConfig, make: PreparerFactory, service_alive: connection.Connection
+) -> None:
     """Initialiser of a preparation process: build its preparer; exit when the service is gone."""
     global _preparer  # one preparer per process, built once
     # Ctrl-C reaches the whole process group: the service decides when preparation stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _preparer = make(config)
-    parent = os.getppid()
 
     def watch() -> None:
-        # The pool's pipes do not close when the service is killed (the process holds both ends), and
-        # its parent (the fork server) exits then: a changed parent means the service is gone.
-        while os.getppid() == parent:
-            time.sleep(_ORPHAN_CHECK_S)
+        # Nothing is ever sent on this pipe: it ends when the service's end closes, i.e. when the service
+        # is gone, even killed. The pool's own pipes give no such sign (this process holds both of their
+        # ends), and neither does the parent (the fork server lives as long as this process does).
+        connection.wait([service_alive])
         os._exit(0)
 
-    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+    threading.Thread(target=watch, name="service-watch", daemon=True).start()
 
 
 def _prepare_in_process(values: list[bytes]) -> Prepared:
@@ -273,6 +273,8 @@ class PreparationPool:
         self._config, self._processes, self._make = config, processes, make_preparer
         self._on_death = on_process_death
         self._context = multiprocessing.get_context("forkserver")
+        # Held open here, read in every preparation process: see _start_process.
+        self._alive_r, self._alive_w = self._context.Pipe(duplex=False)
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
         self._generation = 0
@@ -302,7 +304,7 @@ class PreparationPool:
             processes,
             mp_context=self._context,
             initializer=_start_process,
-            initargs=(self._config, self._make),
+            initargs=(self._config, self._make, self._alive_r),
         )
 
     def submit(self, values: list[bytes]) -> Pending:
@@ -411,3 +413,5 @@ class PreparationPool:
             for process in list(processes.values()):
                 process.terminate()
         executor.shutdown(wait=wait, cancel_futures=True)
+        self._alive_w.close()
+        self._alive_r.close()

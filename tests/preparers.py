@@ -41,3 +41,8 @@ def buggy_decoder(config: PrepareConfig) -> Preparer:
 
     preparer._decoder.decode_message = decoding  # type: ignore[method-assign]
     return preparer
+
+
+def refusing(config: PrepareConfig) -> Preparer:
+    """No preparer: as a process whose settings cannot build one."""
+    raise ValueError(f"cannot build a preparer for {config.bands}")
