@@ -287,8 +287,10 @@ class PreparationPool:
         RuntimeError
             A process could not start or build its preparer.
         """
-        # Preloaded by the fork server (if this call starts it): restarted processes fork ready to work.
-        self._context.set_forkserver_preload(["broker_plugin.prepare"])
+        # Imported once by the fork server (if this call starts it), so that every process, restarts
+        # included, forks ready to work; the main module as by default (a script run by path would
+        # otherwise be imported again in each process).
+        self._context.set_forkserver_preload(["__main__", "broker_plugin.prepare"])
         with self._lock:
             self._executor = self._new_executor(self._processes)
             pings = [self._executor.submit(_ping) for _ in range(self._processes)]
