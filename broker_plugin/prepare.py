@@ -273,8 +273,7 @@ class PreparationPool:
         self._config, self._processes, self._make = config, processes, make_preparer
         self._on_death = on_process_death
         self._context = multiprocessing.get_context("forkserver")
-        # Held open here, read in every preparation process: see _start_process.
-        self._alive_r, self._alive_w = self._context.Pipe(duplex=False)
+        self._alive: tuple[connection.Connection, connection.Connection] | None = None
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
         self._generation = 0
@@ -291,6 +290,8 @@ class PreparationPool:
         # included, forks ready to work; the main module as by default (a script run by path would
         # otherwise be imported again in each process).
         self._context.set_forkserver_preload(["__main__", "broker_plugin.prepare"])
+        # Held open here, read in every preparation process: see _start_process.
+        self._alive = self._context.Pipe(duplex=False)
         with self._lock:
             self._executor = self._new_executor(self._processes)
             pings = [self._executor.submit(_ping) for _ in range(self._processes)]
@@ -302,11 +303,12 @@ class PreparationPool:
         log.info("decoding and normalising in %d preparation process(es)", self._processes)
 
     def _new_executor(self, processes: int) -> ProcessPoolExecutor:
+        assert self._alive is not None  # noqa: S101 - set by start()
         return ProcessPoolExecutor(
             processes,
             mp_context=self._context,
             initializer=_start_process,
-            initargs=(self._config, self._make, self._alive_r),
+            initargs=(self._config, self._make, self._alive[0]),
         )
 
     def submit(self, values: list[bytes]) -> Pending:
@@ -415,5 +417,6 @@ class PreparationPool:
             for process in list(processes.values()):
                 process.terminate()
         executor.shutdown(wait=wait, cancel_futures=True)
-        self._alive_w.close()
-        self._alive_r.close()
+        if self._alive is not None:
+            for end in self._alive:
+                end.close()

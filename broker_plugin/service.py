@@ -1,21 +1,29 @@
 """The long-lived service: the only place that wires Kafka to the pipeline.
 
-Two threads. The *consumer* thread polls, decodes, and hands each poll to a queue bounded in alerts
-(:mod:`broker_plugin.workqueue`); when ``queue_max_batches`` full micro-batches wait, it pauses every
-assigned partition (backpressure: librdkafka keeps the group membership alive while paused) and resumes
-once half have drained. The *worker* thread takes every waiting poll at once, up to ``batch_max_size``
-alerts (batches grow when it falls behind), runs the pipeline (normalise, store, classify), produces
-classifications and dead letters, waits until Kafka has every one of them, and only then releases the
-batch's offsets, which the consumer thread commits: at-least-once.
-With ``transactional_id`` set, outputs and offsets are committed in one transaction instead: exactly-once.
+Two threads and ``service.prepare_processes`` preparation processes (:mod:`broker_plugin.prepare`). The
+*consumer* thread polls, submits each poll's message values to the preparation processes, which decode
+them and normalise every alert's cutout into its frame on another core, and hands the poll to a queue
+bounded in alerts (:mod:`broker_plugin.workqueue`); when ``queue_max_batches`` full micro-batches wait,
+it pauses every assigned partition (backpressure: librdkafka keeps the group membership alive while
+paused) and resumes once half have drained. The *worker* thread takes every waiting poll at once, up to
+``batch_max_size`` alerts (batches grow when it falls behind), in poll order, waits for each poll's
+preparation, runs the pipeline on the prepared alerts (store, classify), produces classifications and
+dead letters, waits until Kafka has every one of them, and only then releases the batch's offsets,
+which the consumer thread commits: at-least-once. With ``transactional_id`` set, outputs and offsets are
+committed in one transaction instead: exactly-once. With ``prepare_processes`` 0 the consumer thread
+decodes and the pipeline normalises, all in this process.
 
 One rule at the boundary: every consumed message either becomes alerts handed to the pipeline or a
 dead letter with a precise reason, and no single message can stop the service.
 
-- Decoding (consumer thread): a typed error (:class:`~broker_plugin.exceptions.BrokerPluginError`, e.g.
-  ``AlertDecodeError``) dead-letters the message with its ``reason``; any other exception is a bug met by
-  that message: it is logged with its traceback, counted in ``internal_errors_total{stage="decode"}`` and
-  the message is dead-lettered with reason ``internal_error``. The poll goes on.
+- Preparation (preparation process, or the consumer thread and the pipeline): a typed error
+  (:class:`~broker_plugin.exceptions.BrokerPluginError`, e.g. ``AlertDecodeError``, ``StampError``)
+  dead-letters the message, or the alert, with its ``reason``; any other exception is a bug met by that
+  message: its traceback is logged here, it is counted in ``internal_errors_total{stage="decode"}`` (or
+  ``"normalise"``) and the message is dead-lettered with reason ``internal_error``. The poll goes on. A
+  preparation process that dies (a C library crashing on a hostile message) is replaced; the message it
+  dies on twice, alone in a process, is dead-lettered with reason ``internal_error`` ("preparation process
+  died", ``stage="prepare"``) and the rest of its poll goes on.
 - Processing (worker thread, :func:`process_isolated`): when the pipeline raises for a batch, the
   exception is classified by :func:`is_infrastructure_failure`. An infrastructure failure stops the
   service with nothing of the batch committed, so a restart redelivers it and nothing is lost:
@@ -34,8 +42,9 @@ dead letter with a precise reason, and no single message can stop the service.
   (:mod:`broker_plugin.kafka.deadletter`), so they are never refused for their size.
 
 What does stop the service: the infrastructure failures above, outputs that Kafka does not accept
-(nothing is committed, so a restart redelivers) and SIGTERM/SIGINT, on which it finishes the queued
-batches, publishes, commits and closes.
+(nothing is committed, so a restart redelivers), preparation processes that cannot start, and
+SIGTERM/SIGINT, on which it finishes the queued batches, publishes, commits, stops the preparation
+processes and closes.
 """
 
 from __future__ import annotations
