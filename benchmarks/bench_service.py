@@ -22,6 +22,9 @@ For each run:
   decode and normalise (in the preparation processes, or in the consumer and worker threads), wait (the
   worker waiting for preparation results), store, inference (with the token caches' reads and writes)
   and publish (produce, flush and bookkeeping: the rest of each micro-batch);
+- *cpu*: CPU seconds (user + system) of this process during the throughput run: the service's threads
+  and the producing client, not the preparation processes (their work is the decode and normalise
+  stages) nor the broker;
 - *latency*: alerts are produced at a fixed ``--rate`` for ``--seconds``; latency is publication time
   minus the alert's ``producer_timestamp``, p50/p99 over every classification.
 
@@ -36,6 +39,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import tempfile
 import threading
@@ -222,11 +226,11 @@ def measure(
     settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic, variant.prepare_processes)
     alerts = make_alerts(n, seed=1, first_object=1_000)
     running = Running(settings)
-    start = time.monotonic()
+    start, cpu = time.monotonic(), _cpu_seconds()
     produce(bootstrap, topic, alerts)
     while committed_total(bootstrap, settings.kafka.group_id, topic) < n and time.monotonic() - start < 900:
         time.sleep(0.2)
-    elapsed = time.monotonic() - start
+    elapsed, cpu = time.monotonic() - start, _cpu_seconds() - cpu
     running.stop()
     stages = running.clock.report()
 
@@ -255,7 +259,8 @@ def measure(
         "parameters": sum(p.numel() for p in running.parts.predictor.members[0].parameters()),
         "input_partitions": partitions, "keyed": False,
         "load_average_1min_before": round(os.getloadavg()[0], 2),
-        "throughput": {"alerts": n, "seconds": round(elapsed, 2), "alerts_per_second": round(n / elapsed, 1)},
+        "throughput": {"alerts": n, "seconds": round(elapsed, 2), "alerts_per_second": round(n / elapsed, 1),
+                       "cpu_s": round(cpu, 2)},
         "stages_s": stages,
         "latency_at_rate": {
             "rate_alerts_per_second": rate, "alerts": len(paced), "classifications": len(outputs),
@@ -265,10 +270,15 @@ def measure(
     }  # fmt: skip
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _metrics_of(run: dict) -> dict[str, float | None]:
-    lat = run["latency_at_rate"]
-    return {"alerts_per_second": run["throughput"]["alerts_per_second"], "p50_s": lat["p50_s"],
-            "p99_s": lat["p99_s"]}  # fmt: skip
+    lat, throughput = run["latency_at_rate"], run["throughput"]
+    return {"alerts_per_second": throughput["alerts_per_second"], "cpu_s": throughput.get("cpu_s"),
+            "p50_s": lat["p50_s"], "p99_s": lat["p99_s"]}  # fmt: skip
 
 
 def summarise(results: list[dict], variants: list[Variant]) -> list[dict]:
@@ -282,7 +292,7 @@ def summarise(results: list[dict], variants: list[Variant]) -> list[dict]:
             mine = [r for r in runs if (r["prepare_processes"], r["torch_threads"]) == astuple(variant)]
             row: dict = {"model": model, "prepare_processes": variant.prepare_processes,
                          "torch_threads": variant.torch_threads, "runs": len(mine)}  # fmt: skip
-            for key in ("alerts_per_second", "p50_s", "p99_s"):
+            for key in ("alerts_per_second", "cpu_s", "p50_s", "p99_s"):
                 values = [_metrics_of(r)[key] for r in mine if _metrics_of(r)[key] is not None]
                 row[key] = round(float(np.median(values)), 3) if values else None
                 ratios = []
