@@ -153,17 +153,27 @@ def random_artifact(directory: Path, net: str) -> Path:
     return directory
 
 
-def settings_for(bootstrap: str, model: Path, state: Path, topic: str, processes: int) -> Settings:
+@dataclass(frozen=True)
+class Variant:
+    """How the service runs: its preparation processes and the torch threads of its inference."""
+
+    prepare_processes: int
+    torch_threads: int
+
+
+def settings_for(bootstrap: str, model: Path, state: Path, topic: str, variant: Variant) -> Settings:
     base = Settings(_env_file=None)
     return base.model_copy(update={
         "kafka": base.kafka.model_copy(update={
             "bootstrap_servers": bootstrap, "input_topics": [topic], "output_topic": f"{topic}-out",
             "dead_letter_topic": f"{topic}-dead", "group_id": f"{topic}-group", "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 1000, "fetch_wait_max_ms": 10}),
-        "model": base.model.model_copy(update={"artifact": model, "device": "cpu", "min_frames": 3}),
+        "model": base.model.model_copy(update={"artifact": model, "device": "cpu", "min_frames": 3,
+                                               "torch_threads": variant.torch_threads}),
         "state": base.state.model_copy(update={"url": f"sqlite:///{state}"}),
         "metrics": base.metrics.model_copy(update={"enabled": False}),
-        "service": base.service.model_copy(update={"batch_max_wait_ms": 20, "prepare_processes": processes}),
+        "service": base.service.model_copy(update={"batch_max_wait_ms": 20,
+                                                   "prepare_processes": variant.prepare_processes}),
     })  # fmt: skip
 
 
@@ -203,27 +213,14 @@ def produce(
     producer.flush(60)
 
 
-@dataclass(frozen=True)
-class Variant:
-    """How the service runs: preparation processes and torch threads of the inference thread."""
-
-    prepare_processes: int
-    torch_threads: int
-
-    @property
-    def name(self) -> str:
-        return f"prepare_processes={self.prepare_processes} torch_threads={self.torch_threads}"
-
-
 def measure(
     label: str, model: Path, variant: Variant, bootstrap: str, tmp: Path, args: argparse.Namespace, run: int
 ) -> dict:
     n, rate, seconds, partitions = args.alerts, args.rate, args.seconds, args.partitions
-    torch.set_num_threads(variant.torch_threads)
     topic = f"bench-{run}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
     create_topics(bootstrap, [topic], partitions)
     create_topics(bootstrap, [f"{topic}-out", f"{topic}-dead"])
-    settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic, variant.prepare_processes)
+    settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic, variant)
     alerts = make_alerts(n, seed=1, first_object=1_000)
     running = Running(settings)
     start, cpu = time.monotonic(), _cpu_seconds()
@@ -237,7 +234,7 @@ def measure(
     topic2 = f"{topic}-rate"
     create_topics(bootstrap, [topic2], partitions)
     create_topics(bootstrap, [f"{topic2}-out", f"{topic2}-dead"])
-    settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant.prepare_processes)
+    settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant)
     paced = make_alerts(int(rate * seconds), seed=2, first_object=500_000)
     running = Running(settings2)
     produce(bootstrap, topic2, paced, rate=rate)

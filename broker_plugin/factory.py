@@ -7,6 +7,8 @@ import os
 import socket
 from dataclasses import dataclass
 
+import torch
+
 from broker_plugin.config import Settings, StampSettings
 from broker_plugin.inference.artifact import CHECKSUM_FILE, Artifact, load_artifact
 from broker_plugin.inference.predictor import Predictor
@@ -63,7 +65,12 @@ class Parts:
 
 
 def build_parts(settings: Settings) -> Parts:
-    """Load the model, open the state store and assemble the pipeline."""
+    """Load the model, open the state store and assemble the pipeline.
+
+    ``model.torch_threads`` above 0 sets torch's intra-op threads of this process.
+    """
+    if settings.model.torch_threads:
+        torch.set_num_threads(settings.model.torch_threads)
     artifact = load_artifact(settings.model.artifact)
     device = None if settings.model.device == "auto" else settings.model.device
     predictor = Predictor(
