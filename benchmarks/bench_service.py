@@ -1,21 +1,30 @@
 """End-to-end service benchmark through the embedded Kafka-compatible broker: what users run.
 
 Usage: ``python benchmarks/bench_service.py [--models models/convention-default] [--nets convention-small
-convention-paper] [--alerts 1800] [--rate 300] [--seconds 10] [--partitions 45]
-[--out benchmarks/results/service_cpu.json]``
+convention-paper] [--prepare-processes 1] [--torch-threads 2] [--repeats 1] [--alerts 1800] [--rate 300]
+[--seconds 10] [--partitions 45] [--out benchmarks/results/service_cpu.json]``
 
 Rows: every ``--models`` artifact as shipped (all ensemble members, trained weights; the shipped default
 by default), then every ``--nets`` net with random weights and one member (the architecture's cost).
+Each row runs once per *variant*: every combination of ``--prepare-processes`` (the service setting:
+0 decodes in the consumer thread and normalises in the pipeline worker) and ``--torch-threads`` (torch's
+intra-op threads of the inference thread). With several variants the runs are interleaved, repeated
+``--repeats`` times in rotated order (the machine is shared: drift hits every variant alike), and the
+summary gives per variant the medians and the median ratio to the first variant of the same repeat.
 Alerts are unkeyed, as Rubin's are, into an input topic of ``--partitions`` partitions (Rubin's: 45).
-For each row:
+For each run:
 
 - *throughput*: the service is running and has its partitions; ``--alerts`` Rubin alerts (cutouts 30..80
   px at random rotations, objects of 6 epochs, interleaved) are produced as fast as possible, and the
   time until every offset is committed gives alerts/s end to end (decode, normalise, store, infer,
   publish, commit);
 - *stages*: where the service's time went during the throughput run [s, summed over micro-batches]:
-  decode (consumer thread), normalise, store, inference (with the token caches' reads and writes) and
-  publish (produce, flush and bookkeeping: the rest of each micro-batch);
+  decode and normalise (in the preparation processes, or in the consumer and worker threads), wait (the
+  worker waiting for preparation results), store, inference (with the token caches' reads and writes)
+  and publish (produce, flush and bookkeeping: the rest of each micro-batch);
+- *cpu*: CPU seconds (user + system) of this process during the throughput run: the service's threads
+  and the producing client, not the preparation processes (their work is the decode and normalise
+  stages) nor the broker;
 - *latency*: alerts are produced at a fixed ``--rate`` for ``--seconds``; latency is publication time
   minus the alert's ``producer_timestamp``, p50/p99 over every classification.
 
@@ -25,14 +34,17 @@ Everything runs on this machine: broker, producer and service share its cores.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +59,7 @@ from broker_plugin.inference.artifact import save_artifact
 from broker_plugin.inference.preprocess import FluxNormalisation
 from broker_plugin.kafka.admin import committed_total, create_topics, read_topic
 from broker_plugin.kafka.embedded import EmbeddedBroker
+from broker_plugin.metrics import ServiceMetrics
 from broker_plugin.pipeline import BatchResult
 from broker_plugin.serde.classifications import decode_classification
 from broker_plugin.serde.rubin import encode_rubin_message, rubin_alert_record
@@ -82,46 +95,55 @@ def make_alerts(n: int, seed: int, first_object: int) -> list[tuple[bytes, bytes
 
 
 class StageClock:
-    """Wall time per stage of a running service, from wrappers around its decoder and pipeline."""
+    """Wall time per stage of a running service: its preparation metrics, and wrappers around its pipeline."""
 
     def __init__(self, parts: Parts) -> None:
-        self.seconds = dict.fromkeys(("decode", "normalise", "store", "inference", "publish"), 0.0)
+        # The pipeline's own normalising (all of it with prepare_processes 0) is in the service's metric.
+        self.seconds = dict.fromkeys(("pipeline_normalise", "store", "inference", "publish"), 0.0)
         self.batches = 0
-        decode, process = parts.decoder.decode_message, parts.pipeline.process
-
-        def timed_decode(raw: bytes) -> list:
-            start = time.perf_counter()
-            try:
-                return decode(raw)
-            finally:
-                self.seconds["decode"] += time.perf_counter() - start
+        self.metrics: ServiceMetrics | None = None
+        process = parts.pipeline.process
 
         def timed_process(batch: list) -> BatchResult:
             result = process(batch)
             self.batches += 1
-            self.seconds["normalise"] += result.normalise_seconds
+            self.seconds["pipeline_normalise"] += result.normalise_seconds
             self.seconds["store"] += result.store_seconds
             self.seconds["inference"] += result.inference_seconds
             return result
 
-        parts.decoder.decode_message = timed_decode  # type: ignore[method-assign]
         parts.pipeline.process = timed_process  # type: ignore[method-assign]
 
-    def wrap_handle(self, service: object) -> None:
+    def wrap_handle(self, service: object, metrics: ServiceMetrics) -> None:
         """Publish = a micro-batch's wall time in the worker minus the pipeline's stages."""
+        self.metrics = metrics
         handle = service._handle  # type: ignore[attr-defined]
+        pipeline = ("pipeline_normalise", "store", "inference")
 
         def timed_handle(batch: object) -> None:
-            before = sum(self.seconds[k] for k in ("normalise", "store", "inference"))
+            before = sum(self.seconds[k] for k in pipeline)
             start = time.perf_counter()
             handle(batch)
-            spent = sum(self.seconds[k] for k in ("normalise", "store", "inference")) - before
+            spent = sum(self.seconds[k] for k in pipeline) - before
             self.seconds["publish"] += time.perf_counter() - start - spent
 
         service._handle = timed_handle  # type: ignore[attr-defined]
 
     def report(self) -> dict:
-        return {"micro_batches": self.batches, **{k: round(v, 3) for k, v in self.seconds.items()}}
+        assert self.metrics is not None
+        registry = self.metrics.registry
+
+        def sample(name: str, labels: dict | None = None) -> float:
+            return registry.get_sample_value(f"broker_plugin_{name}", labels or {}) or 0.0
+
+        out = {
+            "micro_batches": self.batches,
+            "decode": sample("preparation_seconds_total", {"stage": "decode"}),
+            "normalise": sample("preparation_seconds_total", {"stage": "normalise"}),
+            "wait": sample("preparation_wait_seconds_total"),
+            **{k: self.seconds[k] for k in ("store", "inference", "publish")},
+        }
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
 
 
 def random_artifact(directory: Path, net: str) -> Path:
@@ -131,17 +153,27 @@ def random_artifact(directory: Path, net: str) -> Path:
     return directory
 
 
-def settings_for(bootstrap: str, model: Path, state: Path, topic: str) -> Settings:
+@dataclass(frozen=True)
+class Variant:
+    """How the service runs: its preparation processes and the torch threads of its inference."""
+
+    prepare_processes: int
+    torch_threads: int
+
+
+def settings_for(bootstrap: str, model: Path, state: Path, topic: str, variant: Variant) -> Settings:
     base = Settings(_env_file=None)
     return base.model_copy(update={
         "kafka": base.kafka.model_copy(update={
             "bootstrap_servers": bootstrap, "input_topics": [topic], "output_topic": f"{topic}-out",
             "dead_letter_topic": f"{topic}-dead", "group_id": f"{topic}-group", "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 1000, "fetch_wait_max_ms": 10}),
-        "model": base.model.model_copy(update={"artifact": model, "device": "cpu", "min_frames": 3}),
+        "model": base.model.model_copy(update={"artifact": model, "device": "cpu", "min_frames": 3,
+                                               "torch_threads": variant.torch_threads}),
         "state": base.state.model_copy(update={"url": f"sqlite:///{state}"}),
         "metrics": base.metrics.model_copy(update={"enabled": False}),
-        "service": base.service.model_copy(update={"batch_max_wait_ms": 20}),
+        "service": base.service.model_copy(update={"batch_max_wait_ms": 20,
+                                                   "prepare_processes": variant.prepare_processes}),
     })  # fmt: skip
 
 
@@ -149,8 +181,8 @@ class Running:
     def __init__(self, settings: Settings) -> None:
         self.parts = build_parts(settings)
         self.clock = StageClock(self.parts)
-        self.service, _, _ = build_service(settings, self.parts)
-        self.clock.wrap_handle(self.service)
+        self.service, _, metrics = build_service(settings, self.parts)
+        self.clock.wrap_handle(self.service, metrics)
         self.thread = threading.Thread(target=self.service.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -182,26 +214,27 @@ def produce(
 
 
 def measure(
-    label: str, model: Path, bootstrap: str, tmp: Path, n: int, rate: float, seconds: float, partitions: int
+    label: str, model: Path, variant: Variant, bootstrap: str, tmp: Path, args: argparse.Namespace, run: int
 ) -> dict:
-    topic = "bench-" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
+    n, rate, seconds, partitions = args.alerts, args.rate, args.seconds, args.partitions
+    topic = f"bench-{run}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
     create_topics(bootstrap, [topic], partitions)
     create_topics(bootstrap, [f"{topic}-out", f"{topic}-dead"])
-    settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic)
+    settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic, variant)
     alerts = make_alerts(n, seed=1, first_object=1_000)
     running = Running(settings)
-    start = time.monotonic()
+    start, cpu = time.monotonic(), _cpu_seconds()
     produce(bootstrap, topic, alerts)
     while committed_total(bootstrap, settings.kafka.group_id, topic) < n and time.monotonic() - start < 900:
         time.sleep(0.2)
-    elapsed = time.monotonic() - start
+    elapsed, cpu = time.monotonic() - start, _cpu_seconds() - cpu
     running.stop()
     stages = running.clock.report()
 
     topic2 = f"{topic}-rate"
     create_topics(bootstrap, [topic2], partitions)
     create_topics(bootstrap, [f"{topic2}-out", f"{topic2}-dead"])
-    settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2)
+    settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant)
     paced = make_alerts(int(rate * seconds), seed=2, first_object=500_000)
     running = Running(settings2)
     produce(bootstrap, topic2, paced, rate=rate)
@@ -218,10 +251,13 @@ def measure(
     )
     members = running.parts.model.ensemble_size
     return {
-        "model": label, "ensemble_size": members,
+        "model": label, "ensemble_size": members, "repeat": run // args.runs_per_repeat,
+        "prepare_processes": variant.prepare_processes, "torch_threads": variant.torch_threads,
         "parameters": sum(p.numel() for p in running.parts.predictor.members[0].parameters()),
         "input_partitions": partitions, "keyed": False,
-        "throughput": {"alerts": n, "seconds": round(elapsed, 2), "alerts_per_second": round(n / elapsed, 1)},
+        "load_average_1min_before": round(os.getloadavg()[0], 2),
+        "throughput": {"alerts": n, "seconds": round(elapsed, 2), "alerts_per_second": round(n / elapsed, 1),
+                       "cpu_s": round(cpu, 2)},
         "stages_s": stages,
         "latency_at_rate": {
             "rate_alerts_per_second": rate, "alerts": len(paced), "classifications": len(outputs),
@@ -231,36 +267,85 @@ def measure(
     }  # fmt: skip
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _metrics_of(run: dict) -> dict[str, float | None]:
+    lat, throughput = run["latency_at_rate"], run["throughput"]
+    return {"alerts_per_second": throughput["alerts_per_second"], "cpu_s": throughput.get("cpu_s"),
+            "p50_s": lat["p50_s"], "p99_s": lat["p99_s"]}  # fmt: skip
+
+
+def summarise(results: list[dict], variants: list[Variant]) -> list[dict]:
+    """Per model and variant: medians over repeats, and the median ratio to the first variant's run of the
+    same repeat (paired: both ran minutes apart on the same shared machine)."""
+    out = []
+    base = variants[0]
+    for model in dict.fromkeys(r["model"] for r in results):
+        runs = [r for r in results if r["model"] == model]
+        for variant in variants:
+            mine = [r for r in runs if (r["prepare_processes"], r["torch_threads"]) == astuple(variant)]
+            row: dict = {"model": model, "prepare_processes": variant.prepare_processes,
+                         "torch_threads": variant.torch_threads, "runs": len(mine)}  # fmt: skip
+            for key in ("alerts_per_second", "cpu_s", "p50_s", "p99_s"):
+                values = [_metrics_of(r)[key] for r in mine if _metrics_of(r)[key] is not None]
+                row[key] = round(float(np.median(values)), 3) if values else None
+                ratios = []
+                for r in mine:
+                    paired = [b for b in runs if b["repeat"] == r["repeat"]
+                              and (b["prepare_processes"], b["torch_threads"]) == astuple(base)]  # fmt: skip
+                    if paired and _metrics_of(r)[key] and _metrics_of(paired[0])[key]:
+                        ratios.append(_metrics_of(r)[key] / _metrics_of(paired[0])[key])
+                row[f"{key}_ratio"] = round(float(np.median(ratios)), 3) if ratios else None
+            stage_keys = mine[0]["stages_s"].keys() if mine else []
+            row["stages_s"] = {k: round(float(np.median([r["stages_s"][k] for r in mine])), 3)
+                               for k in stage_keys}  # fmt: skip
+            out.append(row)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", type=Path, default=[ROOT / "models" / "convention-default"])
     parser.add_argument("--nets", nargs="*", default=["convention-small", "convention-paper"])
+    parser.add_argument("--prepare-processes", nargs="+", type=int, default=[1])
+    parser.add_argument("--torch-threads", nargs="+", type=int, default=[2])
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--alerts", type=int, default=1800)
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--partitions", type=int, default=45)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service_cpu.json")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    variants = [Variant(p, t) for p, t in itertools.product(args.prepare_processes, args.torch_threads)]
     results = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         rows = [(f"{m.name} (shipped)", m) for m in args.models]
         rows += [
             (f"{net} (1 member, random weights)", random_artifact(Path(tmp) / net, net)) for net in args.nets
         ]
-        for label, model in rows:
-            results.append(measure(
-                label, model, broker.bootstrap_servers, Path(tmp), args.alerts, args.rate, args.seconds,
-                args.partitions,
-            ))  # fmt: skip
-            print(json.dumps(results[-1]), flush=True)
+        args.runs_per_repeat = len(rows) * len(variants)
+        run = 0
+        for repeat in range(args.repeats):
+            for label, model in rows:
+                shift = repeat % len(variants)  # rotated: no variant always runs first or last
+                for variant in variants[shift:] + variants[:shift]:
+                    results.append(
+                        measure(label, model, variant, broker.bootstrap_servers, Path(tmp), args, run)
+                    )
+                    run += 1
+                    print(json.dumps(results[-1]), flush=True)
     report = {"benchmark": "service end to end (embedded broker)", "plugin_version": __version__,
               "code": code_version(),
               "arguments": {"alerts": args.alerts, "rate": args.rate, "seconds": args.seconds,
-                            "partitions": args.partitions},
+                            "partitions": args.partitions, "repeats": args.repeats,
+                            "variants": [astuple(v) for v in variants]},
               "machine": {"cpu": platform.machine(), "python": platform.python_version(),
                           "torch": torch.__version__, "cores": os.cpu_count(),
                           "load_average_1min_after": round(os.getloadavg()[0], 2)},
+              "summary": summarise(results, variants) if len(variants) > 1 else None,
               "results": results}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

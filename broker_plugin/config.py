@@ -167,6 +167,16 @@ class ModelSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
     bf16: bool = Field(False, description="bfloat16 autocast on CUDA (faster, slightly less exact).")
     min_frames: int = Field(3, ge=1, description="Frames an object needs before it is classified [count].")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description=(
+            "torch's intra-op threads for inference on CPU (0: torch's default, OMP_NUM_THREADS or the core"
+            " count). On 2 cores beside a preparation process, 1 gave ~10% more throughput and 2 lower"
+            " latency (benchmarks/results/service_prepare.json) [count]."
+        ),
+    )
 
 
 class ServiceSettings(BaseModel):
@@ -185,6 +195,16 @@ class ServiceSettings(BaseModel):
         1_500_000,
         ge=1000,
         description="Larger messages are dead-lettered (Rubin and ZTF alerts are 50-500 kB) [bytes].",
+    )
+    prepare_processes: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description=(
+            "Processes that decode messages and normalise cutouts beside the inference thread; one that"
+            " crashes on a hostile message is replaced and the message dead-lettered. 0: decode in the"
+            " consumer thread and normalise in the pipeline, in this process (debugging) [count]."
+        ),
     )
 
 

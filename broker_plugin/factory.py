@@ -7,13 +7,15 @@ import os
 import socket
 from dataclasses import dataclass
 
+import torch
+
 from broker_plugin.config import Settings, StampSettings
 from broker_plugin.inference.artifact import CHECKSUM_FILE, Artifact, load_artifact
 from broker_plugin.inference.predictor import Predictor
 from broker_plugin.metrics import Health, MetricsServer, ServiceMetrics
 from broker_plugin.pipeline import ModelInfo, Pipeline
+from broker_plugin.prepare import PreparationPool, PrepareConfig, Preparer, PreparerFactory, make_decoder
 from broker_plugin.serde.alerts import AlertDecoder
-from broker_plugin.serde.schemas import RubinSchemaStore, SchemaRegistryClient
 from broker_plugin.service import Service
 from broker_plugin.stamps import StampNormaliser
 from broker_plugin.state.base import StateStore
@@ -22,8 +24,7 @@ from broker_plugin.state.factory import open_state_store
 
 def build_decoder(settings: Settings) -> AlertDecoder:
     """The alert decoder (bundled schemas, plus the registry if configured) under ``settings.limits``."""
-    registry = SchemaRegistryClient(settings.schema_registry) if settings.schema_registry.url else None
-    return AlertDecoder(RubinSchemaStore(registry), settings.limits)
+    return make_decoder(settings.schema_registry, settings.limits)
 
 
 def model_stamp_settings(settings: Settings, artifact: Artifact) -> StampSettings:
@@ -55,6 +56,8 @@ class Parts:
     store: StateStore
     predictor: Predictor
     model: ModelInfo
+    #: What a preparation process needs to decode and normalise as ``pipeline`` would.
+    prepare: PrepareConfig
 
     def close(self) -> None:
         """Release the state store."""
@@ -62,7 +65,12 @@ class Parts:
 
 
 def build_parts(settings: Settings) -> Parts:
-    """Load the model, open the state store and assemble the pipeline."""
+    """Load the model, open the state store and assemble the pipeline.
+
+    ``model.torch_threads`` above 0 sets torch's intra-op threads of this process.
+    """
+    if settings.model.torch_threads:
+        torch.set_num_threads(settings.model.torch_threads)
     artifact = load_artifact(settings.model.artifact)
     device = None if settings.model.device == "auto" else settings.model.device
     predictor = Predictor(
@@ -75,28 +83,44 @@ def build_parts(settings: Settings) -> Parts:
         max_batch_size=settings.service.batch_max_size,
     )
     info = model_info(settings, artifact)
+    stamps = model_stamp_settings(settings, artifact)
+    prepare = PrepareConfig(settings.schema_registry, settings.limits, stamps, info.bands)
     store = open_state_store(settings.state.url, settings.state.max_frames_per_object)
     pipeline = Pipeline(
-        normaliser=StampNormaliser(model_stamp_settings(settings, artifact), settings.limits),
+        normaliser=StampNormaliser(stamps, settings.limits),
         store=store,
         predictor=predictor,
         model=info,
         min_frames=settings.model.min_frames,
         max_frames_per_object=settings.state.max_frames_per_object,
     )
-    return Parts(pipeline, build_decoder(settings), store, predictor, info)
+    return Parts(pipeline, build_decoder(settings), store, predictor, info, prepare)
 
 
-def build_service(settings: Settings, parts: Parts) -> tuple[Service, MetricsServer | None, ServiceMetrics]:
-    """The Kafka service around ``parts``, and its metrics endpoint (started) if enabled."""
+def build_service(
+    settings: Settings, parts: Parts, *, make_preparer: PreparerFactory = Preparer
+) -> tuple[Service, MetricsServer | None, ServiceMetrics]:
+    """The Kafka service around ``parts``, and its metrics endpoint (started) if enabled.
+
+    With ``service.prepare_processes`` above 0 the service gets a preparation pool of that many processes,
+    each with a preparer built by ``make_preparer`` (a module-level callable) from ``parts.prepare``.
+    """
     metrics = ServiceMetrics(class_names=parts.predictor.class_names)
     health = Health()
     server = None
     if settings.metrics.enabled:
         server = MetricsServer(metrics, health, settings.metrics.host, settings.metrics.port).start()
     client_id = f"broker-plugin-{socket.gethostname()}-{os.getpid()}"
+    preparation = None
+    if settings.service.prepare_processes > 0:
+        preparation = PreparationPool(
+            parts.prepare,
+            settings.service.prepare_processes,
+            make_preparer=make_preparer,
+            on_process_death=metrics.preparation_process_deaths.inc,
+        )
     service = Service(
         settings, pipeline=parts.pipeline, decoder=parts.decoder, store=parts.store,
-        metrics=metrics, health=health, client_id=client_id,
+        metrics=metrics, health=health, client_id=client_id, preparation=preparation,
     )  # fmt: skip
     return service, server, metrics

@@ -34,9 +34,12 @@ REJECTION_REASONS: tuple[str, ...] = tuple(
         | {"internal_error"}
     )
 )
-#: Where an unexpected exception of one message can happen: decoding it (consumer thread), normalising its
-#: cutout, the rest of the pipeline (store, classify) and encoding its classification (worker thread).
-INTERNAL_ERROR_STAGES: tuple[str, ...] = ("decode", "normalise", "pipeline", "encode")
+#: Where an unexpected exception of one message can happen: decoding it, normalising its cutout (both in a
+#: preparation process, or in the consumer and worker threads), its preparation process dying on it, the
+#: rest of the pipeline (store, classify) and encoding its classification (worker thread).
+INTERNAL_ERROR_STAGES: tuple[str, ...] = ("decode", "normalise", "prepare", "pipeline", "encode")
+#: Stages of preparation whose time is counted.
+PREPARATION_STAGES: tuple[str, ...] = ("decode", "normalise")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # From shutter to publication: a minute in the live stream, up to years when archives are replayed.
 _OBSERVATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 86400.0, 7 * 86400.0, 365 * 86400.0)
@@ -156,8 +159,32 @@ class ServiceMetrics:
             namespace=ns,
             registry=r,
         )
+        self.preparation_seconds = Counter(
+            "preparation_seconds_total",
+            "Time spent decoding messages and normalising cutouts, in the preparation processes or (with"
+            " service.prepare_processes 0) in the service's threads, by stage.",
+            ["stage"],
+            namespace=ns,
+            registry=r,
+        )
+        self.preparation_wait = Counter(
+            "preparation_wait_seconds_total",
+            "Time the pipeline worker waited for preparation results (preparation is the bottleneck when"
+            " this grows at about 1 s/s).",
+            namespace=ns,
+            registry=r,
+        )
+        self.preparation_process_deaths = Counter(
+            "preparation_process_deaths_total",
+            "Preparation processes that died (e.g. a C library crashing on a hostile message) and were"
+            " replaced.",
+            namespace=ns,
+            registry=r,
+        )
         for stage in INTERNAL_ERROR_STAGES:
             self.internal_errors.labels(stage=stage)
+        for stage in PREPARATION_STAGES:
+            self.preparation_seconds.labels(stage=stage)
         for reason in REJECTION_REASONS:
             self.alerts_rejected.labels(reason=reason)
         self.alerts_ignored.labels(reason="band_not_in_model")

@@ -1,9 +1,10 @@
 """The per-batch work on records: alerts in, frames stored, classifications out. No Kafka, no bytes.
 
-For every alert of a micro-batch: normalise its cutout (typed errors -> rejected with their reason; an
-unexpected exception rejects that alert alone with reason ``internal_error``, logged with its traceback),
-ignore bands the model lacks, store the frame (idempotent by ``diaSourceId``), and classify with
-incremental inference, batched across objects.
+For every alert of a micro-batch: ignore bands the model lacks, normalise its cutout unless it comes with
+its frame (the service's preparation processes normalise beforehand; typed errors -> rejected with their
+reason; an unexpected exception rejects that alert alone with reason ``internal_error``, logged with its
+traceback), store the frame (idempotent by ``diaSourceId``), and classify with incremental inference,
+batched across objects.
 
 Outputs are causal: a batch gives every alert the output that processing the stream one alert at a time
 would give, whatever the batch size. An alert's *known frames* are the object's frames stored before
@@ -59,11 +60,15 @@ class Inbound:
         When the alert was produced (Kafka ``producer_timestamp`` header or message time) [ms], if known.
     ref
         The caller's handle on the source message (returned with every outcome).
+    frame
+        The alert's frame when it was normalised beforehand (by the normaliser with the model's stamp
+        settings); the pipeline then uses it as is and the alert needs no cutout.
     """
 
     alert: Alert
     alert_timestamp_ms: int | None = None
     ref: object = None
+    frame: Frame | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +214,8 @@ class Pipeline:
         if alert.band not in self._model.bands:
             result.ignored.append((inbound.ref, "band_not_in_model"))
             return None
+        if inbound.frame is not None:
+            return inbound.frame
         try:
             return self._normaliser.normalise(alert)
         except BrokerPluginError as exc:

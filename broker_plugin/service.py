@@ -1,21 +1,29 @@
 """The long-lived service: the only place that wires Kafka to the pipeline.
 
-Two threads. The *consumer* thread polls, decodes, and hands each poll to a queue bounded in alerts
-(:mod:`broker_plugin.workqueue`); when ``queue_max_batches`` full micro-batches wait, it pauses every
-assigned partition (backpressure: librdkafka keeps the group membership alive while paused) and resumes
-once half have drained. The *worker* thread takes every waiting poll at once, up to ``batch_max_size``
-alerts (batches grow when it falls behind), runs the pipeline (normalise, store, classify), produces
-classifications and dead letters, waits until Kafka has every one of them, and only then releases the
-batch's offsets, which the consumer thread commits: at-least-once.
-With ``transactional_id`` set, outputs and offsets are committed in one transaction instead: exactly-once.
+Two threads and ``service.prepare_processes`` preparation processes (:mod:`broker_plugin.prepare`). The
+*consumer* thread polls, submits each poll's message values to the preparation processes, which decode
+them and normalise every alert's cutout into its frame on another core, and hands the poll to a queue
+bounded in alerts (:mod:`broker_plugin.workqueue`); when ``queue_max_batches`` full micro-batches wait,
+it pauses every assigned partition (backpressure: librdkafka keeps the group membership alive while
+paused) and resumes once half have drained. The *worker* thread takes every waiting poll at once, up to
+``batch_max_size`` alerts (batches grow when it falls behind), in poll order, waits for each poll's
+preparation, runs the pipeline on the prepared alerts (store, classify), produces classifications and
+dead letters, waits until Kafka has every one of them, and only then releases the batch's offsets,
+which the consumer thread commits: at-least-once. With ``transactional_id`` set, outputs and offsets are
+committed in one transaction instead: exactly-once. With ``prepare_processes`` 0 the consumer thread
+decodes and the pipeline normalises, all in this process.
 
 One rule at the boundary: every consumed message either becomes alerts handed to the pipeline or a
 dead letter with a precise reason, and no single message can stop the service.
 
-- Decoding (consumer thread): a typed error (:class:`~broker_plugin.exceptions.BrokerPluginError`, e.g.
-  ``AlertDecodeError``) dead-letters the message with its ``reason``; any other exception is a bug met by
-  that message: it is logged with its traceback, counted in ``internal_errors_total{stage="decode"}`` and
-  the message is dead-lettered with reason ``internal_error``. The poll goes on.
+- Preparation (preparation process, or the consumer thread and the pipeline): a typed error
+  (:class:`~broker_plugin.exceptions.BrokerPluginError`, e.g. ``AlertDecodeError``, ``StampError``)
+  dead-letters the message, or the alert, with its ``reason``; any other exception is a bug met by that
+  message: its traceback is logged here, it is counted in ``internal_errors_total{stage="decode"}`` (or
+  ``"normalise"``) and the message is dead-lettered with reason ``internal_error``. The poll goes on. A
+  preparation process that dies (a C library crashing on a hostile message) is replaced; the message it
+  dies on twice, alone in a process, is dead-lettered with reason ``internal_error`` ("preparation process
+  died", ``stage="prepare"``) and the rest of its poll goes on.
 - Processing (worker thread, :func:`process_isolated`): when the pipeline raises for a batch, the
   exception is classified by :func:`is_infrastructure_failure`. An infrastructure failure stops the
   service with nothing of the batch committed, so a restart redelivers it and nothing is lost:
@@ -34,8 +42,9 @@ dead letter with a precise reason, and no single message can stop the service.
   (:mod:`broker_plugin.kafka.deadletter`), so they are never refused for their size.
 
 What does stop the service: the infrastructure failures above, outputs that Kafka does not accept
-(nothing is committed, so a restart redelivers) and SIGTERM/SIGINT, on which it finishes the queued
-batches, publishes, commits and closes.
+(nothing is committed, so a restart redelivers), preparation processes that cannot start, and
+SIGTERM/SIGINT, on which it finishes the queued batches, publishes, commits, stops the preparation
+processes and closes.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ from broker_plugin.kafka.deadletter import build_dead_letter
 from broker_plugin.kafka.producer import DeliveryError, OutputProducer
 from broker_plugin.metrics import Health, ServiceMetrics
 from broker_plugin.pipeline import BatchResult, Inbound, Pipeline
+from broker_plugin.prepare import Pending, PreparationPool, Prepared, Rejection
 from broker_plugin.serde.alerts import AlertDecoder
 from broker_plugin.serde.classifications import classification_key, encode_classification
 from broker_plugin.state.base import StateStore, StateStoreClosedError
@@ -178,7 +188,7 @@ def _rejected(exc: Exception, on_bug: Callable[[Exception], None] | None) -> tup
 
 @dataclass
 class _Batch:
-    """Messages polled together, decoded, waiting for the worker."""
+    """Messages polled together, decoded (or being prepared in the pool), waiting for the worker."""
 
     messages: list[Message]
     inbound: list[Inbound] = field(default_factory=list)
@@ -186,6 +196,10 @@ class _Batch:
     #: Consumer group metadata when polled (transactions only). Read in the consumer thread: the client
     #: blocks this call while another thread is inside ``consume``.
     group_metadata: object = None
+    #: The messages under preparation in the pool (in ``messages`` order, oversized ones left out); the
+    #: worker turns the result into ``inbound`` and ``failed``.
+    pending: Pending | None = None
+    prepared_messages: list[Message] = field(default_factory=list)
 
     @classmethod
     def merge(cls, batches: list[_Batch]) -> _Batch:
@@ -245,6 +259,9 @@ class Service:
         Where to report.
     client_id
         Kafka client id of this instance.
+    preparation
+        Decoding and normalisation in separate processes (started by :meth:`run`, closed when it
+        returns); ``None``: decoding in the consumer thread, normalisation in the pipeline.
     """
 
     def __init__(
@@ -257,10 +274,12 @@ class Service:
         metrics: ServiceMetrics,
         health: Health,
         client_id: str = "broker-plugin",
+        preparation: PreparationPool | None = None,
     ) -> None:
         self._settings, self._kafka, self._service = settings, settings.kafka, settings.service
         self._pipeline, self._decoder, self._store = pipeline, decoder, store
         self._metrics, self._health = metrics, health
+        self._preparation = preparation
         store.watch_invalid_frames(lambda _key, _source_id, _why: metrics.state_invalid_frames.inc())
         self._stop = threading.Event()
         capacity = settings.service.queue_max_batches * settings.service.batch_max_size
@@ -293,12 +312,15 @@ class Service:
         """
         worker = threading.Thread(target=self._work, name="pipeline-worker", daemon=True)
         worker.start()
-        self._consumer.subscribe()
-        # Ready once in the group with the model loaded, partitions or not: a replica beyond the
-        # partition count is a warm standby, and a rollout must not wait for it to get a partition.
-        self._health.set_ready(True)
         wait_s = self._service.batch_max_wait_ms / 1000.0
         try:
+            if self._preparation is not None:
+                self._preparation.start()
+            self._consumer.subscribe()
+            # Ready once in the group with the model loaded (and the preparation processes up), partitions
+            # or not: a replica beyond the partition count is a warm standby, and a rollout must not wait
+            # for it to get a partition.
+            self._health.set_ready(True)
             while not self._stop.is_set() and self._worker_error is None:
                 self._health.beat()
                 self._commit_ready()
@@ -318,28 +340,42 @@ class Service:
             raise self._worker_error
 
     def _decode(self, messages: list[Message]) -> _Batch:
+        """The poll as a batch: decoded here, or submitted to the preparation pool (oversized ones kept)."""
         batch = _Batch(messages)
         if self._producer.transactional:
             batch.group_metadata = self._consumer.group_metadata()
         limit = self._service.max_message_bytes
+        values: list[bytes] = []
         for message in messages:
             value = message.value() or b""
             if len(value) > limit:
                 batch.failed.append((message, MessageTooLargeError.reason, f"{len(value)} bytes > {limit}"))
-                continue
-            try:
-                alerts = self._decoder.decode_message(value)
-                stamp = alert_timestamp_ms(message)
-                inbound = [Inbound(alert, stamp, message) for alert in alerts]
-            except Exception as exc:  # any exception of one message: that message is dead-lettered
-                reason, error = rejection_of(exc)
-                if reason == "internal_error":
-                    log.exception("unexpected error decoding %s; it is dead-lettered", _source(message))
-                    self._metrics.internal_errors.labels(stage="decode").inc()
-                batch.failed.append((message, reason, error))
-                continue
-            batch.inbound.extend(inbound)
+            elif self._preparation is not None:
+                batch.prepared_messages.append(message)
+                values.append(value)
+            else:
+                self._decode_one(batch, message, value)
+        if values:
+            assert self._preparation is not None  # noqa: S101 - values are collected only for the pool
+            batch.pending = self._preparation.submit(values)
         return batch
+
+    def _decode_one(self, batch: _Batch, message: Message, value: bytes) -> None:
+        start = time.perf_counter()
+        try:
+            alerts = self._decoder.decode_message(value)
+            stamp = alert_timestamp_ms(message)
+            inbound = [Inbound(alert, stamp, message) for alert in alerts]
+        except Exception as exc:  # any exception of one message: that message is dead-lettered
+            reason, error = rejection_of(exc)
+            if reason == "internal_error":
+                log.exception("unexpected error decoding %s; it is dead-lettered", _source(message))
+                self._metrics.internal_errors.labels(stage="decode").inc()
+            batch.failed.append((message, reason, error))
+            return
+        finally:
+            self._metrics.preparation_seconds.labels(stage="decode").inc(time.perf_counter() - start)
+        batch.inbound.extend(inbound)
 
     def _pause(self) -> None:
         if not self._consumer.paused:
@@ -395,6 +431,9 @@ class Service:
             self._drop_queued()
         self._commit_ready()
         self._health.set_ready(False)
+        if self._preparation is not None:
+            # After a clean stop the worker took every result: nothing is left to wait for.
+            self._preparation.close(wait=not worker.is_alive())
         self._consumer.close()
         self._producer.close()
         log.info("service stopped")
@@ -407,7 +446,7 @@ class Service:
             if polls is None:
                 return
             try:
-                self._handle(_Batch.merge(polls))
+                self._handle(_Batch.merge([self._prepared(poll) for poll in polls]))
             except BaseException as exc:  # fatal: stop the consumer loop; nothing of this batch is committed
                 log.exception("fatal error in the pipeline worker")
                 self._worker_error = exc
@@ -415,6 +454,42 @@ class Service:
                 return
             finally:
                 self._queue.done(len(polls))
+
+    def _prepared(self, batch: _Batch) -> _Batch:
+        """The poll with its preparation's outcomes (waiting for them) as alerts and rejections."""
+        if batch.pending is None:
+            return batch
+        assert self._preparation is not None  # noqa: S101 - only the pool sets pending
+        start = time.perf_counter()
+        prepared: Prepared = self._preparation.result(batch.pending)
+        self._metrics.preparation_wait.inc(time.perf_counter() - start)
+        self._metrics.preparation_seconds.labels(stage="decode").inc(prepared.decode_seconds)
+        self._metrics.preparation_seconds.labels(stage="normalise").inc(prepared.normalise_seconds)
+        for message, outcome in zip(batch.prepared_messages, prepared.outcomes, strict=True):
+            if isinstance(outcome, Rejection):
+                batch.failed.append((message, *self._rejected_in_preparation(message, outcome)))
+                continue
+            stamp = alert_timestamp_ms(message)
+            for item in outcome:
+                if item.rejection is not None:
+                    batch.failed.append((message, *self._rejected_in_preparation(message, item.rejection)))
+                else:
+                    batch.inbound.append(Inbound(item.alert, stamp, message, item.frame))
+        batch.pending = None
+        return batch
+
+    def _rejected_in_preparation(self, message: Message, rejection: Rejection) -> tuple[str, str]:
+        """Reason and error of a dead letter; a bug's traceback is logged here and counted by stage."""
+        if rejection.reason == "internal_error":
+            if rejection.traceback is not None:
+                log.error(
+                    "unexpected error (%s) preparing %s; it is dead-lettered\n%s",
+                    rejection.stage, _source(message), rejection.traceback.rstrip(),
+                )  # fmt: skip
+            else:
+                log.error("%s on %s; it is dead-lettered", rejection.error, _source(message))
+            self._metrics.internal_errors.labels(stage=rejection.stage).inc()
+        return rejection.reason, rejection.error
 
     def _handle(self, batch: _Batch) -> None:
         transactional = self._producer.transactional
@@ -487,6 +562,7 @@ class Service:
         now = time.time()
         for _ref, reason in result.ignored:
             metrics.alerts_ignored.labels(reason=reason).inc()
+        metrics.preparation_seconds.labels(stage="normalise").inc(result.normalise_seconds)
         metrics.frames_stored.inc(result.frames_new)
         metrics.frames_duplicate.inc(result.frames_duplicate)
         if result.internal_errors:  # normalise bugs the pipeline rejected alert by alert itself

@@ -7,7 +7,9 @@ unreadable file or corrupt archive as one JSON line with its reason (see
 :mod:`broker_plugin.commands.offline`). An alert that makes the pipeline fail is isolated as in the
 service (:func:`broker_plugin.service.process_isolated`): the others are still classified.
 
-The state lives in a temporary SQLite store unless ``--state`` names one. Exit status: 0 when every
+Alerts are decoded and normalised in this process (the service's preparation processes are not used:
+the pipeline normalises each batch itself). The state lives in a temporary SQLite store unless
+``--state`` names one. Exit status: 0 when every
 alert was usable, 1 when some were not, 2 when the command could not run: ``--state`` names an unknown
 scheme or something that is not a state database, the state store is unreachable or fails, or the model
 artifact cannot be loaded (one line on stderr says which).

@@ -9,6 +9,7 @@ import pytest
 
 from broker_plugin.config import Settings
 from broker_plugin.factory import build_parts, build_service
+from broker_plugin.prepare import Preparer, PreparerFactory
 from tests.integration.support import FAST_GROUP, create_topics, unique
 
 
@@ -34,14 +35,19 @@ def kafka_settings(service_settings: Settings, kafka_bootstrap: str, topics: dic
 class RunningService:
     """A :class:`~broker_plugin.service.Service` running in a thread of the test process.
 
-    ``around_process`` wraps the pipeline's ``process`` (to slow it down or make it fail on purpose).
+    ``around_process`` wraps the pipeline's ``process`` (to slow it down or make it fail on purpose);
+    ``make_preparer`` builds the preparer of each preparation process (see :mod:`tests.preparers`).
     """
 
-    def __init__(self, settings: Settings, around_process=None) -> None:
+    def __init__(
+        self, settings: Settings, around_process=None, make_preparer: PreparerFactory = Preparer
+    ) -> None:
         self.parts = build_parts(settings)
         if around_process is not None:
             self.parts.pipeline.process = around_process(self.parts.pipeline.process)
-        self.service, self.server, self.metrics = build_service(settings, self.parts)
+        self.service, self.server, self.metrics = build_service(
+            settings, self.parts, make_preparer=make_preparer
+        )
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 

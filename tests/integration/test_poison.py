@@ -9,16 +9,19 @@ passes the poison.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 
 import pytest
 
 from broker_plugin.config import Settings
 from broker_plugin.inference.errors import InferenceInputError
+from broker_plugin.prepare import Preparer, PreparerFactory
 from broker_plugin.serde.classifications import decode_classification
 from tests.factories import object_alerts
 from tests.integration.conftest import RunningService
 from tests.integration.support import committed, produce, read_all, wait_until, with_fresh_topics
+from tests.preparers import DECODER_BUG_SOURCE, SEGFAULT, buggy_decoder, crashing
 
 
 @pytest.fixture
@@ -55,16 +58,28 @@ def run_stream(settings: Settings, running: RunningService, values: list[bytes])
 
 
 def start(
-    settings: Settings, decode: Callable | None = None, around_process: Callable | None = None
+    settings: Settings,
+    decode: Callable | None = None,
+    around_process: Callable | None = None,
+    make_preparer: PreparerFactory = Preparer,
 ) -> RunningService:
-    running = RunningService(settings, around_process=around_process)
+    running = RunningService(settings, around_process=around_process, make_preparer=make_preparer)
     if decode is not None:
         running.parts.decoder.decode_message = decode(running.parts.decoder.decode_message)
     return running.start()
 
 
-def test_a_decoder_bug_dead_letters_its_message_and_the_poll_goes_on(one_partition: Settings) -> None:
-    poison = object_alerts(999, 1, first_source=99_900)[0]  # a valid alert that meets a decoder bug
+def with_processes(settings: Settings, processes: int) -> Settings:
+    service = settings.service.model_copy(update={"prepare_processes": processes})
+    return settings.model_copy(update={"service": service})
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+def test_a_decoder_bug_dead_letters_its_message_and_the_poll_goes_on(
+    one_partition: Settings, processes: int
+) -> None:
+    # A valid alert that meets a decoder bug: in this process, or in the preparation process.
+    poison = object_alerts(999, 1, first_source=DECODER_BUG_SOURCE)[0]
 
     def buggy(decode):
         def decoding(value):
@@ -74,15 +89,36 @@ def test_a_decoder_bug_dead_letters_its_message_and_the_poll_goes_on(one_partiti
 
         return decoding
 
-    running = start(one_partition, decode=buggy)
+    settings = with_processes(one_partition, processes)
+    running = start(settings, make_preparer=buggy_decoder) if processes else start(settings, decode=buggy)
     good = good_alerts(80_000)
-    dead, outputs = run_stream(one_partition, running, [*good[:2], poison, *good[2:]])
+    dead, outputs = run_stream(settings, running, [*good[:2], poison, *good[2:]])
     assert [dict(m.headers())["dead_letter_reason"] for m in dead] == [b"internal_error"]
     assert dict(dead[0].headers())["dead_letter_error"] == b"RuntimeError: decoder bug"
     assert dead[0].value() == poison and dict(dead[0].headers())["dead_letter_source"].endswith(b"/0/2")
     assert outputs == {80_002, 80_003, 80_004}
     assert metric(running, 'broker_plugin_internal_errors_total{stage="decode"}') == 1
     assert metric(running, 'broker_plugin_alerts_rejected_total{reason="internal_error"}') == 1
+
+
+def test_a_preparation_process_that_dies_on_a_message_dead_letters_only_that_message(
+    one_partition: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = with_processes(one_partition, 1)
+    running = start(settings, make_preparer=crashing)
+    good = good_alerts(83_000)
+    poison = SEGFAULT + b" a message on which a C library crashes"
+    with caplog.at_level(logging.ERROR, logger="broker_plugin"):
+        dead, outputs = run_stream(settings, running, [*good[:2], poison, *good[2:]])
+    assert [dict(m.headers())["dead_letter_reason"] for m in dead] == [b"internal_error"]
+    assert dict(dead[0].headers())["dead_letter_error"] == b"preparation process died"
+    assert dead[0].value() == poison and dict(dead[0].headers())["dead_letter_source"].endswith(b"/0/2")
+    assert outputs == {83_002, 83_003, 83_004}
+    assert metric(running, 'broker_plugin_internal_errors_total{stage="prepare"}') == 1
+    # The pool's process, then the process that tried the poison alone.
+    assert metric(running, "broker_plugin_preparation_process_deaths_total") >= 2
+    assert any("preparation process died on " in r.getMessage() and "/0/2" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
 
 
 def test_an_inference_input_error_after_storing_dead_letters_only_its_alert(one_partition: Settings) -> None:

@@ -237,3 +237,54 @@ def test_an_unexpected_failure_dead_letters_only_its_alert(kafka_settings: Setti
         assert set(output_ids(kafka_settings, 2)) == {70_003, 70_004}
     finally:
         running.stop()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Processes below ``pid`` (from /proc), zombies left out."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_preparation_processes_end_with_the_service(
+    kafka_settings: Settings, tmp_path: Path, how: signal.Signals
+) -> None:
+    values, keys, expected = stream(objects=2, per_object=4, first_object=800)
+    env = env_for(
+        kafka_settings, f"sqlite:///{tmp_path / 'state.db'}", BROKER_PLUGIN_SERVICE__PREPARE_PROCESSES="2"
+    )
+    service = start_service_process(env, tmp_path / "service.log")
+    k = kafka_settings.kafka
+    try:
+        produce(k.bootstrap_servers, k.input_topics[0], values, keys=keys)
+        assert set(output_ids(kafka_settings, len(expected))) == expected, (
+            tmp_path / "service.log"
+        ).read_text()
+        helpers = _descendants(service.pid)  # the fork server and the preparation processes
+        assert len(helpers) >= 3, helpers
+    finally:
+        service.send_signal(how)
+        code = service.wait(timeout=60)
+    assert code == (0 if how == signal.SIGTERM else -signal.SIGKILL)
+    # Killed, the service cannot stop them: they notice it is gone and exit on their own.
+    assert wait_until(lambda: not any(_alive(pid) for pid in helpers), 10), [p for p in helpers if _alive(p)]
