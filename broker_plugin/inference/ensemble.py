@@ -579,16 +579,19 @@ class StackedConvEntion(EnsembleForward):
         if self.pad_window:
             # An all-padding chunk (zero frames, band id 0) always has the same token: look it up.
             real = (bc != 0).any(dim=1) | (xc != 0).flatten(1).any(dim=1)
-            tokens = self.pad[:, None].expand(-1, b * length, *work).clone()
             mask = None
         else:
-            real = (bc != 0).any(dim=1)
-            tokens = xc.new_zeros(self.n_members, b * length, *work, dtype=torch.float32)
+            real = (bc != 0).any(dim=1)  # padding tokens are masked out: their value does not matter
             mask = real.view(b, length)
         if bool(real.all()):
             tokens = self.embed_chunks(xc, bc)
-        elif bool(real.any()):
-            tokens[:, real] = self.embed_chunks(xc[real], bc[real]).to(tokens.dtype)
+        else:
+            if self.pad_window:
+                tokens = self.pad[:, None].expand(-1, b * length, *work).clone()
+            else:
+                tokens = xc.new_zeros(self.n_members, b * length, *work, dtype=torch.float32)
+            if bool(real.any()):
+                tokens[:, real] = self.embed_chunks(xc[real], bc[real]).to(tokens.dtype)
         return self.classify(tokens.view(self.n_members, b, length, *work), mask)
 
 
