@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from broker_plugin.inference.ensemble import EnsembleForward, ensemble_forward
 from broker_plugin.inference.errors import CacheError, InferenceInputError
 from broker_plugin.inference.preprocess import ModelInput
 
@@ -105,27 +106,22 @@ class IncrementalEngine:
         Version stamped into every cache.
     device
         Where the nets run; caches stay on the host.
+    stacked
+        Run all members in one pass (:class:`~broker_plugin.inference.ensemble.StackedConvEntion`) when
+        they allow it; False runs them one after the other (the reference path, same numbers).
     """
 
-    def __init__(self, members: Sequence[nn.Module], *, model_id: str, device: torch.device) -> None:
-        first = members[0]
-        for m in members:
-            if m.training:
-                raise ValueError("incremental inference needs eval mode (BatchNorm running statistics)")
-            if (m.chunk_size, m.max_chunks, m.pad_window, m.token_shape) != (
-                first.chunk_size, first.max_chunks, first.pad_window, first.token_shape,
-            ):  # fmt: skip
-                raise ValueError("ensemble members must share chunking and token shape")
+    def __init__(
+        self, members: Sequence[nn.Module], *, model_id: str, device: torch.device, stacked: bool = True
+    ) -> None:
+        self.ensemble: EnsembleForward = ensemble_forward(members, stacked=stacked)
         self.members, self.model_id, self.device = list(members), model_id, device
-        self.chunk, self.max_chunks, self.token_shape = first.chunk_size, first.max_chunks, first.token_shape
-        self.stamp: int = first.config.stamp
-        self._pad_tokens: list[torch.Tensor] = []
-        if first.pad_window:
+        ens = self.ensemble
+        self.chunk, self.max_chunks, self.token_shape = ens.chunk_size, ens.max_chunks, ens.token_shape
+        self.stamp: int = ens.stamp
+        with torch.inference_mode():
             # The paper net always sees max_chunks tokens; an all-padding chunk's token is a constant.
-            zx = torch.zeros(1, self.chunk, self.stamp, self.stamp, device=device)
-            zb = torch.zeros(1, self.chunk, dtype=torch.long, device=device)
-            with torch.inference_mode():
-                self._pad_tokens = [m.embed_chunks(zx, zb)[0].float() for m in members]
+            self._pad_token = ens.pad_tokens()
 
     def empty_cache(self) -> ObjectCache:
         """Return the cache of an object with no frame yet."""
@@ -144,8 +140,7 @@ class IncrementalEngine:
         if keep:
             cx = torch.from_numpy(done.x).to(self.device).view(keep, self.chunk, self.stamp, self.stamp)
             cb = torch.from_numpy(done.band).to(self.device).view(keep, self.chunk)
-            for m, net in enumerate(self.members):
-                tokens[m] = net.embed_chunks(cx, cb).float().cpu().numpy()
+            tokens[:] = self.ensemble.to_cache(self.ensemble.embed_chunks(cx, cb)).float().cpu().numpy()
         rest = inp[n_complete * self.chunk :]
         return ObjectCache(self.model_id, len(inp), tokens, rest.x.copy(), rest.band.copy())
 
@@ -181,31 +176,29 @@ class IncrementalEngine:
             chunk_x[i, p], chunk_b[i, p] = x[i], band[i]
             old = c.tokens.shape[1] if p + 1 == self.chunk else min(c.tokens.shape[1], self.max_chunks - 1)
             lengths[i] = min(old + 1, self.max_chunks)
-        width = self.max_chunks if self._pad_tokens else int(lengths.max())
+        ens = self.ensemble
+        width = self.max_chunks if self._pad_token is not None else int(lengths.max())
         # Cached tokens of every member go to the device in one transfer.
         windows = np.zeros((len(self.members), n, width, *self.token_shape), np.float32)
         for i, c in enumerate(caches):
             if lengths[i] > 1:
                 windows[:, i, : lengths[i] - 1] = c.tokens[:, -(lengths[i] - 1) :]
-        win = torch.from_numpy(windows).to(self.device)
+        w = ens.to_work(torch.from_numpy(windows).to(self.device))
         cx, cb = torch.from_numpy(chunk_x).to(self.device), torch.from_numpy(chunk_b).to(self.device)
         pos = torch.arange(width, device=self.device)
         length_t = torch.from_numpy(lengths).to(self.device)
         valid = pos[None, :] < length_t[:, None]
         rows = torch.arange(n, device=self.device)
-        probs, new_tokens = [], []
-        for m, net in enumerate(self.members):
-            tok = net.embed_chunks(cx, cb).float()
-            new_tokens.append(tok.cpu().numpy())
-            w = win[m]
-            w[rows, length_t - 1] = tok
-            if self._pad_tokens:
-                # torch.where, not a boolean-mask assignment: the latter was a quarter of a step's time.
-                w = torch.where(valid.view(n, width, 1, 1, 1), w, self._pad_tokens[m])
-            mask = None if self._pad_tokens else valid
-            logits = net.forward_head(net.forward_blocks(w, mask), mask)
-            probs.append(logits.float().softmax(dim=-1).cpu().numpy())
-        return np.stack(probs), self._advance(caches, chunk_x, chunk_b, np.stack(new_tokens))
+        tok = ens.embed_chunks(cx, cb)
+        w[:, rows, length_t - 1] = tok.to(w.dtype)
+        if self._pad_token is not None:
+            # torch.where, not a boolean-mask assignment: the latter was a quarter of a step's time.
+            shape = (1, n, width) + (1,) * len(self.token_shape)
+            w = torch.where(valid.view(shape), w, self._pad_token[:, None, None].to(w.dtype))
+        mask = None if self._pad_token is not None else valid
+        probs = ens.classify(w, mask).float().softmax(dim=-1).cpu().numpy()
+        new_tokens = ens.to_cache(tok).float().cpu().numpy()
+        return probs, self._advance(caches, chunk_x, chunk_b, new_tokens)
 
     def _advance(
         self, caches: Sequence[ObjectCache], chunk_x: np.ndarray, chunk_b: np.ndarray, new: np.ndarray

@@ -80,6 +80,9 @@ class Predictor:
         Run under bfloat16 autocast.
     max_batch_size
         Objects per forward pass.
+    stacked
+        Run all members in one pass (stacked weights) when the architecture allows it; False runs them
+        one after the other, the reference path (same outputs within 1e-5, tested; for benchmarks).
     """
 
     def __init__(
@@ -92,13 +95,15 @@ class Predictor:
         device: torch.device | str | None = None,
         bf16: bool = False,
         max_batch_size: int = 64,
+        stacked: bool = True,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.members = [m.to(self.device).eval() for m in members]
         self.model_id, self.normalisation = model_id, normalisation
         self.class_names = list(class_names)
         self.bf16, self.max_batch_size = bf16, max_batch_size
-        self.engine = IncrementalEngine(self.members, model_id=model_id, device=self.device)
+        self.engine = IncrementalEngine(self.members, model_id=model_id, device=self.device, stacked=stacked)
+        self.ensemble = self.engine.ensemble
         first = self.members[0]
         self.chunk_size, self.max_chunks = first.chunk_size, first.max_chunks
         self.band_offset, self.pad_window = first.band_offset, first.pad_window
@@ -113,12 +118,14 @@ class Predictor:
         device: torch.device | str | None = None,
         bf16: bool = False,
         max_batch_size: int = 64,
+        stacked: bool = True,
     ) -> Predictor:
         """Load a verified artifact (see :func:`~broker_plugin.inference.artifact.load_artifact`)."""
         art = load_artifact(directory, expected_pixel_scale_arcsec=expected_pixel_scale_arcsec)
         return cls(
             art.members, model_id=art.model_id, normalisation=art.normalisation,
             class_names=art.class_names, device=device, bf16=bf16, max_batch_size=max_batch_size,
+            stacked=stacked,
         )  # fmt: skip
 
     def preprocess(self, frames: Sequence[Frame]) -> ModelInput:
@@ -154,7 +161,7 @@ class Predictor:
             x, band = collate([windows[i] for i in batch], frames=frames, stamp=self.stamp)
             xt, bt = torch.from_numpy(x).to(self.device), torch.from_numpy(band).to(self.device)
             with self._autocast():
-                probs = np.stack([m(xt, bt).float().softmax(dim=-1).cpu().numpy() for m in self.members])
+                probs = self.ensemble(xt, bt).float().softmax(dim=-1).cpu().numpy()
             for j, i in enumerate(batch):
                 results[i] = self._summarise(probs[:, j], len(windows[i]))
         return [r for r in results if r is not None]

@@ -1,0 +1,607 @@
+"""All members of an ensemble in one forward pass.
+
+The predictor and the incremental engine talk to an ensemble through one interface,
+:class:`EnsembleForward`: ``embed_chunks`` (chunks -> every member's tokens), ``classify`` (every
+member's token windows -> logits) and ``forward`` (frames -> logits), each with a leading member axis.
+Two implementations give the same numbers (tested to 1e-5):
+
+- :class:`MemberLoop` runs each member's own modules in turn: the reference, and the path of nets that
+  have no stacked form (the CNN+RNN baselines);
+- :class:`StackedConvEntion` stacks the weights of ConvEntion members and runs them together.
+
+What the stacked form does differently, and why (each an exact rewrite up to float rounding):
+
+- eval-mode BatchNorm is folded into the convolution before it (front end) or after it (the first
+  feed-forward BatchNorm: its scale into the next convolution's weights, its shift into a bias *map*,
+  since that convolution zero-pads and a constant input does not give a constant output at the border);
+- the band half of the first Conv3d only ever sees one of ``band_vocab`` learned images, so its output
+  is a table lookup; the flux half has one input channel shared by all members, so it is one Conv2d
+  per input frame for every member at once, and only the (frame, temporal tap) pairs that do not fall
+  on the temporal zero padding are computed (5 of 9 for 3-frame chunks);
+- the key projection (1x1) and the score convolution (5x5) compose into one 5x5 convolution;
+- tokens are kept channels-last, ``(..., h, w, C)``: oneDNN's convolutions on 9x9 maps with 8-16
+  channels are 1.5-2.5x faster in that layout;
+- the masked nets run the feed-forward on padding tokens too instead of gathering the valid ones: a
+  padding token never reaches a valid output (its norm weight, attention weight and pool entry are
+  exactly zero), so computing it is cheaper than the gather and scatter;
+- the paper net replaces all-padding chunks (zero frames, band id 0) by their precomputed token.
+
+The blocks' convolutions run member by member on channels-last slices (measured faster than one grouped
+convolution for all but the smallest batches, where ``conv_mode="auto"`` switches to the grouped one),
+the front end's as one grouped convolution; the norms, pooling and head are one operation over all
+members and objects. Objects go through the blocks in slices sized for the CPU caches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from broker_plugin.inference.errors import InferenceInputError
+from broker_plugin.inference.layers import FRONT_END_LAYOUT, conv_out
+from broker_plugin.inference.nets import ConvEntion
+
+ConvMode = Literal["members", "grouped", "auto"]
+#: With ``conv_mode="auto"``, blocks over at most this many token pixels per member use grouped
+#: convolutions (fewer calls); above it, one channels-last convolution per member (faster kernels).
+GROUPED_MAX_PIXELS = 4096
+#: On the CPU, objects go through the blocks in slices of about this many float32 token elements (all
+#: members): small enough to stay in the caches, large enough for the per-call cost to vanish; measured
+#: best of 2^16..2^22 on the development machine (2^16: 0.6x, 2^18: 0.8x, no slicing: 0.7x at 64 objects).
+CPU_SLICE_ELEMENTS = 1 << 20
+#: On the CPU, chunks per front-end pass.
+CPU_EMBED_STEP = 32
+
+
+class EnsembleForward(nn.Module):
+    """The interface of an ensemble run as one: every tensor has a leading member axis ``M``.
+
+    Attributes
+    ----------
+    n_members
+        ``M``.
+    chunk_size, max_chunks, pad_window, stamp, band_offset, num_classes
+        As on every member (see :mod:`~broker_plugin.inference.nets`).
+    token_shape
+        One member's token in the cache layout (the members' own layout).
+    work_perm
+        Permutation of the token axes from the cache layout to the layout ``classify`` takes and
+        ``embed_chunks`` returns (identity for :class:`MemberLoop`).
+    """
+
+    n_members: int
+    chunk_size: int
+    max_chunks: int
+    pad_window: bool
+    stamp: int
+    band_offset: int
+    num_classes: int
+    token_shape: tuple[int, ...]
+    work_perm: tuple[int, ...]
+
+    def embed_chunks(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+        """Encode chunks ``x`` ``(N, chunk, H, W)``, band ids ``(N, chunk)``, to tokens ``(M, N, *work)``."""
+        raise NotImplementedError
+
+    def pad_tokens(self) -> torch.Tensor | None:
+        """Return the token ``(M, *work)`` of an all-padding chunk for the paper net, else None."""
+        raise NotImplementedError
+
+    def classify(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Return logits ``(M, B, classes)`` for token windows ``(M, B, L, *work)``, ``mask`` ``(B, L)``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+        """Return logits ``(M, B, classes)`` for frames ``x`` ``(B, T, H, W)`` and band ids ``(B, T)``."""
+        raise NotImplementedError
+
+    def to_work(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Permute tokens ``(..., *token_shape)`` from the cache layout to the working layout (a view)."""
+        lead = tokens.dim() - len(self.token_shape)
+        return tokens.permute(*range(lead), *(lead + p for p in self.work_perm))
+
+    def to_cache(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Permute tokens ``(..., *work)`` from the working layout back to the cache layout (a view)."""
+        lead = tokens.dim() - len(self.token_shape)
+        inverse = sorted(range(len(self.work_perm)), key=self.work_perm.__getitem__)
+        return tokens.permute(*range(lead), *(lead + p for p in inverse))
+
+
+def _shared_attributes(members: Sequence[nn.Module]) -> dict[str, object]:
+    first = members[0]
+    for m in members:
+        if m.training:
+            raise ValueError("ensemble inference needs eval mode (BatchNorm running statistics)")
+        if (m.chunk_size, m.max_chunks, m.pad_window, m.token_shape) != (
+            first.chunk_size, first.max_chunks, first.pad_window, first.token_shape,
+        ):  # fmt: skip
+            raise ValueError("ensemble members must share chunking and token shape")
+    return {
+        "n_members": len(members), "chunk_size": first.chunk_size, "max_chunks": first.max_chunks,
+        "pad_window": first.pad_window, "stamp": first.config.stamp, "band_offset": first.band_offset,
+        "num_classes": first.num_classes, "token_shape": tuple(first.token_shape),
+    }  # fmt: skip
+
+
+class MemberLoop(EnsembleForward):
+    """Each member's own modules, one member after the other (the reference path).
+
+    Parameters
+    ----------
+    members
+        Nets of one architecture in eval mode.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        for key, value in _shared_attributes(members).items():
+            setattr(self, key, value)
+        self.members = nn.ModuleList(members)
+        self.work_perm = tuple(range(len(self.token_shape)))
+        self._pad: torch.Tensor | None = None
+
+    def embed_chunks(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.stack([m.embed_chunks(x, band).float() for m in self.members])
+
+    def pad_tokens(self) -> torch.Tensor | None:  # noqa: D102
+        if not self.pad_window:
+            return None
+        if self._pad is None:
+            device = next(self.members[0].parameters()).device
+            zx = torch.zeros(1, self.chunk_size, self.stamp, self.stamp, device=device)
+            zb = torch.zeros(1, self.chunk_size, dtype=torch.long, device=device)
+            self._pad = self.embed_chunks(zx, zb)[:, 0]
+        return self._pad
+
+    def classify(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
+        return torch.stack(
+            [
+                m.forward_head(m.forward_blocks(t, mask), mask).float()
+                for m, t in zip(self.members, tokens, strict=True)
+            ]
+        )
+
+    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.stack([m(x, band).float() for m in self.members])
+
+
+def _bn_fold(bn: Sequence[nn.modules.batchnorm._BatchNorm]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the eval-mode affine ``(scale, shift)`` ``(M, C)`` float64 of stacked BatchNorms."""
+    scale = torch.stack([b.weight.double() / torch.sqrt(b.running_var.double() + b.eps) for b in bn])
+    shift = torch.stack(
+        [b.bias.double() - b.running_mean.double() * s for b, s in zip(bn, scale, strict=True)]
+    )
+    return scale, shift
+
+
+def _channels_last(w: torch.Tensor) -> torch.Tensor:
+    """Return ``w`` ``(M, O, I, *k)`` with every member's slice in the channels-last memory format."""
+    n = w.dim()
+    physical = w.permute(0, 1, *range(3, n), 2).contiguous()
+    return physical.permute(0, 1, n - 1, *range(2, n - 1))
+
+
+def _time_taps(steps: int, kernel: int, stride: int, pad: int) -> list[tuple[int, int, int]]:
+    """Return ``(output step, input step, tap)`` of a temporal convolution, padding taps left out."""
+    out = conv_out(steps, kernel, stride, pad)
+    return [
+        (o, o * stride - pad + k, k)
+        for o in range(out)
+        for k in range(kernel)
+        if 0 <= o * stride - pad + k < steps
+    ]
+
+
+class _FrontEnd(nn.Module):
+    """Every member's 3D-CNN front end at once: chunks ``(N, chunk, H, W)`` -> tokens ``(M, N, h, w, C)``.
+
+    Parameters
+    ----------
+    encoders
+        The members' :class:`~broker_plugin.inference.layers.ChunkEncoder`, in eval mode.
+    chunk
+        Frames per chunk.
+    masked
+        Zero the frames of band id 0 first (the masked variants).
+    """
+
+    def __init__(self, encoders: Sequence[nn.Module], *, chunk: int, masked: bool) -> None:
+        super().__init__()
+        m_count, stamp = len(encoders), encoders[0].stamp
+        self.m_count, self.stamp, self.chunk, self.masked = m_count, stamp, chunk, masked
+        n_layers = len(FRONT_END_LAYOUT)
+        convs = [[e.net[3 * i] for e in encoders] for i in range(n_layers)]
+        norms = [[e.net[3 * i + 1] for e in encoders] for i in range(n_layers)]
+        # Layer 1: BatchNorm folded; the flux and band-map input channels apart.
+        k1, s1, p1 = FRONT_END_LAYOUT[0]
+        scale, shift = _bn_fold(norms[0])
+        w = torch.stack([c.weight.double() for c in convs[0]]) * scale[..., None, None, None, None]
+        bias = torch.stack([c.bias.double() for c in convs[0]]) * scale + shift
+        c1, kt = w.shape[1], w.shape[3]
+        self.stride1, self.pad1, self.kt1 = s1, p1, kt
+        self.side1 = conv_out(stamp, k1, s1, p1)
+        self.steps1 = conv_out(chunk, kt, s1, p1)
+        self.taps1 = _time_taps(chunk, kt, s1, p1)
+        # Frames that need the same temporal taps share one Conv2d whose output channels are
+        # (tap, member, channel): one call gives every member's flux term.
+        taps_of: dict[int, list[int]] = {}
+        for _, frame, tap in self.taps1:
+            taps_of.setdefault(frame, []).append(tap)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for frame, taps in sorted(taps_of.items()):
+            groups.setdefault(tuple(sorted(set(taps))), []).append(frame)
+        self.flux_groups = [(taps, tuple(frames)) for taps, frames in groups.items()]
+        for g, (taps, _) in enumerate(self.flux_groups):
+            wg = w[:, :, 0, list(taps)].permute(2, 0, 1, 3, 4).reshape(-1, 1, k1, k1).float().contiguous()
+            # Channels-last strides: with one input channel oneDNN cannot tell the layout from the input,
+            # and a channels-last output is what the next layers take without a copy.
+            self.register_buffer(f"flux_w{g}", wg.as_strided(wg.shape, (k1 * k1, 1, k1, 1)), persistent=False)
+        # The band map is one of band_vocab learned images: its convolution is a table lookup.
+        embed = torch.stack([e.band_embed.weight.double() for e in encoders])  # (M, vocab, H*W)
+        vocab = embed.shape[1]
+        table = torch.stack([
+            F.conv2d(embed[m].view(vocab, 1, stamp, stamp), w[m, :, 1].transpose(0, 1).reshape(-1, 1, k1, k1),
+                     stride=s1, padding=p1).view(vocab, kt, c1, self.side1, self.side1)
+            for m in range(m_count)
+        ])  # fmt: skip
+        # (vocab * kt, side, side, M * c1): a lookup gives a channels-last map of every member.
+        table = table.permute(1, 2, 4, 5, 0, 3).reshape(vocab * kt, self.side1, self.side1, m_count * c1)
+        self.register_buffer("band_table", table.float().contiguous(), persistent=False)
+        self.register_buffer("bias1", bias.float().reshape(-1), persistent=False)
+        # Layers 2..: Conv3d with BatchNorm folded, one grouped convolution for all members.
+        self.layers: list[tuple[int, int]] = []  # (stride, padding)
+        for i in range(1, n_layers):
+            _, s, p = FRONT_END_LAYOUT[i]
+            scale, shift = _bn_fold(norms[i])
+            w = torch.stack([c.weight.double() for c in convs[i]]) * scale[..., None, None, None, None]
+            b = torch.stack([c.bias.double() for c in convs[i]]) * scale + shift
+            grouped = w.float().flatten(0, 1).contiguous(memory_format=torch.channels_last_3d)
+            self.register_buffer(f"w{i}", grouped, persistent=False)
+            self.register_buffer(f"b{i}", b.float().flatten(), persistent=False)
+            self.layers.append((s, p))
+
+    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+        """Encode chunks ``x`` ``(N, chunk, H, W)`` with band ids ``(N, chunk)``."""
+        n, side, m = x.shape[0], self.side1, self.m_count
+        if self.masked:
+            x = x * (band != 0).to(x.dtype)[..., None, None]
+        terms: dict[tuple[int, int], torch.Tensor] = {}
+        for g, (taps, frames) in enumerate(self.flux_groups):
+            xf = x[:, list(frames)].reshape(n * len(frames), 1, self.stamp, self.stamp)
+            out = F.conv2d(xf, getattr(self, f"flux_w{g}"), stride=self.stride1, padding=self.pad1)
+            out = out.permute(0, 2, 3, 1).view(n, len(frames), side, side, len(taps), -1)
+            for fi, frame in enumerate(frames):
+                for ti, tap in enumerate(taps):
+                    terms[frame, tap] = out[:, fi, :, :, ti]
+        index = torch.stack([band[:, f] * self.kt1 + k for _, f, k in self.taps1], dim=1)
+        looked = self.band_table.index_select(0, index.flatten()).view(n, len(self.taps1), side, side, -1)
+        # (N, T, s, s, M * C): the channels-last layout of the grouped Conv3d input (N, M * C, T, s, s).
+        h = looked.new_empty(n, self.steps1, side, side, looked.shape[-1])
+        for o in range(self.steps1):
+            sel = [(i, f, k) for i, (oo, f, k) in enumerate(self.taps1) if oo == o]
+            acc = torch.add(looked[:, sel[0][0]], terms[sel[0][1:]], out=h[:, o])
+            for i, f, k in sel[1:]:
+                acc.add_(terms[f, k]).add_(looked[:, i])
+        h.add_(self.bias1).relu_()
+        for i, (s, p) in enumerate(self.layers, start=1):
+            out = F.conv3d(h.permute(0, 4, 1, 2, 3), getattr(self, f"w{i}"), getattr(self, f"b{i}"),
+                           stride=s, padding=p, groups=m)  # fmt: skip
+            h = out.permute(0, 2, 3, 4, 1).relu_()
+        # (N, 1, h, w, M * C) -> (M, N, h, w, C)
+        return h.view(n, *h.shape[2:4], m, -1).permute(3, 0, 1, 2, 4).contiguous()
+
+
+class _Block(nn.Module):
+    """Every member's :class:`~broker_plugin.inference.layers.ConvEntionBlock` on ``(M, B, L, h, w, C)``.
+
+    Parameters
+    ----------
+    blocks
+        The members' blocks at one depth, in eval mode.
+    token_shape
+        ``(C, h, w)``.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], token_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        c, h, w = token_shape
+        m_count = len(blocks)
+        attn = [b.attn for b in blocks]
+        self.m_count, self.heads, self.eps = m_count, attn[0].heads, blocks[0].norm1.eps
+        self.score_pad, self.proj_pad = attn[0].score.padding[0], attn[0].proj.padding[0]
+        self.ffn_pad = blocks[0].ffn[0].padding[0]
+        tensors: dict[str, torch.Tensor] = {}
+        for name in ("norm1", "norm2"):  # (C, h, w, L) -> (M, L, h, w, C)
+            tensors[f"{name}_w"] = torch.stack([getattr(b, name).weight.permute(3, 1, 2, 0) for b in blocks])
+            tensors[f"{name}_b"] = torch.stack([getattr(b, name).bias.permute(3, 1, 2, 0) for b in blocks])
+        # score(Wk n + bk) = (Ws o Wk)(n) + [Ws(bk inside the zero padding) + bs]: one 5x5 convolution.
+        wk = torch.stack([a.qkv.weight.double()[c : 2 * c, :, 0, 0] for a in attn])
+        bk = torch.stack([a.qkv.bias.double()[c : 2 * c] for a in attn])
+        ws = torch.stack([a.score.weight.double() for a in attn])
+        bs = torch.stack([a.score.bias.double() for a in attn])
+        tensors["score_w"] = torch.einsum("mhcuv,mcd->mhduv", ws, wk)
+        inside = torch.ones(1, 1, h, w, dtype=torch.float64)
+        # (M, h, w, heads)
+        tensors["score_map"] = torch.stack([
+            F.conv2d(bk[m][None, :, None, None] * inside, ws[m], bs[m], padding=self.score_pad)[0]
+            for m in range(m_count)
+        ]).permute(0, 2, 3, 1)  # fmt: skip
+        tensors["value_w"] = torch.stack([a.qkv.weight.double()[2 * c :] for a in attn])
+        tensors["value_b"] = torch.stack([a.qkv.bias.double()[2 * c :] for a in attn])
+        tensors["proj_w"] = torch.stack([a.proj.weight.double() for a in attn])
+        tensors["proj_b"] = torch.stack([a.proj.bias.double() for a in attn])
+        # Feed-forward conv a -> ReLU -> BN1 -> conv b -> ReLU -> BN2: BN1's scale goes into conv b's input
+        # channels, its shift through conv b's zero padding into a bias map.
+        ffn = [b.ffn for b in blocks]
+        s1, t1 = _bn_fold([f[2] for f in ffn])
+        s2, t2 = _bn_fold([f[5] for f in ffn])
+        wb = torch.stack([f[3].weight.double() for f in ffn])
+        bb = torch.stack([f[3].bias.double() for f in ffn])
+        # (M, h, w, C)
+        tensors["ffn_map"] = torch.stack([
+            F.conv2d(t1[m][None, :, None, None] * inside, wb[m], bb[m], padding=self.ffn_pad)[0]
+            for m in range(m_count)
+        ]).permute(0, 2, 3, 1)  # fmt: skip
+        tensors["ffn_a_w"] = torch.stack([f[0].weight.double() for f in ffn])
+        tensors["ffn_a_b"] = torch.stack([f[0].bias.double() for f in ffn])
+        tensors["ffn_b_w"] = wb * s1[:, None, :, None, None]
+        tensors["ffn_scale"], tensors["ffn_shift"] = s2, t2
+        for name, t in tensors.items():
+            if name.endswith("_w") and t.dim() == 5:
+                # Per-member channels-last slices, and one grouped weight (M * O, I, k, k).
+                self.register_buffer(name, _channels_last(t.float()), persistent=False)
+                grouped = t.float().flatten(0, 1).contiguous(memory_format=torch.channels_last)
+                self.register_buffer(f"{name}g", grouped, persistent=False)
+            else:
+                self.register_buffer(name, t.float().contiguous(), persistent=False)
+
+    def norm(self, x: torch.Tensor, idx: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """Joint LayerNorm ``idx`` (1 or 2) of ``x`` per member and object over its valid tokens."""
+        weight, bias = getattr(self, f"norm{idx}_w"), getattr(self, f"norm{idx}_b")
+        m, b, length = x.shape[:3]
+        size = x[0, 0, 0].numel()
+        per_token = x.view(m, b, length, size).sum(-1)
+        if mask is None:
+            count = torch.full((b,), float(length * size), dtype=x.dtype, device=x.device)
+            mean = per_token.sum(-1) / count
+        else:
+            count = mask.sum(-1).clamp_min(1).to(x.dtype) * size
+            mean = (per_token * mask).sum(-1) / count
+        d = x - mean[..., None, None, None, None]
+        # One pass and no temporary: a squared copy or a batched dot product is 2-5x slower here.
+        sq = torch.linalg.vector_norm(d.view(m, b, length, size), dim=-1).square_()
+        var = (sq if mask is None else sq * mask).sum(-1) / count
+        d.mul_(torch.rsqrt(var + self.eps)[..., None, None, None, None])
+        return torch.addcmul(bias[:, None, :length], d, weight[:, None, :length])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, grouped: bool) -> torch.Tensor:
+        """Apply the block to ``x`` ``(M, B, L, h, w, C)``; ``mask`` ``(B, L)`` marks valid tokens."""
+        mid = self._attend_grouped(x, mask) if grouped else self._attend_members(x, mask)
+        return self._feed_forward_grouped(mid, mask) if grouped else self._feed_forward_members(mid, mask)
+
+    # One channels-last convolution per member: the fastest kernels for more than a few objects.
+
+    @staticmethod
+    def _maps(t: torch.Tensor) -> torch.Tensor:
+        """View ``(..., h, w, C)`` as channels-last ``(N, C, h, w)``."""
+        return t.reshape(-1, *t.shape[-3:]).permute(0, 3, 1, 2)
+
+    def _attend_members(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        m, b, length, hh, ww, c = x.shape
+        n1 = self.norm(x, 1, mask)
+        out = torch.empty_like(x)
+        for j in range(m):
+            maps = self._maps(n1[j])
+            scores = F.conv2d(maps, self.score_w[j], None, padding=self.score_pad).permute(0, 2, 3, 1)
+            scores = scores.view(b, length, hh, ww, self.heads).add_(self.score_map[j])
+            if mask is not None:
+                scores.masked_fill_(~mask[:, :, None, None, None], torch.finfo(scores.dtype).min)
+            weights = scores.softmax(dim=1).unsqueeze(-1)
+            values = F.conv2d(maps, self.value_w[j], self.value_b[j]).permute(0, 2, 3, 1)
+            attended = (weights * values.view(b, length, hh, ww, self.heads, -1)).sum(1)
+            proj = F.conv2d(self._maps(attended.view(b, hh, ww, c)), self.proj_w[j], self.proj_b[j],
+                            padding=self.proj_pad)  # fmt: skip
+            torch.add(x[j], proj.permute(0, 2, 3, 1)[:, None], out=out[j])
+        return out
+
+    def _feed_forward_members(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        y = self.norm(x, 2, mask)
+        out = torch.empty_like(x)
+        for j in range(x.shape[0]):
+            hidden = F.conv2d(
+                self._maps(y[j]), self.ffn_a_w[j], self.ffn_a_b[j], padding=self.ffn_pad
+            ).relu_()
+            r = F.conv2d(hidden, self.ffn_b_w[j], None, padding=self.ffn_pad).permute(0, 2, 3, 1)
+            r = r.add_(self.ffn_map[j]).relu_()
+            torch.addcmul(x[j], r.view_as(x[j]), self.ffn_scale[j], out=out[j])
+        return out.add_(self.ffn_shift[:, None, None, None, None])
+
+    # One grouped convolution for all members: fewest calls, for a few objects.
+
+    def _grouped_maps(self, t: torch.Tensor) -> torch.Tensor:
+        """Copy ``(M, N, h, w, C)`` to channels-last ``(N, M * C, h, w)`` for a grouped convolution."""
+        m, n, hh, ww, c = t.shape
+        return t.permute(1, 2, 3, 0, 4).reshape(n, hh, ww, m * c).permute(0, 3, 1, 2)
+
+    def _attend_grouped(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        m, b, length, hh, ww, c = x.shape
+        maps = self._grouped_maps(self.norm(x, 1, mask).view(m, b * length, hh, ww, c))
+        scores = F.conv2d(maps, self.score_wg, None, padding=self.score_pad, groups=m)
+        scores = scores.permute(0, 2, 3, 1).view(b, length, hh, ww, m, self.heads)
+        scores = scores.add_(self.score_map.permute(1, 2, 0, 3))
+        if mask is not None:
+            scores.masked_fill_(~mask[:, :, None, None, None, None], torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=1).unsqueeze(-1)
+        values = F.conv2d(maps, self.value_wg, self.value_b.flatten(), groups=m).permute(0, 2, 3, 1)
+        attended = (weights * values.view(b, length, hh, ww, m, self.heads, -1)).sum(1)  # (B, h, w, M, ...)
+        proj = F.conv2d(attended.view(b, hh, ww, m * c).permute(0, 3, 1, 2), self.proj_wg,
+                        self.proj_b.flatten(), padding=self.proj_pad, groups=m)  # fmt: skip
+        return x + proj.permute(0, 2, 3, 1).view(b, hh, ww, m, c).permute(3, 0, 1, 2, 4)[:, :, None]
+
+    def _feed_forward_grouped(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        m, b, length, hh, ww, c = x.shape
+        maps = self._grouped_maps(self.norm(x, 2, mask).view(m, b * length, hh, ww, c))
+        hidden = F.conv2d(maps, self.ffn_a_wg, self.ffn_a_b.flatten(), padding=self.ffn_pad, groups=m)
+        r = F.conv2d(hidden.relu_(), self.ffn_b_wg, None, padding=self.ffn_pad, groups=m)
+        r = (
+            r.permute(0, 2, 3, 1)
+            .view(b * length, hh, ww, m, c)
+            .add_(self.ffn_map.permute(1, 2, 0, 3))
+            .relu_()
+        )
+        r = r.view(b, length, hh, ww, m, c).permute(4, 0, 1, 2, 3, 5)
+        return torch.addcmul(x, r, self.ffn_scale[:, None, None, None, None]).add_(
+            self.ffn_shift[:, None, None, None, None]
+        )
+
+
+class StackedConvEntion(EnsembleForward):
+    """The members of a ConvEntion ensemble with stacked, pre-folded weights, run in one pass.
+
+    Parameters
+    ----------
+    members
+        :class:`~broker_plugin.inference.nets.ConvEntion` nets with one configuration, in eval mode.
+    conv_mode
+        ``"members"``: the blocks' convolutions run one per member on channels-last maps; ``"grouped"``:
+        one grouped convolution for all members; ``"auto"``: grouped for a few objects only
+        (at most :data:`GROUPED_MAX_PIXELS` token pixels per member), where fewer calls win. Default:
+        ``"auto"`` on the CPU, ``"grouped"`` elsewhere.
+    chunk_elements
+        Slice size of the blocks [float32 token elements, all members]; default
+        :data:`CPU_SLICE_ELEMENTS` on the CPU, no slicing elsewhere.
+    embed_step
+        Chunks per front-end pass; default :data:`CPU_EMBED_STEP` on the CPU, all at once elsewhere.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        *,
+        conv_mode: ConvMode | None = None,
+        chunk_elements: int | None = None,
+        embed_step: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not can_stack(members):
+            raise ValueError("StackedConvEntion needs ConvEntion members with one configuration")
+        for key, value in _shared_attributes(members).items():
+            setattr(self, key, value)
+        # On a GPU, fewer and larger kernels win: one grouped convolution per layer, no slicing (not yet
+        # measured: benchmarks/bench_inference_gpu.py compares both settings).
+        cpu = next(members[0].parameters()).device.type == "cpu"
+        self.conv_mode: ConvMode = conv_mode or ("auto" if cpu else "grouped")
+        self.chunk_elements = chunk_elements or (CPU_SLICE_ELEMENTS if cpu else 1 << 62)
+        self.embed_step = embed_step or (CPU_EMBED_STEP if cpu else 1 << 62)
+        self.masked: bool = members[0].config.masked
+        self.work_perm = (1, 2, 0)  # (C, h, w) -> (h, w, C)
+        c, h, w = self.token_shape
+        with torch.no_grad():
+            self.front_end = _FrontEnd(
+                [m.encoder for m in members], chunk=self.chunk_size, masked=self.masked
+            )
+            self.blocks = nn.ModuleList(
+                _Block([m.blocks[d] for m in members], self.token_shape)
+                for d in range(len(members[0].blocks))
+            )
+            self.register_buffer(
+                "pos", members[0].pos[:, None, None, :].float().contiguous(), persistent=False
+            )
+            lin1, lin2 = [m.head[1] for m in members], [m.head[4] for m in members]
+            hidden = lin1[0].out_features
+            # The pooled vector is flattened (h, w, C) here, (C, h, w) in the members.
+            w1 = torch.stack([ln.weight.view(hidden, c, h, w).permute(0, 2, 3, 1).flatten(1) for ln in lin1])
+            self.register_buffer("head_w1", w1.transpose(1, 2).contiguous(), persistent=False)
+            self.register_buffer("head_b1", torch.stack([ln.bias for ln in lin1])[:, None], persistent=False)
+            self.register_buffer("head_w2", torch.stack([ln.weight.t() for ln in lin2]).contiguous(),
+                                 persistent=False)  # fmt: skip
+            self.register_buffer("head_b2", torch.stack([ln.bias for ln in lin2])[:, None], persistent=False)
+            pad = torch.zeros(0)
+            if self.pad_window:
+                zx = torch.zeros(1, self.chunk_size, self.stamp, self.stamp, device=self.pos.device)
+                pad = self.embed_chunks(
+                    zx, torch.zeros(1, self.chunk_size, dtype=torch.long, device=zx.device)
+                )
+            self.register_buffer("pad", pad[:, 0] if self.pad_window else pad, persistent=False)
+
+    def embed_chunks(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        x, step = x.float(), self.embed_step
+        if x.shape[0] <= step:
+            return self.front_end(x, band)
+        return torch.cat(
+            [self.front_end(x[i : i + step], band[i : i + step]) for i in range(0, len(x), step)], 1
+        )
+
+    def pad_tokens(self) -> torch.Tensor | None:  # noqa: D102
+        return self.pad if self.pad_window else None
+
+    def classify(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
+        m, b, length = tokens.shape[:3]
+        if mask is not None and bool(mask.all()):
+            mask = None  # no padding: the masked ops would change nothing (and cost a pass each)
+        step = max(1, self.chunk_elements // (m * length * math.prod(self.token_shape)))
+        return torch.cat([
+            self._classify(tokens[:, i : i + step], None if mask is None else mask[i : i + step])
+            for i in range(0, b, step)
+        ], dim=1)  # fmt: skip
+
+    def _classify(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        m, b, length, hh, ww, _ = tokens.shape
+        # Any token strides in, contiguous out: the index encoding and the copy are one pass.
+        x = torch.add(tokens, self.pos[:length], out=tokens.new_empty(tokens.shape, dtype=torch.float32))
+        grouped = self.conv_mode == "grouped" or (
+            self.conv_mode == "auto" and b * length * hh * ww <= GROUPED_MAX_PIXELS
+        )
+        for block in self.blocks:
+            x = block(x, mask, grouped)
+        if mask is not None:
+            x = x.masked_fill_(~mask[None, :, :, None, None, None], torch.finfo(x.dtype).min)
+        pooled = x.amax(dim=2).view(m, b, -1)
+        hidden = torch.baddbmm(self.head_b1, pooled, self.head_w1).relu_()
+        return torch.baddbmm(self.head_b2, hidden, self.head_w2)
+
+    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        cs, mc = self.chunk_size, self.max_chunks
+        b, t, h, w = x.shape
+        if t > cs * mc:
+            raise InferenceInputError(f"{t} frames exceed the window of {cs * mc}")
+        target = cs * (mc if self.pad_window else max(1, -(-t // cs)))
+        x = F.pad(x, (0, 0, 0, 0, 0, target - t))
+        band = F.pad(band, (0, target - t))
+        length = target // cs
+        xc, bc = x.reshape(b * length, cs, h, w), band.reshape(b * length, cs)
+        work = tuple(self.token_shape[p] for p in self.work_perm)
+        if self.pad_window:
+            # An all-padding chunk (zero frames, band id 0) always has the same token: look it up.
+            real = (bc != 0).any(dim=1) | (xc != 0).flatten(1).any(dim=1)
+            mask = None
+        else:
+            real = (bc != 0).any(dim=1)  # padding tokens are masked out: their value does not matter
+            mask = real.view(b, length)
+        if bool(real.all()):
+            tokens = self.embed_chunks(xc, bc)
+        else:
+            if self.pad_window:
+                tokens = self.pad[:, None].expand(-1, b * length, *work).clone()
+            else:
+                tokens = xc.new_zeros(self.n_members, b * length, *work, dtype=torch.float32)
+            if bool(real.any()):
+                tokens[:, real] = self.embed_chunks(xc[real], bc[real]).to(tokens.dtype)
+        return self.classify(tokens.view(self.n_members, b, length, *work), mask)
+
+
+def can_stack(members: Sequence[nn.Module]) -> bool:
+    """Return True when ``members`` are ConvEntion nets of one configuration (a stacked form exists)."""
+    return bool(members) and all(type(m) is ConvEntion and m.config == members[0].config for m in members)
+
+
+def ensemble_forward(members: Sequence[nn.Module], *, stacked: bool = True) -> EnsembleForward:
+    """Return the fastest exact runner of ``members``: stacked when possible, else the member loop."""
+    if stacked and can_stack(members):
+        return StackedConvEntion(members)
+    return MemberLoop(members)
