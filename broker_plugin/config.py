@@ -174,7 +174,7 @@ class ModelSettings(BaseModel):
         description=(
             "torch's intra-op threads for inference on CPU (0: torch's default, OMP_NUM_THREADS or the core"
             " count). On 2 cores beside a preparation process, 1 gave ~10% more throughput and 2 lower"
-            " latency (benchmarks/results/service_prepare.json) [count]."
+            " latency (benchmarks/results/service_prepare_loaded.json) [count]."
         ),
     )
 
