@@ -173,8 +173,8 @@ class ModelSettings(BaseModel):
         le=256,
         description=(
             "torch's intra-op threads for inference on CPU (0: torch's default, OMP_NUM_THREADS or the core"
-            " count). On 2 cores, 1 gave 0-16% more throughput than 2 and 2 mostly lower latency"
-            " (benchmarks/results/service_prepare*.json) [count]."
+            " count). On 2 cores beside a preparation process, 1 gave ~10% more throughput and 2 lower"
+            " latency (benchmarks/results/service_prepare_loaded.json) [count]."
         ),
     )
 
