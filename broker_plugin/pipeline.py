@@ -134,6 +134,12 @@ def _time_key(frame: Frame) -> tuple[float, int]:
     return frame.midpointMjdTai, frame.diaSourceId
 
 
+def _without(stored: Sequence[Frame], new_frames: Sequence[Frame]) -> list[Frame]:
+    """The stored frames that are not among ``new_frames``: those the object had before the batch."""
+    new_ids = {f.diaSourceId for f in new_frames}
+    return [f for f in stored if f.diaSourceId not in new_ids]
+
+
 def _meta(frames: Sequence[Frame]) -> tuple[tuple[float, str], ...]:
     return tuple((f.midpointMjdTai, f.band) for f in frames)
 
@@ -242,6 +248,7 @@ class Pipeline:
             new = item.new_indices()
             item.base = added.n_frames - len(new)  # frames stored before this batch (after pruning)
             stored: list[Frame] | None = None
+            redelivered_outputs = 0
             redelivered = self._redelivered(item, new)
             if redelivered:
                 stored = self._read(item, new)
@@ -250,8 +257,8 @@ class Pipeline:
                     rank = ranks.get(item.items[i][1].diaSourceId, 0)  # 0: pruned long ago, no output
                     if rank >= self._min_frames:
                         recomputes.append((item, i, stored[:rank]))
-            wanted_new = [i for k, i in enumerate(new) if item.base + k + 1 >= self._min_frames]
-            if not wanted_new and not any(r[0] is item for r in recomputes):
+                        redelivered_outputs += 1
+            if not redelivered_outputs and not any(self._gets_output(item, k) for k in range(len(new))):
                 continue
             classified += 1
             if not new:
@@ -262,8 +269,7 @@ class Pipeline:
                 track = ObjectTrack.from_bytes(blob, version) if blob is not None else None
                 if track is None or not self._cache_is_current(track, added, len(new)):
                     stored = stored if stored is not None else self._read(item, new)
-                    new_ids = {f.diaSourceId for f in new_frames}
-                    before = [f for f in stored if f.diaSourceId not in new_ids]
+                    before = _without(stored, new_frames)
                     cache = self._predictor.new_cache(self._predictor.preprocess(before) if before else None)
                     track = ObjectTrack(cache, _meta(before[-self._recent_keep :]))
                 stepped.append((item, new, track.recent))
@@ -272,10 +278,9 @@ class Pipeline:
             else:
                 # New frames out of time order: each alert's known frames are a different sequence.
                 stored = stored if stored is not None else self._read(item, new)
-                new_ids = {f.diaSourceId for f in new_frames}
-                before = [f for f in stored if f.diaSourceId not in new_ids]
+                before = _without(stored, new_frames)
                 for k, i in enumerate(new):
-                    if item.base + k + 1 >= self._min_frames:
+                    if self._gets_output(item, k):
                         recomputes.append((item, i, sorted(before + new_frames[: k + 1], key=_time_key)))
                 rebuilt.append((item, stored))
         self._answer_stepped(stepped, step_caches, step_inputs)
@@ -285,6 +290,10 @@ class Pipeline:
             item.track = ObjectTrack(cache, _meta(stored[-self._recent_keep :]))
         self._store.put_caches([(w.key, version, w.track.to_bytes()) for w in objects if w.track is not None])
         return classified
+
+    def _gets_output(self, item: _ObjectWork, k: int) -> bool:
+        """Whether the object's k-th new frame of the batch brings it to ``min_frames`` known frames."""
+        return item.base + k + 1 >= self._min_frames
 
     def _read(self, item: _ObjectWork, new: list[int]) -> list[Frame]:
         """The object's stored frames (time order), and its count of frames from before this batch."""
@@ -323,7 +332,7 @@ class Pipeline:
             for k, (i, prediction) in enumerate(zip(new, steps, strict=True)):
                 frame = item.items[i][1]
                 recent = extend_recent(recent, [(frame.midpointMjdTai, frame.band)], self._recent_keep)
-                if item.base + k + 1 >= self._min_frames:
+                if self._gets_output(item, k):
                     item.answers[i] = (prediction, *window_meta(recent, prediction.n_frames))
             item.track = ObjectTrack(cache, recent)
 
