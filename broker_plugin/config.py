@@ -173,8 +173,8 @@ class ModelSettings(BaseModel):
         le=256,
         description=(
             "torch's intra-op threads for inference on CPU (0: torch's default, OMP_NUM_THREADS or the core"
-            " count). On 2 cores beside a preparation process, 1 gave ~10% more throughput and 2 lower"
-            " latency (benchmarks/results/service_prepare_loaded.json) [count]."
+            " count). Measured side by side on 2 shared cores (benchmarks/results/service_prepare.json):"
+            " neither 1 nor 2 wins for the shipped model; 1 gave the one-member net 1.2x [count]."
         ),
     )
 
