@@ -124,6 +124,14 @@ class Frame:
         Copied from the alert.
     originalShape
         Shape of the cutout the frame was made from (rows, columns).
+    science, scienceMask
+        The science cutout on the same frame grid (same resampler), in the cutout's own flux units (nJy
+        where the alert calibrates it; the model's normalisation of static-sky images is scale free),
+        masked pixels 0; both ``None`` when the alert has no usable science cutout.
+    template, templateMask
+        The template (reference) cutout, likewise.
+    psfFlux, psfFluxErr
+        The alert's PSF flux on the difference image and its error [nJy]; ``None`` when absent.
     """
 
     data: np.ndarray
@@ -133,6 +141,12 @@ class Frame:
     midpointMjdTai: float
     diaSourceId: int
     originalShape: tuple[int, int] = field(default=(0, 0))
+    science: np.ndarray | None = field(default=None, repr=False)
+    scienceMask: np.ndarray | None = field(default=None, repr=False)
+    template: np.ndarray | None = field(default=None, repr=False)
+    templateMask: np.ndarray | None = field(default=None, repr=False)
+    psfFlux: float | None = None
+    psfFluxErr: float | None = None
 
 
 #: Largest difference flux a frame pixel may hold [nJy] (AB magnitude about 1.4 in one pixel): brighter than
@@ -171,7 +185,35 @@ def check_frame(frame: Frame, size: int | None = None) -> Frame:
         raise InvalidFrameError(f"frame band {frame.band!r} not one of {BANDS}")
     if not isinstance(frame.diaSourceId, int | np.integer):
         raise InvalidFrameError(f"frame diaSourceId {frame.diaSourceId!r} is not an integer")
+    for name in ("science", "template"):
+        _check_plane(name, getattr(frame, name), getattr(frame, f"{name}Mask"), data.shape)
+    for name in ("psfFlux", "psfFluxErr"):
+        value = getattr(frame, name)
+        if value is not None and (
+            not isinstance(value, float | int) or not math.isfinite(value) or abs(value) > MAX_PIXEL_FLUX_NJY
+        ):
+            raise InvalidFrameError(f"frame {name} {value!r} is not a finite flux")
+    if frame.psfFluxErr is not None and frame.psfFluxErr < 0:
+        raise InvalidFrameError(f"frame psfFluxErr {frame.psfFluxErr!r} is negative")
     return frame
+
+
+def _check_plane(
+    name: str, plane: np.ndarray | None, mask: np.ndarray | None, shape: tuple[int, ...]
+) -> None:
+    """Check a science or template plane as the difference: both or neither of image and mask."""
+    if plane is None and mask is None:
+        return
+    if not isinstance(plane, np.ndarray) or plane.dtype != np.float32 or plane.shape != shape:
+        raise InvalidFrameError(f"frame {name} is not a float32 array of shape {shape}")
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != shape:
+        raise InvalidFrameError(f"frame {name}Mask is not a bool array of shape {shape}")
+    if not np.isfinite(plane).all() or float(np.abs(plane).max(initial=0.0)) > MAX_PIXEL_FLUX_NJY:
+        raise InvalidFrameError(
+            f"frame {name} holds non-finite pixels or pixels beyond {MAX_PIXEL_FLUX_NJY:g}"
+        )
+    if plane[~mask].any():
+        raise InvalidFrameError(f"masked frame {name} pixels are not 0")
 
 
 @dataclass(frozen=True, slots=True)

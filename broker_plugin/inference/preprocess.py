@@ -13,10 +13,23 @@ and is dropped: it would otherwise shift the chunking of every later frame.
 The window: frames are grouped in chunks of ``chunk_size`` from the object's first frame; the model
 sees the most recent ``max_chunks`` chunks, the last one possibly incomplete (padded with zero frames
 of band id 0). :func:`window_start` defines it, and the incremental engine keeps to it exactly.
+
+Beyond the difference frames, nets that ask for them (``uses_context``) get per frame:
+
+- the science and template images (``aux``), each normalised on its own by
+  :func:`normalise_static_image`: the median (the sky level, which ZTF leaves in its science cutouts)
+  is subtracted and the result divided by a robust noise estimate before ``asinh``, so the
+  normalisation needs no zero point (ZTF's template has none in the alert) and is the same for every
+  survey's units and depth; an absent cutout is a zero plane with its presence flag 0;
+- a context vector (:func:`context_features`, :data:`CONTEXT_FEATURES` values): continuous time (days
+  since the object's first frame and since the previous frame), the alert's PSF photometry and the
+  presence flags. Time is relative to the object's own first frame, never absolute, and is computed
+  once per frame from the frames before it, so a window or a cached chunk never changes its context.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -98,6 +111,94 @@ def fit_flux_normalisation(
     return FluxNormalisation(method, tuple(scale), tuple(offset))
 
 
+#: Softening of :func:`normalise_static_image` in units of the image's robust noise: the sky noise stays
+#: linear (within about +-1/3), a host galaxy or star hundreds of sigma bright is compressed logarithmically.
+STATIC_SOFTENING_SIGMA = 3.0
+#: Softening scale of the photometry features [nJy] (AB 23.9): Rubin's single-visit 5-sigma depth is about
+#: 600 nJy, ZTF's about 20,000 nJy, so both surveys' detections fall on the logarithmic part.
+PHOTOMETRY_SCALE_NJY = 1000.0
+#: Periods of the sinusoids of the time since the first frame [days]: a supernova's rise (days), its
+#: decline (weeks to months), a season, several seasons.
+TIME_PERIODS_DAYS: tuple[float, ...] = (4.0, 16.0, 64.0, 256.0, 1024.0)
+#: Columns of the context vector, in order.
+TIME_COLUMNS = slice(0, 2 + 2 * len(TIME_PERIODS_DAYS))
+PHOTOMETRY_COLUMNS = slice(TIME_COLUMNS.stop, TIME_COLUMNS.stop + 4)
+PRESENCE_COLUMNS = slice(PHOTOMETRY_COLUMNS.stop, PHOTOMETRY_COLUMNS.stop + 2)
+CONTEXT_FEATURES = PRESENCE_COLUMNS.stop
+
+
+def normalise_static_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Normalise a science or template image ``(H, W)`` (any flux unit) for the net.
+
+    ``asinh((image - median) / (STATIC_SOFTENING_SIGMA * sigma))`` over the measured pixels, with the
+    median and ``sigma = 1.4826 MAD`` of the measured pixels: scale free (a zero point or a gain cancels),
+    sky level free (ZTF science cutouts keep the sky), robust to the source and host that fill part of
+    the image. ``sigma`` never falls below 1e-6 of the largest deviation, so a flat or almost flat image
+    stays finite. Masked pixels are 0, and an image with no measured pixel is all 0.
+    """
+    out = np.zeros(image.shape, np.float32)
+    values = np.asarray(image, np.float64)[mask]
+    if values.size == 0:
+        return out
+    median = float(np.median(values))
+    deviation = np.abs(values - median)
+    sigma = max(1.4826 * float(np.median(deviation)), 1e-6 * float(deviation.max()), 1e-30)
+    out[mask] = np.arcsinh((values - median) / (STATIC_SOFTENING_SIGMA * sigma))
+    return out
+
+
+def photometry_features(psf_flux: np.ndarray, psf_flux_err: np.ndarray) -> np.ndarray:
+    """Encode PSF fluxes and errors ``(n,)`` [nJy, NaN when absent] as ``(n, 4)`` float32.
+
+    Columns: ``asinh(flux / s)``, ``asinh(err / s)`` (``s`` = :data:`PHOTOMETRY_SCALE_NJY`), the
+    signal-to-noise ``asinh(flux / err / 5)`` (a depth-free view) and 1 where both are present. Absent
+    photometry is all 0.
+    """
+    flux = np.asarray(psf_flux, np.float64)
+    err = np.asarray(psf_flux_err, np.float64)
+    present = np.isfinite(flux) & np.isfinite(err) & (err > 0)
+    f, e = np.where(present, flux, 0.0), np.where(present, err, 1.0)
+    out = np.stack(
+        [np.arcsinh(f / PHOTOMETRY_SCALE_NJY), np.arcsinh(e / PHOTOMETRY_SCALE_NJY) * present,
+         np.arcsinh(f / e / 5.0), present.astype(np.float64)], axis=1,
+    )  # fmt: skip
+    return out.astype(np.float32)
+
+
+def time_features(mjd: np.ndarray, first_mjd: float, prev_mjd: float) -> np.ndarray:
+    """Encode frame times ``(n,)`` [MJD, time order] as ``(n, 2 + 2 * len(TIME_PERIODS_DAYS))`` float32.
+
+    ``t`` is the time since the object's first frame ``first_mjd`` and ``dt`` since each frame's
+    previous one (``prev_mjd`` before the first of ``mjd``; 0 for the object's first frame). Columns:
+    ``log1p(t) / 7``, ``log1p(dt) / 7`` (7 ~ log of 1,000 days), then ``sin, cos(2 pi t / P)`` per
+    period. Irregular cadences are seen as they are: nothing here counts frames.
+    """
+    mjd = np.asarray(mjd, np.float64)
+    if mjd.size == 0:
+        return np.zeros((0, TIME_COLUMNS.stop), np.float32)
+    t = np.clip(mjd - first_mjd, 0.0, None)
+    previous = np.concatenate(([prev_mjd if math.isfinite(prev_mjd) else mjd[0]], mjd[:-1]))
+    dt = np.clip(mjd - previous, 0.0, None)
+    columns = [np.log1p(t) / 7.0, np.log1p(dt) / 7.0]
+    for period in TIME_PERIODS_DAYS:
+        angle = 2.0 * np.pi * t / period
+        columns += [np.sin(angle), np.cos(angle)]
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def context_features(
+    mjd: np.ndarray, first_mjd: float, prev_mjd: float, photometry: np.ndarray, presence: np.ndarray
+) -> np.ndarray:
+    """The context vectors ``(n, CONTEXT_FEATURES)`` of frames at ``mjd`` (see :func:`time_features`).
+
+    ``photometry`` is :func:`photometry_features`' output, ``presence`` ``(n, 2)`` the science and
+    template presence flags.
+    """
+    return np.concatenate(
+        (time_features(mjd, first_mjd, prev_mjd), photometry, np.asarray(presence, np.float32)), axis=1
+    )
+
+
 @dataclass(frozen=True)
 class ModelInput:
     """One object's preprocessed frames, in time order.
@@ -105,19 +206,62 @@ class ModelInput:
     Attributes
     ----------
     x
-        ``(n, H, W)`` float32 normalised flux.
+        ``(n, H, W)`` float32 normalised difference flux.
     band
         ``(n,)`` int64 band ids (``BANDS`` index + the net's ``band_offset``).
+    aux
+        ``(n, 2, H, W)`` float32 normalised science and template images (zero where absent), or None
+        when the input was built without them.
+    photometry
+        ``(n, 4)`` :func:`photometry_features`, or None.
+    presence
+        ``(n, 2)`` bool: science and template present.
+    mjd
+        ``(n,)`` float64 ``midpointMjdTai``, or None.
+    first_mjd, prev_mjd
+        The object's first frame time and the time of the frame before ``x[0]`` (NaN: none); a slice
+        keeps them right, so a window's context is the whole history's.
     """
 
     x: np.ndarray
     band: np.ndarray
+    aux: np.ndarray | None = None
+    photometry: np.ndarray | None = None
+    presence: np.ndarray | None = None
+    mjd: np.ndarray | None = None
+    first_mjd: float = math.nan
+    prev_mjd: float = math.nan
 
     def __len__(self) -> int:
         return len(self.band)
 
     def __getitem__(self, index: slice) -> ModelInput:
-        return ModelInput(self.x[index], self.band[index])
+        start, _, step = index.indices(len(self))
+        if step != 1:
+            raise ValueError("a ModelInput slices by contiguous ranges only")
+        prev = self.prev_mjd
+        if self.mjd is not None and start > 0:
+            prev = float(self.mjd[start - 1])
+        return ModelInput(
+            self.x[index], self.band[index], _cut(self.aux, index), _cut(self.photometry, index),
+            _cut(self.presence, index), _cut(self.mjd, index), self.first_mjd, prev,
+        )  # fmt: skip
+
+    @property
+    def has_context(self) -> bool:
+        """Whether this input carries science, template, time and photometry."""
+        return self.aux is not None and self.mjd is not None
+
+    def context(self) -> np.ndarray:
+        """The :func:`context_features` of every frame ``(n, CONTEXT_FEATURES)``."""
+        if not self.has_context:
+            raise InferenceInputError("this input was preprocessed without times, photometry and planes")
+        assert self.mjd is not None and self.photometry is not None and self.presence is not None  # noqa: S101
+        return context_features(self.mjd, self.first_mjd, self.prev_mjd, self.photometry, self.presence)
+
+
+def _cut(array: np.ndarray | None, index: slice) -> np.ndarray | None:
+    return None if array is None else array[index]
 
 
 def band_ids(bands: Sequence[str], band_offset: int) -> np.ndarray:
@@ -136,6 +280,7 @@ def arrays_to_input(
     band_offset: int,
     masks: np.ndarray | None = None,
     stamp: int = 32,
+    context: FrameContext | None = None,
 ) -> ModelInput:
     """Preprocess ``flux`` ``(n, stamp, stamp)`` [nJy] in ``bands`` (time order) for a net.
 
@@ -153,6 +298,9 @@ def arrays_to_input(
         ``True`` where measured; frames with no measured pixel are dropped. None: all measured.
     stamp
         Expected frame side [pixels].
+    context
+        Science and template images, times and photometry of the same frames; None builds an input
+        without them (enough for nets that do not use them).
     """
     flux = np.asarray(flux, np.float32)
     if flux.ndim != 3 or flux.shape[1:] != (stamp, stamp) or len(bands) != len(flux):
@@ -164,18 +312,108 @@ def arrays_to_input(
     x[~masks[keep]] = 0.0
     if not np.isfinite(x).all():
         raise InferenceInputError("non-finite flux in measured pixels")
-    return ModelInput(x, ids + band_offset)
+    if context is None:
+        return ModelInput(x, ids + band_offset)
+    return context.to_input(x, ids + band_offset, keep)
+
+
+@dataclass(frozen=True)
+class FrameContext:
+    """What a frame has beyond its difference image, as arrays over an object's frames (time order).
+
+    Attributes
+    ----------
+    mjd
+        ``(n,)`` ``midpointMjdTai`` [MJD].
+    psf_flux, psf_flux_err
+        ``(n,)`` alert PSF flux and error [nJy], NaN when absent.
+    science, science_masks, template, template_masks
+        ``(n, H, W)`` images and their measured-pixel masks, or None when no frame has one (a frame
+        without one has an all-False mask).
+    first_mjd, prev_mjd
+        The object's first frame time and the time before the first of these frames (NaN: these frames
+        start the object).
+    """
+
+    mjd: np.ndarray
+    psf_flux: np.ndarray
+    psf_flux_err: np.ndarray
+    science: np.ndarray | None = None
+    science_masks: np.ndarray | None = None
+    template: np.ndarray | None = None
+    template_masks: np.ndarray | None = None
+    first_mjd: float = math.nan
+    prev_mjd: float = math.nan
+
+    def to_input(self, x: np.ndarray, band: np.ndarray, keep: np.ndarray) -> ModelInput:
+        """Complete the kept frames' difference input ``x``, ``band`` with this context."""
+        n, size = len(x), x.shape[-1]
+        aux = np.zeros((n, 2, size, size), np.float32)
+        presence = np.zeros((n, 2), bool)
+        for k, (images, masks) in enumerate(
+            ((self.science, self.science_masks), (self.template, self.template_masks))
+        ):
+            if images is None or masks is None:
+                continue
+            images, masks = np.asarray(images)[keep], np.asarray(masks, bool)[keep]
+            for i in range(n):
+                if masks[i].any():
+                    aux[i, k] = normalise_static_image(images[i], masks[i])
+                    presence[i, k] = True
+        mjd = np.asarray(self.mjd, np.float64)[keep]
+        if not np.isfinite(mjd).all():
+            raise InferenceInputError("non-finite frame time")
+        first = self.first_mjd if math.isfinite(self.first_mjd) else (float(mjd[0]) if n else math.nan)
+        phot = photometry_features(np.asarray(self.psf_flux)[keep], np.asarray(self.psf_flux_err)[keep])
+        return ModelInput(x, band, aux, phot, presence, mjd, first, self.prev_mjd)
+
+
+def frame_context(frames: Sequence[Frame], before: Sequence[Frame] = ()) -> FrameContext:
+    """The :class:`FrameContext` of ``frames`` (time order), which follow the object's ``before`` frames."""
+    size = frames[0].data.shape
+
+    def planes(name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if all(getattr(f, name) is None for f in frames):
+            return None, None
+        images = np.stack([getattr(f, name) if getattr(f, name) is not None else np.zeros(size, np.float32)
+                           for f in frames])  # fmt: skip
+        masks = np.stack([getattr(f, f"{name}Mask") if getattr(f, name) is not None else np.zeros(size, bool)
+                          for f in frames])  # fmt: skip
+        return images, masks
+
+    science, science_masks = planes("science")
+    template, template_masks = planes("template")
+    measured = [f for f in before if f.mask.any()]
+    return FrameContext(
+        np.array([f.midpointMjdTai for f in frames], np.float64),
+        np.array([np.nan if f.psfFlux is None else f.psfFlux for f in frames], np.float64),
+        np.array([np.nan if f.psfFluxErr is None else f.psfFluxErr for f in frames], np.float64),
+        science, science_masks, template, template_masks,
+        measured[0].midpointMjdTai if measured else math.nan,
+        measured[-1].midpointMjdTai if measured else math.nan,
+    )  # fmt: skip
 
 
 def frames_to_input(
-    frames: Sequence[Frame], norm: FluxNormalisation, *, band_offset: int, stamp: int = 32
+    frames: Sequence[Frame],
+    norm: FluxNormalisation,
+    *,
+    band_offset: int,
+    stamp: int = 32,
+    with_context: bool = False,
+    before: Sequence[Frame] = (),
 ) -> ModelInput:
-    """Preprocess :class:`~broker_plugin.records.Frame` objects (time order) for a net."""
+    """Preprocess :class:`~broker_plugin.records.Frame` objects (time order) for a net.
+
+    ``with_context`` adds science, template, times and photometry (nets with ``uses_context``);
+    ``before`` are the object's frames preceding ``frames`` (their times set the context's origin).
+    """
     if not frames:
         return ModelInput(np.zeros((0, stamp, stamp), np.float32), np.zeros(0, np.int64))
     return arrays_to_input(
         np.stack([f.data for f in frames]), [f.band for f in frames], norm,
         band_offset=band_offset, masks=np.stack([f.mask for f in frames]), stamp=stamp,
+        context=frame_context(frames, before) if with_context else None,
     )  # fmt: skip
 
 
@@ -198,3 +436,18 @@ def collate(inputs: Sequence[ModelInput], *, frames: int, stamp: int = 32) -> tu
         x[i, : len(inp)] = inp.x
         band[i, : len(inp)] = inp.band
     return x, band
+
+
+def collate_context(
+    inputs: Sequence[ModelInput], *, frames: int, stamp: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the science/template planes ``(B, frames, 2, H, W)`` and contexts ``(B, frames, K)``.
+
+    Zero padded at the end, like :func:`collate`; every input must carry its context.
+    """
+    aux = np.zeros((len(inputs), frames, 2, stamp, stamp), np.float32)
+    context = np.zeros((len(inputs), frames, CONTEXT_FEATURES), np.float32)
+    for i, inp in enumerate(inputs):
+        context[i, : len(inp)] = inp.context()
+        aux[i, : len(inp)] = inp.aux
+    return aux, context
