@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from broker_plugin.inference.errors import InferenceInputError
@@ -66,6 +66,7 @@ class CnnRnn(nn.Module):
     chunk_size = 1
     band_offset = 1
     pad_window = False
+    uses_context = False
 
     def __init__(self, config: CnnRnnConfig, name: str) -> None:
         super().__init__()
@@ -102,7 +103,9 @@ class CnnRnn(nn.Module):
         self.config = replace(self.config, num_classes=num_classes)
         self.head = self._make_head(num_classes).to(next(self.parameters()).device)
 
-    def embed_chunks(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    def embed_chunks(
+        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
+    ) -> torch.Tensor:
         """Encode frames ``x`` ``(N, 1, H, W)`` with band ids ``(N, 1)`` to tokens ``(N, features + 7)``."""
         feats = self.cnn(x)
         onehot = F.one_hot(band[:, 0], self.n_band_ids).to(feats.dtype)
@@ -129,7 +132,7 @@ class CnnRnn(nn.Module):
         return features if pre_logits else self.head(features)
 
     def forward_features(
-        self, x: torch.Tensor, band: torch.Tensor
+        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode the valid frames of ``x`` ``(B, T, H, W)`` and run the RNN; return (features, mask)."""
         b, t = band.shape
@@ -140,9 +143,11 @@ class CnnRnn(nn.Module):
         tokens[mask] = self.embed_chunks(x[mask][:, None], band[mask][:, None]).to(tokens.dtype)
         return self.forward_blocks(tokens, mask), mask
 
-    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
+    ) -> torch.Tensor:
         """Return logits ``(B, num_classes)`` for frames ``x`` ``(B, T, H, W)`` and band ids ``(B, T)``."""
-        return self.forward_head(*self.forward_features(x, band))
+        return self.forward_head(*self.forward_features(x, band, aux, context))
 
 
 @register_net("cnn-lstm")

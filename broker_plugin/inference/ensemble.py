@@ -40,7 +40,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from broker_plugin.inference.errors import InferenceInputError
 from broker_plugin.inference.layers import FRONT_END_LAYOUT, conv_out
@@ -69,6 +69,8 @@ class EnsembleForward(nn.Module):
         As on every member (see :mod:`~broker_plugin.inference.nets`).
     token_shape
         One member's token in the cache layout (the members' own layout).
+    uses_context
+        Whether the members take the frames' planes and context (see ``nets``).
     work_perm
         Permutation of the token axes from the cache layout to the layout ``classify`` takes and
         ``embed_chunks`` returns (identity for :class:`MemberLoop`).
@@ -83,9 +85,15 @@ class EnsembleForward(nn.Module):
     num_classes: int
     token_shape: tuple[int, ...]
     work_perm: tuple[int, ...]
+    uses_context: bool = False
 
-    def embed_chunks(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
-        """Encode chunks ``x`` ``(N, chunk, H, W)``, band ids ``(N, chunk)``, to tokens ``(M, N, *work)``."""
+    def embed_chunks(
+        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
+    ) -> torch.Tensor:
+        """Encode chunks ``x`` ``(N, chunk, H, W)``, band ids ``(N, chunk)``, to tokens ``(M, N, *work)``.
+
+        ``aux`` ``(N, chunk, 2, H, W)`` and ``context`` ``(N, chunk, K)``: for ``uses_context`` members.
+        """
         raise NotImplementedError
 
     def pad_tokens(self) -> torch.Tensor | None:
@@ -96,7 +104,9 @@ class EnsembleForward(nn.Module):
         """Return logits ``(M, B, classes)`` for token windows ``(M, B, L, *work)``, ``mask`` ``(B, L)``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
+    ) -> torch.Tensor:
         """Return logits ``(M, B, classes)`` for frames ``x`` ``(B, T, H, W)`` and band ids ``(B, T)``."""
         raise NotImplementedError
 
@@ -125,6 +135,7 @@ def _shared_attributes(members: Sequence[nn.Module]) -> dict[str, object]:
         "n_members": len(members), "chunk_size": first.chunk_size, "max_chunks": first.max_chunks,
         "pad_window": first.pad_window, "stamp": first.config.stamp, "band_offset": first.band_offset,
         "num_classes": first.num_classes, "token_shape": tuple(first.token_shape),
+        "uses_context": bool(getattr(first, "uses_context", False)),
     }  # fmt: skip
 
 
@@ -145,8 +156,10 @@ class MemberLoop(EnsembleForward):
         self.work_perm = tuple(range(len(self.token_shape)))
         self._pad: torch.Tensor | None = None
 
-    def embed_chunks(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return torch.stack([m.embed_chunks(x, band).float() for m in self.members])
+    def embed_chunks(  # noqa: D102
+        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
+    ) -> torch.Tensor:
+        return torch.stack([m.embed_chunks(x, band, aux, context).float() for m in self.members])
 
     def pad_tokens(self) -> torch.Tensor | None:  # noqa: D102
         if not self.pad_window:
@@ -166,8 +179,10 @@ class MemberLoop(EnsembleForward):
             ]
         )
 
-    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return torch.stack([m(x, band).float() for m in self.members])
+    def forward(  # noqa: D102
+        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
+    ) -> torch.Tensor:
+        return torch.stack([m(x, band, aux, context).float() for m in self.members])
 
 
 def _bn_fold(bn: Sequence[nn.modules.batchnorm._BatchNorm]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -529,7 +544,9 @@ class StackedConvEntion(EnsembleForward):
                 )
             self.register_buffer("pad", pad[:, 0] if self.pad_window else pad, persistent=False)
 
-    def embed_chunks(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def embed_chunks(  # noqa: D102
+        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
+    ) -> torch.Tensor:
         x, step = x.float(), self.embed_step
         if x.shape[0] <= step:
             return self.front_end(x, band)
@@ -565,7 +582,9 @@ class StackedConvEntion(EnsembleForward):
         hidden = torch.baddbmm(self.head_b1, pooled, self.head_w1).relu_()
         return torch.baddbmm(self.head_b2, hidden, self.head_w2)
 
-    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(  # noqa: D102
+        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
+    ) -> torch.Tensor:
         cs, mc = self.chunk_size, self.max_chunks
         b, t, h, w = x.shape
         if t > cs * mc:
@@ -596,8 +615,13 @@ class StackedConvEntion(EnsembleForward):
 
 
 def can_stack(members: Sequence[nn.Module]) -> bool:
-    """Return True when ``members`` are ConvEntion nets of one configuration (a stacked form exists)."""
-    return bool(members) and all(type(m) is ConvEntion and m.config == members[0].config for m in members)
+    """Return True when ``members`` are ConvEntion nets of one configuration (a stacked form exists).
+
+    Nets with ``uses_context`` (science/template planes, context channels) have no stacked form yet.
+    """
+    return bool(members) and all(
+        type(m) is ConvEntion and m.config == members[0].config and not m.uses_context for m in members
+    )
 
 
 def ensemble_forward(members: Sequence[nn.Module], *, stacked: bool = True) -> EnsembleForward:

@@ -9,15 +9,21 @@ attention blocks and head over the window, and the window is exactly
 
 The cache is only a cache: :meth:`IncrementalEngine.rebuild` recreates it from the object's frames,
 and its bytes name the model version so a cache from another model is refused.
+
+For nets with ``uses_context`` the cache also keeps the object's first and latest frame times (a new
+frame's context is its time since the first and since the latest) and the pending frames' planes and
+context vectors; a chunk's token depends on that chunk's frames and their context alone, so exactness
+holds as for the difference-only nets.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,10 +31,13 @@ from torch import nn
 
 from broker_plugin.inference.ensemble import EnsembleForward, ensemble_forward
 from broker_plugin.inference.errors import CacheError, InferenceInputError
-from broker_plugin.inference.preprocess import ModelInput
+from broker_plugin.inference.preprocess import CONTEXT_FEATURES, ModelInput, context_features
 
 _MAGIC = b"BPIC"
-_FORMAT = 1
+_FORMAT = 2
+#: Formats :meth:`ObjectCache.from_bytes` reads (1: before planes and context).
+_READABLE = (1, 2)
+_DTYPES = ("<f4", "<f4", "<i8", "<f4", "<f4")
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,11 @@ class ObjectCache:
         chunks, oldest first.
     pending_x, pending_band
         ``(p, H, W)`` float32 normalised frames and ``(p,)`` int64 band ids of the incomplete chunk.
+    pending_aux, pending_context
+        ``(p, 2, H, W)`` planes and ``(p, K)`` context vectors of those frames (``p = 0`` rows of
+        zero width for nets without context).
+    first_mjd, last_mjd
+        Times of the object's first and latest consumed frames [MJD]; NaN before the first.
     """
 
     model_id: str
@@ -53,13 +67,25 @@ class ObjectCache:
     tokens: np.ndarray
     pending_x: np.ndarray
     pending_band: np.ndarray
+    pending_aux: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 0, 0), np.float32))
+    pending_context: np.ndarray = field(default_factory=lambda: np.zeros((0, CONTEXT_FEATURES), np.float32))
+    first_mjd: float = math.nan
+    last_mjd: float = math.nan
 
     def to_bytes(self) -> bytes:
         """Serialise to bytes (JSON header + little-endian arrays + CRC-32); no pickle."""
-        arrays = (self.tokens.astype("<f4"), self.pending_x.astype("<f4"), self.pending_band.astype("<i8"))
+        arrays = tuple(
+            a.astype(d)
+            for a, d in zip(
+                (self.tokens, self.pending_x, self.pending_band, self.pending_aux, self.pending_context),
+                _DTYPES,
+                strict=True,
+            )
+        )
         header = json.dumps({
             "format": _FORMAT, "model_id": self.model_id, "n_frames": self.n_frames,
             "shapes": [list(a.shape) for a in arrays],
+            "first_mjd": _json_time(self.first_mjd), "last_mjd": _json_time(self.last_mjd),
         }).encode()  # fmt: skip
         payload = b"".join(a.tobytes() for a in arrays)
         return _MAGIC + struct.pack("<II", len(header), zlib.crc32(payload)) + header + payload
@@ -79,10 +105,10 @@ class ObjectCache:
             header_len, crc = struct.unpack_from("<II", data, 4)
             header = json.loads(data[12 : 12 + header_len])
             payload = data[12 + header_len :]
-            if zlib.crc32(payload) != crc or header["format"] != _FORMAT:
+            if zlib.crc32(payload) != crc or header["format"] not in _READABLE:
                 raise ValueError("checksum or format mismatch")
             arrays, offset = [], 0
-            for shape, dtype in zip(header["shapes"], ("<f4", "<f4", "<i8"), strict=True):
+            for shape, dtype in zip(header["shapes"], _DTYPES[: len(header["shapes"])], strict=True):
                 count = int(np.prod(shape))
                 arrays.append(np.frombuffer(payload, dtype, count, offset).reshape(shape).astype(dtype[1:]))
                 offset += count * 4 if dtype == "<f4" else count * 8
@@ -92,7 +118,20 @@ class ObjectCache:
             raise CacheError(f"corrupt incremental cache: {exc}") from None
         if model_id is not None and header["model_id"] != model_id:
             raise CacheError(f"cache of model {header['model_id']!r}, not {model_id!r}; rebuild it")
-        return cls(header["model_id"], header["n_frames"], *arrays)
+        times = (_read_time(header.get("first_mjd")), _read_time(header.get("last_mjd")))
+        return cls(header["model_id"], header["n_frames"], *arrays, *times)
+
+
+def _json_time(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _read_time(value: object) -> float:
+    if value is None:
+        return math.nan
+    if not isinstance(value, float | int) or not math.isfinite(value):
+        raise CacheError(f"corrupt incremental cache: frame time {value!r}")
+    return float(value)
 
 
 class IncrementalEngine:
@@ -119,34 +158,63 @@ class IncrementalEngine:
         ens = self.ensemble
         self.chunk, self.max_chunks, self.token_shape = ens.chunk_size, ens.max_chunks, ens.token_shape
         self.stamp: int = ens.stamp
+        self.uses_context: bool = ens.uses_context
         with torch.inference_mode():
             # The paper net always sees max_chunks tokens; an all-padding chunk's token is a constant.
             self._pad_token = ens.pad_tokens()
 
     def empty_cache(self) -> ObjectCache:
         """Return the cache of an object with no frame yet."""
+        side = self.stamp if self.uses_context else 0
         return ObjectCache(
             self.model_id, 0, np.zeros((len(self.members), 0, *self.token_shape), np.float32),
             np.zeros((0, self.stamp, self.stamp), np.float32), np.zeros(0, np.int64),
+            np.zeros((0, 2, side, side), np.float32), np.zeros((0, CONTEXT_FEATURES), np.float32),
         )  # fmt: skip
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     @torch.inference_mode()
     def rebuild(self, inp: ModelInput) -> ObjectCache:
         """Recompute the cache of an object from all its preprocessed frames (time order)."""
         n_complete = len(inp) // self.chunk
         keep = min(n_complete, self.max_chunks)
-        done = inp[(n_complete - keep) * self.chunk : n_complete * self.chunk]
+        lo, hi = (n_complete - keep) * self.chunk, n_complete * self.chunk
+        aux = context = None
+        if self.uses_context:
+            aux, context = inp.aux, inp.context()
         tokens = np.zeros((len(self.members), keep, *self.token_shape), np.float32)
         if keep:
-            cx = torch.from_numpy(done.x).to(self.device).view(keep, self.chunk, self.stamp, self.stamp)
-            cb = torch.from_numpy(done.band).to(self.device).view(keep, self.chunk)
-            tokens[:] = self.ensemble.to_cache(self.ensemble.embed_chunks(cx, cb)).float().cpu().numpy()
-        rest = inp[n_complete * self.chunk :]
-        return ObjectCache(self.model_id, len(inp), tokens, rest.x.copy(), rest.band.copy())
+            cx = self._tensor(inp.x[lo:hi]).view(keep, self.chunk, self.stamp, self.stamp)
+            cb = self._tensor(inp.band[lo:hi]).view(keep, self.chunk)
+            extras = ()
+            if aux is not None and context is not None:
+                extras = (
+                    self._tensor(aux[lo:hi]).view(keep, self.chunk, 2, self.stamp, self.stamp),
+                    self._tensor(context[lo:hi]).view(keep, self.chunk, -1),
+                )
+            tokens[:] = (
+                self.ensemble.to_cache(self.ensemble.embed_chunks(cx, cb, *extras)).float().cpu().numpy()
+            )
+        empty = self.empty_cache()
+        pending_aux = aux[hi:].copy() if aux is not None else empty.pending_aux
+        pending_context = context[hi:].copy() if context is not None else empty.pending_context
+        times = (math.nan, math.nan)
+        if inp.mjd is not None and len(inp):
+            times = (inp.first_mjd, float(inp.mjd[-1]))
+        return ObjectCache(
+            self.model_id, len(inp), tokens, inp.x[hi:].copy(), inp.band[hi:].copy(), pending_aux,
+            pending_context, *times,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def step(
-        self, caches: Sequence[ObjectCache], x: np.ndarray, band: np.ndarray
+        self,
+        caches: Sequence[ObjectCache],
+        x: np.ndarray,
+        band: np.ndarray,
+        frames: FrameExtras | None = None,
     ) -> tuple[np.ndarray, list[ObjectCache]]:
         """Append one frame per object and classify every object's new window.
 
@@ -156,6 +224,8 @@ class IncrementalEngine:
             One cache per object (distinct objects).
         x, band
             ``(N, H, W)`` normalised new frames and ``(N,)`` their band ids.
+        frames
+            The new frames' planes, times and photometry (required by ``uses_context`` nets).
 
         Returns
         -------
@@ -167,13 +237,24 @@ class IncrementalEngine:
             raise InferenceInputError(f"expected {n} frames of {self.stamp}x{self.stamp}, got {x.shape}")
         if any(c.model_id != self.model_id for c in caches):
             raise CacheError(f"a cache does not belong to model {self.model_id!r}; rebuild it")
+        if self.uses_context and (frames is None or len(frames.mjd) != n):
+            raise InferenceInputError("this model needs each new frame's planes, time and photometry")
         chunk_x = np.zeros((n, self.chunk, self.stamp, self.stamp), np.float32)
         chunk_b = np.zeros((n, self.chunk), np.int64)
+        chunk_aux = chunk_ctx = None
+        if self.uses_context:
+            assert frames is not None  # noqa: S101 - checked above
+            chunk_aux = np.zeros((n, self.chunk, 2, self.stamp, self.stamp), np.float32)
+            chunk_ctx = np.zeros((n, self.chunk, CONTEXT_FEATURES), np.float32)
         lengths = np.zeros(n, np.int64)
         for i, c in enumerate(caches):
             p = len(c.pending_band)
             chunk_x[i, :p], chunk_b[i, :p] = c.pending_x, c.pending_band
             chunk_x[i, p], chunk_b[i, p] = x[i], band[i]
+            if chunk_aux is not None and chunk_ctx is not None and frames is not None:
+                chunk_aux[i, :p], chunk_ctx[i, :p] = c.pending_aux, c.pending_context
+                chunk_aux[i, p] = frames.aux[i]
+                chunk_ctx[i, p] = frames.context_after(c, i)
             old = c.tokens.shape[1] if p + 1 == self.chunk else min(c.tokens.shape[1], self.max_chunks - 1)
             lengths[i] = min(old + 1, self.max_chunks)
         ens = self.ensemble
@@ -185,11 +266,14 @@ class IncrementalEngine:
                 windows[:, i, : lengths[i] - 1] = c.tokens[:, -(lengths[i] - 1) :]
         w = ens.to_work(torch.from_numpy(windows).to(self.device))
         cx, cb = torch.from_numpy(chunk_x).to(self.device), torch.from_numpy(chunk_b).to(self.device)
+        extras = ()
+        if chunk_aux is not None and chunk_ctx is not None:
+            extras = (self._tensor(chunk_aux), self._tensor(chunk_ctx))
         pos = torch.arange(width, device=self.device)
         length_t = torch.from_numpy(lengths).to(self.device)
         valid = pos[None, :] < length_t[:, None]
         rows = torch.arange(n, device=self.device)
-        tok = ens.embed_chunks(cx, cb)
+        tok = ens.embed_chunks(cx, cb, *extras)
         w[:, rows, length_t - 1] = tok.to(w.dtype)
         if self._pad_token is not None:
             # torch.where, not a boolean-mask assignment: the latter was a quarter of a step's time.
@@ -198,10 +282,17 @@ class IncrementalEngine:
         mask = None if self._pad_token is not None else valid
         probs = ens.classify(w, mask).float().softmax(dim=-1).cpu().numpy()
         new_tokens = ens.to_cache(tok).float().cpu().numpy()
-        return probs, self._advance(caches, chunk_x, chunk_b, new_tokens)
+        return probs, self._advance(caches, chunk_x, chunk_b, new_tokens, chunk_aux, chunk_ctx, frames)
 
     def _advance(
-        self, caches: Sequence[ObjectCache], chunk_x: np.ndarray, chunk_b: np.ndarray, new: np.ndarray
+        self,
+        caches: Sequence[ObjectCache],
+        chunk_x: np.ndarray,
+        chunk_b: np.ndarray,
+        new: np.ndarray,
+        chunk_aux: np.ndarray | None,
+        chunk_ctx: np.ndarray | None,
+        frames: FrameExtras | None,
     ) -> list[ObjectCache]:
         out = []
         for i, c in enumerate(caches):
@@ -210,6 +301,57 @@ class IncrementalEngine:
             if p == self.chunk:  # the chunk is complete: its token joins the cache, its frames leave it
                 tokens = np.concatenate((c.tokens, new[:, i : i + 1]), axis=1)[:, -self.max_chunks :]
                 p = 0
-            pending_x, pending_b = chunk_x[i, :p].copy(), chunk_b[i, :p].copy()
-            out.append(ObjectCache(self.model_id, c.n_frames + 1, tokens, pending_x, pending_b))
+            pending_aux, pending_ctx = c.pending_aux, c.pending_context
+            if chunk_aux is not None and chunk_ctx is not None:
+                pending_aux, pending_ctx = chunk_aux[i, :p].copy(), chunk_ctx[i, :p].copy()
+            first, last = c.first_mjd, c.last_mjd
+            if frames is not None:
+                last = float(frames.mjd[i])
+                first = first if math.isfinite(first) else last
+            out.append(ObjectCache(
+                self.model_id, c.n_frames + 1, tokens, chunk_x[i, :p].copy(), chunk_b[i, :p].copy(),
+                pending_aux, pending_ctx, first, last,
+            ))  # fmt: skip
         return out
+
+
+@dataclass(frozen=True)
+class FrameExtras:
+    """One new frame per object beyond its difference image: what a ``uses_context`` net needs.
+
+    Attributes
+    ----------
+    aux
+        ``(N, 2, H, W)`` normalised science and template planes.
+    mjd
+        ``(N,)`` frame times [MJD].
+    photometry
+        ``(N, 4)`` photometry features.
+    presence
+        ``(N, 2)`` plane presence flags.
+    """
+
+    aux: np.ndarray
+    mjd: np.ndarray
+    photometry: np.ndarray
+    presence: np.ndarray
+
+    @classmethod
+    def pick(cls, inputs: Sequence[ModelInput], k: int) -> FrameExtras:
+        """The ``k``-th frame of each input (which must carry its context)."""
+        if not all(i.has_context for i in inputs):
+            raise InferenceInputError("new frames were preprocessed without planes, times and photometry")
+        return cls(
+            np.stack([i.aux[k] for i in inputs]),  # type: ignore[index]
+            np.array([i.mjd[k] for i in inputs], np.float64),  # type: ignore[index]
+            np.stack([i.photometry[k] for i in inputs]),  # type: ignore[index]
+            np.stack([i.presence[k] for i in inputs]),  # type: ignore[index]
+        )
+
+    def context_after(self, cache: ObjectCache, i: int) -> np.ndarray:
+        """The context vector of frame ``i`` following the frames ``cache`` has consumed."""
+        mjd = self.mjd[i : i + 1]
+        first = cache.first_mjd if math.isfinite(cache.first_mjd) else float(mjd[0])
+        return context_features(
+            mjd, first, cache.last_mjd, self.photometry[i : i + 1], self.presence[i : i + 1]
+        )[0]

@@ -60,16 +60,22 @@ class ChunkEncoder(nn.Module):
         Output channels of the four Conv3d layers; the last one is the token depth.
     band_vocab
         Rows of the band embedding (row 0 is padding: a zero band map).
+    planes
+        Image planes per frame: 1 (difference) or 3 (difference, science, template).
     """
 
-    def __init__(self, *, stamp: int, chunk: int, channels: tuple[int, ...], band_vocab: int) -> None:
+    def __init__(
+        self, *, stamp: int, chunk: int, channels: tuple[int, ...], band_vocab: int, planes: int = 1
+    ) -> None:
         super().__init__()
         if len(channels) != len(FRONT_END_LAYOUT):
             raise ValueError(f"the front end has {len(FRONT_END_LAYOUT)} layers, got channels={channels}")
-        self.stamp = stamp
+        if planes not in (1, 3):
+            raise ValueError(f"planes must be 1 or 3, not {planes}")
+        self.stamp, self.planes = stamp, planes
         self.band_embed = nn.Embedding(band_vocab, stamp * stamp, padding_idx=0)
         layers: list[nn.Module] = []
-        in_ch, side, steps = 2, stamp, chunk
+        in_ch, side, steps = planes + 1, stamp, chunk
         for out_ch, (k, s, p) in zip(channels, FRONT_END_LAYOUT, strict=True):
             layers += [nn.Conv3d(in_ch, out_ch, (3, k, k), s, p), nn.BatchNorm3d(out_ch), nn.ReLU()]
             in_ch, side, steps = out_ch, conv_out(side, k, s, p), conv_out(steps, 3, s, p)
@@ -78,11 +84,55 @@ class ChunkEncoder(nn.Module):
         self.net = nn.Sequential(*layers)
         self.token_shape = (in_ch, side, side)
 
-    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
-        """Encode chunks ``x`` ``(N, chunk, H, W)`` with band ids ``(N, chunk)`` to ``(N, C, h, w)``."""
+    def forward(self, x: torch.Tensor, band: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode chunks ``x`` ``(N, chunk, H, W)`` with band ids ``(N, chunk)`` to ``(N, C, h, w)``.
+
+        ``aux`` ``(N, chunk, 2, H, W)`` holds the science and template planes (``planes == 3`` only).
+        """
         n, t, h, w = x.shape
         band_map = self.band_embed(band).view(n, t, h, w).to(x.dtype)
-        return self.net(torch.stack((x, band_map), dim=1)).squeeze(2)
+        if self.planes == 1:
+            return self.net(torch.stack((x, band_map), dim=1)).squeeze(2)
+        if aux is None:
+            raise ValueError("a 3-plane front end needs the science and template planes")
+        stacked = torch.cat((x[:, None], aux.transpose(1, 2).to(x.dtype), band_map[:, None]), dim=1)
+        return self.net(stacked).squeeze(2)
+
+
+class ContextEncoder(nn.Module):
+    """One chunk's per-frame context (time, photometry, presence, band) to a vector of ``out`` channels.
+
+    The vector is broadcast over the token's grid as extra channels: a chunk's token then carries when
+    its frames were taken and how bright the alert photometry saw them, and still depends on that chunk
+    alone (exact incremental inference).
+
+    Parameters
+    ----------
+    columns
+        Indices of the context columns used (the ablation switches groups of them off).
+    chunk
+        Frames per chunk.
+    band_vocab
+        Band ids (one-hot; 0 is padding).
+    hidden, out
+        Width of the hidden layer and of the output.
+    """
+
+    def __init__(
+        self, columns: tuple[int, ...], *, chunk: int, band_vocab: int, hidden: int, out: int
+    ) -> None:
+        super().__init__()
+        self.register_buffer("columns", torch.tensor(columns, dtype=torch.long), persistent=False)
+        self.band_vocab = band_vocab
+        self.net = nn.Sequential(
+            nn.Linear(chunk * (len(columns) + band_vocab), hidden), nn.ReLU(), nn.Linear(hidden, out)
+        )
+
+    def forward(self, context: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+        """Encode ``context`` ``(N, chunk, K)`` and band ids ``(N, chunk)`` to ``(N, out)``."""
+        picked = context.index_select(-1, self.columns)
+        onehot = F.one_hot(band, self.band_vocab).to(picked.dtype)
+        return self.net(torch.cat((picked, onehot), dim=-1).flatten(1))
 
 
 class JointNorm(nn.Module):

@@ -10,7 +10,11 @@ trainer rely on:
 - ``band_offset``: band id of ``BANDS[k]`` is ``k + band_offset`` (0 is padding);
 - ``embed_chunks(x, band)`` -> tokens; ``forward_blocks(tokens, mask)`` -> features;
   ``forward_head(features, mask)`` -> logits; ``forward_features(x, band)`` -> (features, mask);
-  ``reset_classifier(n)``; ``net_name`` and ``net_args`` rebuild the net through :func:`create_net`.
+  ``reset_classifier(n)``; ``net_name`` and ``net_args`` rebuild the net through :func:`create_net`;
+- ``uses_context``: the net also takes each frame's science and template planes ``aux`` and context
+  vector ``context`` (:mod:`~broker_plugin.inference.preprocess`); ``embed_chunks``,
+  ``forward_features`` and ``forward`` accept them as optional trailing arguments, which nets without
+  ``uses_context`` ignore.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from broker_plugin.inference.errors import InferenceInputError, UnknownNetError
-from broker_plugin.inference.layers import ChunkEncoder, ConvEntionBlock, sinusoid_table
+from broker_plugin.inference.layers import ChunkEncoder, ContextEncoder, ConvEntionBlock, sinusoid_table
+from broker_plugin.inference.preprocess import PHOTOMETRY_COLUMNS, PRESENCE_COLUMNS, TIME_COLUMNS
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -87,6 +92,17 @@ class ConvEntionConfig:
     masked
         Mask padding tokens out of the norms, attention keys, FFN and pooling, and accept windows shorter
         than ``max_chunks``; False is the authors' unmasked, always-99-frames model.
+    planes
+        Image planes per frame: 1 (the difference, the paper) or 3 (difference, science, template).
+    time_encoding
+        ``"index"``: the paper's sinusoid of the token's position in the window; ``"continuous"``: no
+        index encoding, the chunk's frame times (days since the object's first frame and since the
+        previous frame) enter its context vector instead.
+    photometry
+        Give the chunk's context vector the alerts' PSF flux, error and signal-to-noise.
+    context_channels, context_hidden
+        Token channels the context vector adds, and its encoder's hidden width (used only when
+        ``planes``, ``time_encoding`` or ``photometry`` asks for context).
     """
 
     stamp: int = 32
@@ -101,6 +117,24 @@ class ConvEntionConfig:
     band_vocab: int = 10
     band_offset: int = 0
     masked: bool = False
+    planes: int = 1
+    time_encoding: str = "index"
+    photometry: bool = False
+    context_channels: int = 16
+    context_hidden: int = 64
+
+    def context_columns(self) -> tuple[int, ...]:
+        """The columns of the context vector this configuration reads (empty: no context branch)."""
+        if self.time_encoding not in ("index", "continuous"):
+            raise ValueError(f"time_encoding must be 'index' or 'continuous', not {self.time_encoding!r}")
+        groups = []
+        if self.time_encoding == "continuous":
+            groups.append(TIME_COLUMNS)
+        if self.photometry:
+            groups.append(PHOTOMETRY_COLUMNS)
+        if self.planes == 3:
+            groups.append(PRESENCE_COLUMNS)
+        return tuple(i for g in groups for i in range(g.start, g.stop))
 
 
 class ConvEntion(nn.Module):
@@ -120,9 +154,19 @@ class ConvEntion(nn.Module):
         self.net_name = name
         c = self.config
         self.encoder = ChunkEncoder(
-            stamp=c.stamp, chunk=c.chunk_size, channels=c.channels, band_vocab=c.band_vocab
+            stamp=c.stamp, chunk=c.chunk_size, channels=c.channels, band_vocab=c.band_vocab, planes=c.planes
         )
-        self.token_shape: tuple[int, ...] = self.encoder.token_shape
+        columns = c.context_columns()
+        self.uses_context = bool(columns) or c.planes == 3
+        self.context_encoder: ContextEncoder | None = None
+        if columns:
+            self.context_encoder = ContextEncoder(
+                columns, chunk=c.chunk_size, band_vocab=c.band_vocab, hidden=c.context_hidden,
+                out=c.context_channels,
+            )  # fmt: skip
+        image_channels, side = self.encoder.token_shape[0], self.encoder.token_shape[1:]
+        extra = c.context_channels if columns else 0
+        self.token_shape: tuple[int, ...] = (image_channels + extra, *side)
         self.register_buffer("pos", sinusoid_table(c.max_chunks, self.token_shape[0]), persistent=False)
         self.blocks = nn.ModuleList(
             ConvEntionBlock(self.token_shape, c.max_chunks, c.heads) for _ in range(c.depth)
@@ -157,17 +201,41 @@ class ConvEntion(nn.Module):
         self.config = replace(self.config, num_classes=num_classes)
         self.head = self._make_head(num_classes).to(self.pos.device)
 
-    def embed_chunks(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
-        """Encode chunks ``x`` ``(N, chunk, H, W)``, band ids ``(N, chunk)``, to tokens ``(N, C, h, w)``."""
+    def embed_chunks(
+        self,
+        x: torch.Tensor,
+        band: torch.Tensor,
+        aux: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encode chunks ``x`` ``(N, chunk, H, W)``, band ids ``(N, chunk)``, to tokens ``(N, C, h, w)``.
+
+        With ``uses_context``, ``aux`` ``(N, chunk, 2, H, W)`` and ``context`` ``(N, chunk, K)`` too.
+        """
+        if self.uses_context and (aux is None or context is None):
+            raise InferenceInputError(f"{self.net_name} needs the frames' planes and context")
         if self.config.masked:
             # A padding frame (band 0) contributes nothing, whatever its pixels hold.
-            x = x * (band != 0).to(x.dtype)[..., None, None]
-        return self.encoder(x, band)
+            real = (band != 0).to(x.dtype)
+            x = x * real[..., None, None]
+            if aux is not None:
+                aux = aux * real[..., None, None, None].to(aux.dtype)
+            if context is not None:
+                context = context * real[..., None].to(context.dtype)
+        tokens = self.encoder(x, band, aux)
+        if self.context_encoder is None:
+            return tokens
+        assert context is not None  # noqa: S101 - checked above
+        vector = self.context_encoder(context.to(tokens.dtype), band)
+        grid = vector[:, :, None, None].expand(-1, -1, *tokens.shape[2:])
+        return torch.cat((tokens, grid), dim=1)
 
     def forward_blocks(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Add the index encoding to ``tokens`` ``(B, L, C, h, w)`` and run the attention blocks."""
+        """Add the index encoding (if used) to ``tokens`` ``(B, L, C, h, w)``; run the attention blocks."""
         length = tokens.shape[1]
-        x = tokens + self.pos[:length].view(1, length, -1, 1, 1).to(tokens.dtype)
+        x = tokens
+        if self.config.time_encoding == "index":
+            x = tokens + self.pos[:length].view(1, length, -1, 1, 1).to(tokens.dtype)
         for block in self.blocks:
             x = block(x, mask)
         return x
@@ -183,12 +251,17 @@ class ConvEntion(nn.Module):
         return pooled if pre_logits else self.head(pooled)
 
     def forward_features(
-        self, x: torch.Tensor, band: torch.Tensor
+        self,
+        x: torch.Tensor,
+        band: torch.Tensor,
+        aux: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Chunk frames ``x`` ``(B, T, H, W)`` / ``band`` ``(B, T)`` and run front end and blocks.
 
         ``T`` may be short: the paper net pads to ``chunk_size * max_chunks`` frames, the masked nets to
-        a whole number of chunks (padding frames are zeros with band id 0).
+        a whole number of chunks (padding frames are zeros with band id 0). ``aux`` ``(B, T, 2, H, W)``
+        and ``context`` ``(B, T, K)`` are the frames' planes and context (``uses_context`` nets).
 
         Returns
         -------
@@ -205,18 +278,31 @@ class ConvEntion(nn.Module):
         length = target // c.chunk_size
         xc = x.reshape(b * length, c.chunk_size, h, w)
         bc = band.reshape(b * length, c.chunk_size)
+        ac = cc = None
+        if self.uses_context:
+            if aux is None or context is None:
+                raise InferenceInputError(f"{self.net_name} needs the frames' planes and context")
+            ac = F.pad(aux, (0, 0, 0, 0, 0, 0, 0, target - t)).reshape(b * length, c.chunk_size, 2, h, w)
+            cc = F.pad(context, (0, 0, 0, target - t)).reshape(b * length, c.chunk_size, -1)
         if not c.masked:
-            tokens = self.embed_chunks(xc, bc)
+            tokens = self.embed_chunks(xc, bc, ac, cc)
             return self.forward_blocks(tokens.view(b, length, *self.token_shape), None), None
         valid = (bc != 0).any(dim=1)
         tokens = xc.new_zeros(b * length, *self.token_shape)
-        tokens[valid] = self.embed_chunks(xc[valid], bc[valid]).to(tokens.dtype)
+        picked = (None if ac is None else ac[valid], None if cc is None else cc[valid])
+        tokens[valid] = self.embed_chunks(xc[valid], bc[valid], *picked).to(tokens.dtype)
         mask = valid.view(b, length)
         return self.forward_blocks(tokens.view(b, length, *self.token_shape), mask), mask
 
-    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        band: torch.Tensor,
+        aux: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Return logits ``(B, num_classes)`` for frames ``x`` ``(B, T, H, W)`` and band ids ``(B, T)``."""
-        return self.forward_head(*self.forward_features(x, band))
+        return self.forward_head(*self.forward_features(x, band, aux, context))
 
 
 def _convention(name: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> ConvEntion:
@@ -245,3 +331,27 @@ def convention_small(**overrides: Any) -> ConvEntion:
     """Return the fixed model with a ~45x cheaper front end and head, for training on a few CPU cores."""
     defaults = {"masked": True, "band_offset": 1, "channels": (8, 16, 16, 8), "head_hidden": 64}
     return _convention("convention-small", defaults, overrides)
+
+
+_CONTEXT = {"masked": True, "band_offset": 1, "planes": 3, "time_encoding": "continuous", "photometry": True}
+
+
+@register_net("convention-triplet")
+def convention_triplet(**overrides: Any) -> ConvEntion:
+    """Return the fixed model seeing what an alert carries: three planes, continuous time, photometry.
+
+    Per frame the front end reads the difference, science and template images (the host galaxy, a
+    stellar counterpart, the nuclear position) beside the band map; per chunk a context vector of the
+    frames' times since the object's first frame and since the previous frame, their PSF flux, error and
+    signal-to-noise, the planes' presence flags and bands becomes ``context_channels`` extra token
+    channels, and replaces the index encoding. ``planes``, ``time_encoding`` and ``photometry`` switch
+    the inputs off one by one (the ablation); all off is ``convention-fixed``.
+    """
+    return _convention("convention-triplet", _CONTEXT, overrides)
+
+
+@register_net("convention-triplet-small")
+def convention_triplet_small(**overrides: Any) -> ConvEntion:
+    """Return ``convention-triplet`` with ``convention-small``'s front end and head (for a few CPU cores)."""
+    defaults = {**_CONTEXT, "channels": (8, 16, 16, 8), "head_hidden": 64}
+    return _convention("convention-triplet-small", defaults, overrides)

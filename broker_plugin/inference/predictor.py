@@ -25,11 +25,12 @@ from torch import nn
 
 from broker_plugin.inference.artifact import CLASS_NAMES, load_artifact
 from broker_plugin.inference.errors import InferenceInputError
-from broker_plugin.inference.incremental import IncrementalEngine, ObjectCache
+from broker_plugin.inference.incremental import FrameExtras, IncrementalEngine, ObjectCache
 from broker_plugin.inference.preprocess import (
     FluxNormalisation,
     ModelInput,
     collate,
+    collate_context,
     frames_to_input,
     select_window,
     window_start,
@@ -108,6 +109,7 @@ class Predictor:
         self.chunk_size, self.max_chunks = first.chunk_size, first.max_chunks
         self.band_offset, self.pad_window = first.band_offset, first.pad_window
         self.stamp: int = first.config.stamp
+        self.uses_context: bool = self.engine.uses_context
 
     @classmethod
     def from_artifact(
@@ -128,9 +130,16 @@ class Predictor:
             stacked=stacked,
         )  # fmt: skip
 
-    def preprocess(self, frames: Sequence[Frame]) -> ModelInput:
-        """Turn an object's frames (time order) into model input for this ensemble."""
-        return frames_to_input(frames, self.normalisation, band_offset=self.band_offset, stamp=self.stamp)
+    def preprocess(self, frames: Sequence[Frame], before: Sequence[Frame] = ()) -> ModelInput:
+        """Turn an object's frames (time order) into model input for this ensemble.
+
+        ``before`` are the object's earlier frames, when ``frames`` are not its first (they set the
+        time origin of the context of ``uses_context`` nets).
+        """
+        return frames_to_input(
+            frames, self.normalisation, band_offset=self.band_offset, stamp=self.stamp,
+            with_context=self.uses_context, before=before,
+        )  # fmt: skip
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if not self.bf16:
@@ -158,10 +167,16 @@ class Predictor:
             longest = max(len(windows[i]) for i in batch)
             chunks = self.max_chunks if self.pad_window else -(-longest // self.chunk_size)
             frames = self.chunk_size * chunks
-            x, band = collate([windows[i] for i in batch], frames=frames, stamp=self.stamp)
-            xt, bt = torch.from_numpy(x).to(self.device), torch.from_numpy(band).to(self.device)
+            picked = [windows[i] for i in batch]
+            x, band = collate(picked, frames=frames, stamp=self.stamp)
+            tensors = [torch.from_numpy(x).to(self.device), torch.from_numpy(band).to(self.device)]
+            if self.uses_context:
+                tensors += [
+                    torch.from_numpy(a).to(self.device)
+                    for a in collate_context(picked, frames=frames, stamp=self.stamp)
+                ]
             with self._autocast():
-                probs = self.ensemble(xt, bt).float().softmax(dim=-1).cpu().numpy()
+                probs = self.ensemble(*tensors).float().softmax(dim=-1).cpu().numpy()
             for j, i in enumerate(batch):
                 results[i] = self._summarise(probs[:, j], len(windows[i]))
         return [r for r in results if r is not None]
@@ -218,8 +233,9 @@ class Predictor:
             for batch in self._batches(active):
                 x = np.stack([new[i].x[k] for i in batch])
                 band = np.stack([new[i].band[k] for i in batch])
+                extras = FrameExtras.pick([new[i] for i in batch], k) if self.uses_context else None
                 with self._autocast():
-                    probs, updated = self.engine.step([current[i] for i in batch], x, band)
+                    probs, updated = self.engine.step([current[i] for i in batch], x, band, extras)
                 for j, i in enumerate(batch):
                     current[i] = updated[j]
                     n = updated[j].n_frames

@@ -7,13 +7,14 @@ from broker_plugin.inference.incremental import IncrementalEngine, ObjectCache
 from broker_plugin.inference.predictor import Predictor
 from broker_plugin.inference.preprocess import FluxNormalisation
 
-from .conftest import TINY, make_input, make_members
+from .conftest import TINY, make_context_input, make_input, make_members
 
 
 def assert_incremental_equals_full(members, prefixes, n_total=150):
     """Feed frames one by one (cache through bytes each time) and compare with full recomputes."""
     predictor = Predictor(members, model_id="m1", normalisation=FluxNormalisation(), device="cpu")
-    inp = make_input(n_total, members[0].band_offset)
+    make = make_context_input if predictor.uses_context else make_input
+    inp = make(n_total, members[0].band_offset)
     full = predictor.predict([inp[:n] for n in prefixes])
     cache, worst = None, 0.0
     for n in range(1, n_total + 1):
@@ -40,6 +41,11 @@ EDGES = [1, 2, 3, 4, 50, 98, 99, 100, 101, 102, 103, 150]
         ("convention-paper", TINY, EDGES, 2),
         ("convention-fixed", TINY, EDGES, 1),
         ("convention-small", {}, EDGES, 1),
+        pytest.param("convention-triplet-small", {}, EVERY, 1, marks=pytest.mark.slow),
+        ("convention-triplet-small", {}, EDGES, 2),
+        ("convention-triplet", TINY, EDGES, 1),
+        ("convention-triplet-small", {"planes": 1, "photometry": False}, EDGES, 1),
+        ("convention-triplet-small", {"time_encoding": "index"}, EDGES, 1),
         ("cnn-gru", {}, EDGES, 1),
         ("cnn-lstm", {}, [1, 99, 100, 150], 1),
     ],
