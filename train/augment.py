@@ -10,6 +10,8 @@ degree resampling, which interpolates masked pixels); evaluation never augments 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from broker_plugin.inference.preprocess import ModelInput, window_start
@@ -39,10 +41,14 @@ def random_view(
     inp = serving_window(inp, chunk_size, chunks)
     if not augment:
         return inp
-    x = inp.x
+    x, aux = inp.x, inp.aux
     k = int(rng.integers(4))
     if k:
-        x = np.rot90(x, k, axes=(1, 2))
+        x = np.rot90(x, k, axes=(-2, -1))
+        aux = None if aux is None else np.rot90(aux, k, axes=(-2, -1))
     if rng.random() < 0.5:
-        x = x[:, :, ::-1]
-    return ModelInput(np.ascontiguousarray(x), inp.band)
+        x = x[..., ::-1]
+        aux = None if aux is None else aux[..., ::-1]
+    # The science and template planes turn with the difference: one sky, one orientation.
+    aux = None if aux is None else np.ascontiguousarray(aux)
+    return dataclasses.replace(inp, x=np.ascontiguousarray(x), aux=aux)

@@ -49,7 +49,7 @@ def transfer_features(plan: Plan, member: Member, net: torch.nn.Module) -> tuple
         )
     )
     norm = plan.normalisation()
-    inputs = [plan.source.model_input(i, norm, net.band_offset) for i in idx]
+    inputs = [plan.source.input_for(i, norm, net) for i in idx]
     feats = prefix_features(
         net,
         inputs,
@@ -173,7 +173,7 @@ def run_finetune(plan: Plan) -> list[Path]:
             # confirmed pools unfreezing can wreck the features (seen: macro-F1 0.58 -> 0.37).
             if info["unfreeze"]["best_val_macro_f1"] > info["head"]["best_val_macro_f1"]:
                 norm = plan.normalisation()
-                inputs = [plan.source.model_input(i, norm, net.band_offset) for i in split.test]
+                inputs = [plan.source.input_for(i, norm, net) for i in split.test]
                 label = f"test features {member.key}"
                 test_feats = prefix_features(net, inputs, f.prefix_frames, label=label)
                 info["kept"] = "unfrozen"

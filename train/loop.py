@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, collate
+from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, collate, collate_context
 from train.augment import random_view, serving_window
 from train.objects import ObjectSource
 from train.sampling import balanced_class_weights, balanced_draws, focal_loss
@@ -82,14 +82,21 @@ def net_device(net: nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
-def batch_tensors(net: nn.Module, inputs: Sequence[ModelInput]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collate windows for ``net`` on its device: padded to its fixed window, or to whole chunks."""
+def batch_tensors(net: nn.Module, inputs: Sequence[ModelInput]) -> tuple[torch.Tensor, ...]:
+    """Collate windows for ``net`` on its device: padded to its fixed window, or to whole chunks.
+
+    Returns ``(x, band)``, plus ``(aux, context)`` for nets with ``uses_context``: the arguments of
+    ``net(...)`` and ``net.forward_features(...)``.
+    """
     cs = net.chunk_size
     longest = max(len(i) for i in inputs)
     chunks = net.max_chunks if net.pad_window else max(1, -(-longest // cs))
-    x, band = collate(inputs, frames=chunks * cs, stamp=inputs[0].x.shape[-1])
+    stamp = inputs[0].x.shape[-1]
+    arrays = collate(inputs, frames=chunks * cs, stamp=stamp)
+    if getattr(net, "uses_context", False):
+        arrays += collate_context(inputs, frames=chunks * cs, stamp=stamp)
     device = net_device(net)
-    return torch.from_numpy(x).to(device), torch.from_numpy(band).to(device)
+    return tuple(torch.from_numpy(a).to(device) for a in arrays)
 
 
 class Progress:
@@ -122,8 +129,8 @@ def pooled_features(net: nn.Module, inputs: Sequence[ModelInput], batch_size: in
     windows = [serving_window(i, net.chunk_size, net.max_chunks) for i in inputs]
     out = []
     for start in range(0, len(windows), batch_size):
-        x, band = batch_tensors(net, windows[start : start + batch_size])
-        out.append(net.forward_head(*net.forward_features(x, band), pre_logits=True).float().cpu().numpy())
+        tensors = batch_tensors(net, windows[start : start + batch_size])
+        out.append(net.forward_head(*net.forward_features(*tensors), pre_logits=True).float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -263,7 +270,7 @@ def train_full(
         opt.load_state_dict(state["opt"])
         log.info("%s: resumed after epoch %d", label, state["epoch"])
     val_pick = val_idx if s.val_max is None else val_idx[: s.val_max]
-    val_inputs = [source.model_input(i, norm, net.band_offset) for i in val_pick]
+    val_inputs = [source.input_for(i, norm, net) for i in val_pick]
     y_val = source.labels[val_pick]
     if s.selection not in ("head", "probe"):
         raise ValueError(f"unknown selection {s.selection!r}")
@@ -271,7 +278,7 @@ def train_full(
     probe_pick = train_idx[:0]
     if s.selection == "probe":
         probe_pick = np.random.default_rng([s.seed, 7]).permutation(train_idx)[: s.probe_objects]
-    probe_inputs = [source.model_input(i, norm, net.band_offset) for i in probe_pick]
+    probe_inputs = [source.input_for(i, norm, net) for i in probe_pick]
     per_epoch = s.samples_per_epoch or len(train_idx)
     steps_per_epoch = -(-per_epoch // s.batch_size)
     for epoch in range(state["epoch"], s.epochs):
@@ -288,7 +295,7 @@ def train_full(
             batch = draws[start : start + s.batch_size]
             views = [
                 random_view(
-                    source.model_input(i, norm, net.band_offset),
+                    source.input_for(i, norm, net),
                     rng,
                     chunk_size=net.chunk_size,
                     max_chunks=net.max_chunks,
@@ -299,10 +306,10 @@ def train_full(
                 )
                 for i in batch
             ]
-            x, band = batch_tensors(net, views)
             loss = focal_loss(
-                net(x, band), torch.from_numpy(source.labels[batch]).to(device), class_weight, s.focal_gamma
-            )
+                net(*batch_tensors(net, views)), torch.from_numpy(source.labels[batch]).to(device),
+                class_weight, s.focal_gamma,
+            )  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

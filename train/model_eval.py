@@ -42,11 +42,12 @@ def evaluate_artifact(
     """Score the artifact ``model`` on dataset ``data``; with ``out`` also write the report files."""
     torch.set_num_threads(config.training.threads)
     art = load_artifact(model, device=training_device(config.training.device))
-    source = ObjectSource.from_shards(data, bands=config.training.data.bands)
+    d = config.training.data
+    source = ObjectSource.from_shards(data, bands=d.bands, min_snr=d.min_snr, min_frames=d.min_frames)
     idx = np.arange(len(source)) if pool is None else np.flatnonzero(source.pools == pool)
     idx = idx[:limit] if limit else idx
     first = art.members[0]
-    inputs = [source.model_input(i, art.normalisation, first.band_offset) for i in idx]
+    inputs = [source.input_for(i, art.normalisation, first) for i in idx]
     prefixes = config.training.evaluate.curve_frames
     cached: dict[str, np.ndarray] = {}
     member_probs = []

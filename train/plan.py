@@ -110,7 +110,9 @@ def make_plan(config: TrainConfig, dataset: str | Path | None = None) -> Plan:
     """Open the data and derive the folds of ``config``."""
     t = config.training
     root = dataset or t.data.dataset or config.data_dir
-    source = ObjectSource.from_shards(root, bands=t.data.bands)
+    source = ObjectSource.from_shards(
+        root, bands=t.data.bands, min_snr=t.data.min_snr, min_frames=t.data.min_frames
+    )
     everything = np.arange(len(source))
     pretrain = _limit(everything[source.pools == "pretrain"], source.labels, t.data.limit_per_class, t.seed)
     transfer = _limit(everything[source.pools == "transfer"], source.labels, t.data.limit_per_class, t.seed)

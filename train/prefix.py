@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from broker_plugin.inference.preprocess import ModelInput
+from broker_plugin.inference.preprocess import ModelInput, collate_context
 from train.augment import serving_window
 from train.loop import Progress, batch_tensors, net_device
 
@@ -46,8 +46,15 @@ def _tokens(net: nn.Module, inputs: Sequence[ModelInput]) -> tuple[torch.Tensor,
     xc = x.reshape(-1, cs, *x.shape[2:])
     bc = band.reshape(-1, cs)
     valid = (bc != 0).any(dim=1)
+    extras: tuple[torch.Tensor, ...] = ()
+    if getattr(net, "uses_context", False):
+        aux, context = collate_context(inputs, frames=n_chunks * cs, stamp=inputs[0].x.shape[-1])
+        extras = (
+            torch.from_numpy(aux).to(device).reshape(-1, cs, *aux.shape[2:])[valid],
+            torch.from_numpy(context).to(device).reshape(-1, cs, context.shape[-1])[valid],
+        )
     tokens = xc.new_zeros(len(xc), *net.token_shape)
-    tokens[valid] = net.embed_chunks(xc[valid], bc[valid]).to(tokens.dtype)
+    tokens[valid] = net.embed_chunks(xc[valid], bc[valid], *extras).to(tokens.dtype)
     return tokens.view(len(inputs), n_chunks, *net.token_shape), valid.view(len(inputs), n_chunks)
 
 
@@ -116,8 +123,8 @@ def _slow_prefix_features(net: nn.Module, batch: Sequence[ModelInput], prefixes:
             )
             for b in batch
         ]
-        x, band = batch_tensors(net, views)
-        feats.append(net.forward_head(*net.forward_features(x, band), pre_logits=True).float())
+        features = net.forward_features(*batch_tensors(net, views))
+        feats.append(net.forward_head(*features, pre_logits=True).float())
     return torch.stack(feats, dim=1).cpu().numpy()
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from broker_plugin.config import Settings
 from broker_plugin.exceptions import BrokerPluginError
 from broker_plugin.factory import build_decoder
+from broker_plugin.inference.preprocess import frame_context
 from broker_plugin.serde.alerts import iter_payload
 from broker_plugin.serde.files import iter_alert_payloads
 from broker_plugin.stamps import StampNormaliser
@@ -135,7 +136,7 @@ def build_source(
             continue
         seq = sorted(frames[obj_id], key=lambda f: (f.midpointMjdTai, f.diaSourceId))
         objects.append(RawObject(np.stack([f.data for f in seq]), np.stack([f.mask for f in seq]),
-                                 tuple(f.band for f in seq)))  # fmt: skip
+                                 tuple(f.band for f in seq), frame_context(seq)))  # fmt: skip
         labels_out.append(CLASSES.index(label_of[obj_id]))
         ids.append(obj_id)
         report.frames += len(seq)

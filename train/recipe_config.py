@@ -32,6 +32,14 @@ class DataSection(_Strict):
     seeds: int = Field(3, ge=1, description="Independently initialised members per fold.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Pretrain-pool objects kept for validation.")
     limit_per_class: int | None = Field(None, ge=1, description="Use at most this many objects per class.")
+    min_snr: float | None = Field(
+        None, ge=0, description="Alert view: keep only epochs with |psfFlux/psfFluxErr| >= this (the alert "
+        "threshold), as the service sees an object; None keeps every simulated epoch.",
+    )  # fmt: skip
+    min_frames: int = Field(
+        1, ge=1, description="Drop objects with fewer frames (after min_snr): below the service's "
+        "model.min_frames an object is never classified, so it is neither trained on nor scored.",
+    )  # fmt: skip
 
 
 class PretrainSection(_Strict):

@@ -8,8 +8,12 @@ from train.augment import serving_window
 from train.loop import batch_tensors
 from train.prefix import head_probs, prefix_features
 
+from ..inference.conftest import make_context_input
 
-def _inputs(lengths, seed=0):
+
+def _inputs(lengths, seed=0, context=False):
+    if context:
+        return [make_context_input(n, seed=seed + n) for n in lengths]
     rng = np.random.default_rng(seed)
     return [
         ModelInput(rng.normal(size=(n, 32, 32)).astype(np.float32), rng.integers(1, 6, n)) for n in lengths
@@ -21,12 +25,13 @@ def _inputs(lengths, seed=0):
     [
         ("convention-small", {"channels": (4, 8, 8, 8), "head_hidden": 16, "max_chunks": 6}),
         ("cnn-gru", {"features": 16, "hidden": 8, "max_chunks": 12}),
+        ("convention-triplet-small", {"channels": (4, 8, 8, 8), "head_hidden": 16, "max_chunks": 6}),
     ],
 )
 def test_prefix_features_equal_the_net_on_each_prefix_window(name, args):
     torch.manual_seed(0)
     net = create_net(name, **args).eval()
-    inputs = _inputs([4, 11, 25])
+    inputs = _inputs([4, 11, 25], context=net.uses_context)
     prefixes = (3, 6, 12)
     feats = prefix_features(net, inputs, prefixes, batch_size=2)
     assert feats.shape[:2] == (3, 4)
@@ -36,6 +41,6 @@ def test_prefix_features_equal_the_net_on_each_prefix_window(name, args):
         for k, inp in enumerate(inputs):
             for v, p in enumerate([*prefixes, None]):
                 seen = inp if p is None or p >= len(inp) else inp[: max(1, p // cs) * cs]
-                x, band = batch_tensors(net, [serving_window(seen, cs, net.max_chunks)])
-                expected = net(x, band).softmax(-1).numpy()[0]
+                tensors = batch_tensors(net, [serving_window(seen, cs, net.max_chunks)])
+                expected = net(*tensors).softmax(-1).numpy()[0]
                 np.testing.assert_allclose(probs[k, v], expected, atol=1e-5)
