@@ -8,11 +8,26 @@ import pytest
 from broker_plugin.config import Settings
 from broker_plugin.factory import build_parts
 from broker_plugin.pipeline import Inbound
-from tests.factories import inbound_of, object_alerts, rubin_message
+from tests.factories import inbound_of, make_artifact, object_alerts, rubin_message
 
 
 def inbound(parts, messages: list[bytes]) -> list[Inbound]:
     return inbound_of(parts.decoder, messages, 1_700_000_000_000)
+
+
+@pytest.fixture(scope="module")
+def triplet_artifact(tmp_path_factory: pytest.TempPathFactory):
+    """Random weights of the net that reads planes, times and photometry (its cache holds more)."""
+    return make_artifact(tmp_path_factory.mktemp("triplet") / "triplet", net="convention-triplet-small")
+
+
+@pytest.fixture(params=["convention-small", "convention-triplet-small"])
+def net_settings(request, service_settings: Settings, triplet_artifact) -> Settings:
+    """The service settings on a difference-only net and on a context net."""
+    if request.param == "convention-small":
+        return service_settings
+    model = service_settings.model.model_copy(update={"artifact": triplet_artifact})
+    return service_settings.model_copy(update={"model": model})
 
 
 def test_outputs_start_at_min_frames_and_follow_every_alert(parts) -> None:
@@ -28,9 +43,14 @@ def test_outputs_start_at_min_frames_and_follow_every_alert(parts) -> None:
     assert first.alertTimestamp == 1_700_000_000_000 and first.modelVersion == parts.model.version
 
 
-def test_incremental_equals_rebuilding_from_frames(parts, service_settings: Settings, tmp_path) -> None:
-    alerts = inbound(parts, object_alerts(12, 10, first_source=200))
-    streamed = [parts.pipeline.process([a]).classifications for a in alerts][-1][0][1]
+def test_incremental_equals_rebuilding_from_frames(net_settings: Settings, tmp_path) -> None:
+    service_settings = net_settings
+    parts = build_parts(service_settings)
+    try:
+        alerts = inbound(parts, object_alerts(12, 10, first_source=200))
+        streamed = [parts.pipeline.process([a]).classifications for a in alerts][-1][0][1]
+    finally:
+        parts.close()
     # A fresh store that gets all frames at once has no cache: it rebuilds from the frames.
     other = service_settings.model_copy(update={"state": service_settings.state.model_copy(
         update={"url": f"sqlite:///{tmp_path / 'other.db'}"})})  # fmt: skip
@@ -122,9 +142,9 @@ def _outputs_by_batch_size(parts, service_settings: Settings, tmp_path, batch_si
     )
 
 
-def test_outputs_are_causal_whatever_the_batch_size(parts, service_settings: Settings, tmp_path) -> None:
+def test_outputs_are_causal_whatever_the_batch_size(net_settings: Settings, tmp_path) -> None:
     """Each alert's output uses exactly the frames known when it arrived: batch sizes 1, 7, 256 agree."""
-    runs = {size: _outputs_by_batch_size(parts, service_settings, tmp_path, size) for size in (1, 7, 256)}
+    runs = {size: _outputs_by_batch_size(None, net_settings, tmp_path, size) for size in (1, 7, 256)}
     reference = runs[1]
     # 4 objects x 7 alerts from the 3rd frame on, plus the repeated alert (its object's 2nd frame: none).
     assert len(reference) == 28
