@@ -1,0 +1,45 @@
+"""Training objects as the service sees them: the alert view, and planes/times/photometry per frame."""
+
+import numpy as np
+
+from broker_plugin.inference.preprocess import CONTEXT_FEATURES, FluxNormalisation
+from train.data.shards import ShardDataset
+from train.objects import ObjectSource, detections
+
+
+def test_detections_keep_significant_finite_epochs_only():
+    flux = np.array([50.0, -60.0, 10.0, np.nan, 100.0])
+    err = np.array([10.0, 10.0, 10.0, 10.0, 0.0])
+    assert detections(flux, err, 5.0).tolist() == [True, True, False, False, False]
+
+
+def test_alert_view_keeps_detections_and_objects_with_enough_alerts(small_dataset):
+    data = ShardDataset(small_dataset)
+    every = ObjectSource.from_shards(small_dataset)
+    view = ObjectSource.from_shards(small_dataset, min_snr=5.0, min_frames=3)
+    assert len(every) == len(data) and 0 < len(view) <= len(every)
+    assert view.data_hash != every.data_hash  # an artifact records which view it was trained on
+    for i in range(len(view)):
+        raw = view.raw(i)
+        assert len(raw.bands) >= 3
+        c = raw.context
+        assert np.all(np.abs(c.psf_flux / c.psf_flux_err) >= 5.0)
+        assert np.all(np.diff(c.mjd) >= 0)
+    # The same object keeps exactly its significant epochs, in order.
+    row = every.ids.index(view.ids[0])
+    seq = data[row]
+    significant = np.abs(seq.psf_flux / seq.psf_flux_err) >= 5.0
+    np.testing.assert_array_equal(view.raw(0).context.mjd, np.asarray(seq.mjd)[significant])
+    assert view.labels[0] == every.labels[row] and view.pools[0] == every.pools[row]
+
+
+def test_inputs_carry_planes_times_and_photometry(small_dataset):
+    source = ObjectSource.from_shards(small_dataset, min_snr=5.0, min_frames=3)
+    inp = source.model_input(0, FluxNormalisation(), 1, with_context=True)
+    raw = source.raw(0)
+    assert inp.aux.shape == (len(inp), 2, 32, 32) and inp.context().shape == (len(inp), CONTEXT_FEATURES)
+    assert inp.first_mjd == raw.context.mjd[0]
+    assert inp.presence[:, 1].all()  # the co-add exists at every alert
+    assert np.isfinite(inp.aux).all() and np.abs(inp.aux).max() > 1.0  # static sky is seen, normalised
+    plain = source.model_input(0, FluxNormalisation(), 1)
+    assert plain.aux is None and np.array_equal(plain.x, inp.x)
