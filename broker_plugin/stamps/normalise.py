@@ -60,6 +60,7 @@ from broker_plugin.config import LimitsSettings, StampSettings
 from broker_plugin.exceptions import (
     CutoutHeaderError,
     CutoutTooLargeError,
+    CutoutValueError,
     CutoutWcsError,
     EmptyCutoutError,
     InvalidPhotometryError,
@@ -333,6 +334,10 @@ class StampNormaliser:
                 )
             image, finite, cd_arcsec, source = self._read(alert, plane, raw)
             data, mask, _ = self._resample(image, finite, cd_arcsec, source, StampFlag.NONE)
+            # The frame's bound, checked here so that check_frame can never refuse the alert for a plane:
+            # a frame pixel sums several cutout pixels, so pixels within the bound can add up beyond it.
+            if float(np.abs(data).max(initial=0.0)) > MAX_PIXEL_FLUX_NJY:
+                raise CutoutValueError(f"a {plane} frame pixel exceeds {MAX_PIXEL_FLUX_NJY:g}")
         except StampError as exc:
             self._missing(alert, plane, exc.reason, str(exc))
             return None
