@@ -228,7 +228,8 @@ class StampNormaliser:
 
         ``plane`` is ``science``, ``template`` or ``photometry``; ``reason`` a
         :class:`~broker_plugin.exceptions.StampError` reason (``missing_cutout`` for an absent cutout),
-        ``invalid_photometry`` or ``internal_error``. Listeners run in the normalising thread.
+        ``invalid_photometry`` or ``internal_error``. Listeners run in the normalising thread, once the
+        frame is made (an alert refused after all does not count).
         """
         self._listeners.append(listener)
 
@@ -266,9 +267,10 @@ class StampNormaliser:
             if min(image.shape) < ZTF_CUTOUT_SIDE:
                 flags |= StampFlag.EDGE_TRUNCATED
         data, mask, flags = self._resample(image, finite, cd_arcsec, source, flags)
-        science = self._plane(alert, "science", alert.cutoutScience)
-        template = self._plane(alert, "template", alert.cutoutTemplate)
-        psf_flux, psf_flux_err = self._photometry(alert)
+        missing: list[tuple[str, str]] = []
+        science = self._plane(alert, "science", alert.cutoutScience, missing)
+        template = self._plane(alert, "template", alert.cutoutTemplate, missing)
+        psf_flux, psf_flux_err = self._photometry(alert, missing)
         frame = Frame(
             data=data,
             mask=mask,
@@ -284,7 +286,12 @@ class StampNormaliser:
             psfFlux=psf_flux,
             psfFluxErr=psf_flux_err,
         )
-        return check_frame(frame, self._settings.size)
+        check_frame(frame, self._settings.size)
+        # Told only now: the planes of an alert refused after all (invalid_frame) are not counted.
+        for plane, reason in missing:
+            for listener in self._listeners:
+                listener(plane, reason)
+        return frame
 
     @staticmethod
     def _ztf_context(alert: Alert) -> ZtfCutoutContext:
@@ -318,11 +325,13 @@ class StampNormaliser:
         check_dn(image, finite, factor)
         return image * factor, finite, cd_arcsec, source
 
-    def _plane(self, alert: Alert, plane: str, raw: bytes | None) -> tuple[np.ndarray, np.ndarray] | None:
-        """A science or template plane ``(data, mask)`` on the frame grid, or ``None`` (reported) if unusable.
+    def _plane(
+        self, alert: Alert, plane: str, raw: bytes | None, missing: list[tuple[str, str]]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """A science or template plane ``(data, mask)`` on the frame grid, or ``None`` if unusable.
 
-        The cutout goes through every check the difference does, plus its size first: the decoder bounds
-        only the difference.
+        The cutout goes through every check the difference does, its size first (an alert not made by
+        the decoder may hold any). Why a plane is missing is logged and appended to ``missing``.
         """
         try:
             if not raw:
@@ -339,29 +348,29 @@ class StampNormaliser:
             if float(np.abs(data).max(initial=0.0)) > MAX_PIXEL_FLUX_NJY:
                 raise CutoutValueError(f"a {plane} frame pixel exceeds {MAX_PIXEL_FLUX_NJY:g}")
         except StampError as exc:
-            self._missing(alert, plane, exc.reason, str(exc))
+            missing.append(self._missing(alert, plane, exc.reason, str(exc)))
             return None
         except Exception:  # a bug met by this cutout: the plane is lost, the alert (and the service) not
             log.exception("unexpected error normalising cutout%s of %d", plane.title(), alert.diaSourceId)
-            self._missing(alert, plane, PLANE_INTERNAL_ERROR, "unexpected error")
+            missing.append(self._missing(alert, plane, PLANE_INTERNAL_ERROR, "unexpected error"))
             return None
         return data, mask
 
-    def _photometry(self, alert: Alert) -> tuple[float | None, float | None]:
+    def _photometry(self, alert: Alert, missing: list[tuple[str, str]]) -> tuple[float | None, float | None]:
         """``psfFlux`` and ``psfFluxErr`` as the frame may hold them (both dropped if either is beyond)."""
         flux, err = alert.psfFlux, alert.psfFluxErr
         # The decoder checks both are finite (and err >= 0); the frame also bounds them, and only a
         # hostile alert (ZTF magpsf < 1.4, or a Rubin flux of 1e13 nJy) exceeds that bound.
         if any(value is not None and abs(value) > MAX_PIXEL_FLUX_NJY for value in (flux, err)):
             why = f"psfFlux {flux}, psfFluxErr {err} beyond {MAX_PIXEL_FLUX_NJY:g} nJy"
-            self._missing(alert, PHOTOMETRY, InvalidPhotometryError.reason, why)
+            missing.append(self._missing(alert, PHOTOMETRY, InvalidPhotometryError.reason, why))
             return None, None
         return flux, err
 
-    def _missing(self, alert: Alert, plane: str, reason: str, why: str) -> None:
+    @staticmethod
+    def _missing(alert: Alert, plane: str, reason: str, why: str) -> tuple[str, str]:
         log.debug("alert %d: no %s plane (%s): %s", alert.diaSourceId, plane, reason, why)
-        for listener in self._listeners:
-            listener(plane, reason)
+        return plane, reason
 
     def _locate(self, raw: bytes) -> ImageHdu:
         """The cutout's image HDU, its structure and its WCS and scaling cards checked."""
