@@ -6,7 +6,7 @@ packed to bits (``np.packbits``): the difference always, then the science plane 
 the template, either inline or as the 16-byte BLAKE2b digest of its template blob (see below). The header
 says which parts follow (:data:`SCIENCE`, :data:`TEMPLATE`, :data:`TEMPLATE_REF`) and holds ``psfFlux``
 and ``psfFluxErr`` (:data:`PSF_FLUX`, :data:`PSF_FLUX_ERR` say which are present). A 32x32 plane takes
-4,096 + 128 bytes; the header ~60.
+4,096 + 128 bytes; the header 54.
 
 Why the template can live apart: an object's template is one reference image of the same sky, so a
 store keeps each distinct template blob once per object (its ``templates`` table, keyed by digest) and
