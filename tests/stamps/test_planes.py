@@ -350,3 +350,36 @@ def test_oversized_plane_of_a_directly_built_alert_is_refused_before_reading() -
     frame = recorder.normaliser.normalise(alert)
     assert frame.science is None and frame.template is not None
     assert recorder.heard == [("science", "cutout_too_large")]
+
+
+# --- the service's counter -------------------------------------------------------------------------------
+
+
+def test_missing_planes_feed_the_service_counter_by_plane_and_reason() -> None:
+    from broker_plugin.metrics import PLANE_MISSING_REASONS, ServiceMetrics
+
+    metrics = ServiceMetrics()
+    text = metrics.exposition().decode()
+    # Every series exists before the first event: both planes by every cutout reason, and photometry.
+    for plane in ("science", "template"):
+        for reason in (
+            "missing_cutout",
+            "corrupt_cutout",
+            "cutout_too_large",
+            "empty_cutout",
+            "internal_error",
+        ):
+            assert (
+                f'broker_plugin_cutout_planes_missing_total{{plane="{plane}",reason="{reason}"}} 0.0' in text
+            )
+    assert 'plane="photometry",reason="invalid_photometry"} 0.0' in text
+    assert "invalid_frame" not in PLANE_MISSING_REASONS  # a plane never makes a frame invalid
+    recorder = Recorder()
+    recorder.normaliser.watch_missing_planes(metrics.count_missing_plane)
+    alert = real_alerts(DEMO)[0]
+    recorder.normaliser.normalise(dataclasses.replace(alert, cutoutScience=b"garbage", cutoutTemplate=None))
+    recorder.normaliser.normalise(dataclasses.replace(alert, cutoutTemplate=None))
+    metrics.count_missing_plane("template", "missing_cutout", 3)  # a preparation process's count of a poll
+    text = metrics.exposition().decode()
+    assert 'broker_plugin_cutout_planes_missing_total{plane="science",reason="corrupt_cutout"} 1.0' in text
+    assert 'broker_plugin_cutout_planes_missing_total{plane="template",reason="missing_cutout"} 5.0' in text
