@@ -26,7 +26,7 @@ from broker_plugin.prepare import (
 from broker_plugin.serde.rubin import encode_rubin_message
 from broker_plugin.stamps import StampNormaliser
 from tests.factories import object_alerts, rubin_message
-from tests.hostile import HOSTILE
+from tests.hostile import HOSTILE, HOSTILE_PLANES
 from tests.preparers import SEGFAULT, crashing, refusing
 from tests.state.conftest import assert_same_frame
 
@@ -257,3 +257,17 @@ def test_missing_planes_are_counted_per_poll(config: PrepareConfig) -> None:
     assert second.planes_missing == {("science", "corrupt_cutout"): 1}
     first.add(second)
     assert first.planes_missing[("science", "corrupt_cutout")] == 1 and len(first.outcomes) == 4
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_PLANES))
+def test_a_hostile_science_or_template_costs_the_plane_not_the_alert(
+    name: str, config: PrepareConfig
+) -> None:
+    builder, plane, reason = HOSTILE_PLANES[name]
+    prepared = Preparer(config).prepare([builder(95_000)])
+    [[item]] = prepared.outcomes  # one message, one alert: not a rejection
+    assert isinstance(item, PreparedAlert) and item.rejection is None and item.frame is not None
+    assert getattr(item.frame, plane) is None
+    other = "template" if plane == "science" else "science"
+    assert getattr(item.frame, other) is not None
+    assert prepared.planes_missing == {(plane, reason): 1}
