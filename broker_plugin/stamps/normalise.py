@@ -26,7 +26,8 @@ difference keeps calibrated flux (the model's flux normalisation needs it).
 The difference decides whether the alert can be used: a missing or bad difference raises a
 :class:`~broker_plugin.exceptions.StampError` as before. A missing, null, corrupt, oversized, mis-shaped
 or empty science or template cutout only costs its plane (``None``, which the model masks): the reason (the
-:class:`StampError` reason the same cutout would give as a difference) goes to the listeners of
+:class:`StampError` reason the same cutout would give as a difference; ``missing_cutout`` for one the
+decoder dropped, over ``max_cutout_bytes`` or not bytes) goes to the listeners of
 :meth:`StampNormaliser.watch_missing_planes` (the service counts it in
 ``broker_plugin_cutout_planes_missing_total{plane,reason}``) and to the debug log. A ``psfFlux`` or
 ``psfFluxErr`` beyond the frame's flux bound (brighter than any real source) is dropped the same way
@@ -195,8 +196,6 @@ def ztf_source_pixel(shape: tuple[int, int], ctx: ZtfCutoutContext) -> tuple[flo
     return pos[0], pos[1]
 
 
-#: The planes a frame carries beside the difference, by :class:`~broker_plugin.records.Frame` field.
-PLANES: tuple[str, ...] = ("science", "template")
 #: Label of a dropped ``psfFlux``/``psfFluxErr`` among the missing-plane reasons.
 PHOTOMETRY = "photometry"
 #: Reason of a plane lost to an unexpected exception (a bug, logged with its traceback).
