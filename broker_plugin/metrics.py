@@ -38,6 +38,26 @@ REJECTION_REASONS: tuple[str, ...] = tuple(
 #: preparation process, or in the consumer and worker threads), its preparation process dying on it, the
 #: rest of the pipeline (store, classify) and encoding its classification (worker thread).
 INTERNAL_ERROR_STAGES: tuple[str, ...] = ("decode", "normalise", "prepare", "pipeline", "encode")
+#: Why a frame lacks its science or template plane: the reason the cutout would get as a difference (every
+#: stamp error but ``invalid_frame``, which the normaliser rules out for planes), or a bug.
+PLANE_MISSING_REASONS: tuple[str, ...] = tuple(
+    sorted(
+        {
+            cls.reason
+            for cls in vars(exceptions).values()
+            if isinstance(cls, type)
+            and issubclass(cls, exceptions.StampError)
+            and cls not in (exceptions.StampError, exceptions.InvalidFrameError)
+        }
+        | {"internal_error"}
+    )
+)
+#: ``(plane, reason)`` series of the missing-plane counter: both planes by every reason, and photometry
+#: (``psfFlux``/``psfFluxErr`` beyond the frame's bound, dropped).
+PLANE_MISSING_SERIES: tuple[tuple[str, str], ...] = (
+    *((plane, reason) for plane in ("science", "template") for reason in PLANE_MISSING_REASONS),
+    ("photometry", exceptions.InvalidPhotometryError.reason),
+)
 #: Stages of preparation whose time is counted.
 PREPARATION_STAGES: tuple[str, ...] = ("decode", "normalise")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -181,6 +201,16 @@ class ServiceMetrics:
             namespace=ns,
             registry=r,
         )
+        self.cutout_planes_missing = Counter(
+            "cutout_planes_missing_total",
+            "Frames made without their science or template plane (or photometry), by plane and reason; the"
+            " alert is used all the same.",
+            ["plane", "reason"],
+            namespace=ns,
+            registry=r,
+        )
+        for plane, reason in PLANE_MISSING_SERIES:
+            self.cutout_planes_missing.labels(plane=plane, reason=reason)
         for stage in INTERNAL_ERROR_STAGES:
             self.internal_errors.labels(stage=stage)
         for stage in PREPARATION_STAGES:
@@ -190,6 +220,15 @@ class ServiceMetrics:
         self.alerts_ignored.labels(reason="band_not_in_model")
         for name in class_names:
             self.classifications_published.labels(predicted_class=name)
+
+    def count_missing_plane(self, plane: str, reason: str, count: int = 1) -> None:
+        """Count frames that lack ``plane`` for ``reason``.
+
+        The signature of both :meth:`StampNormaliser.watch_missing_planes
+        <broker_plugin.stamps.StampNormaliser.watch_missing_planes>` listeners (count 1) and the preparation
+        pool's ``on_planes_missing`` callback.
+        """
+        self.cutout_planes_missing.labels(plane=plane, reason=reason).inc(count)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""

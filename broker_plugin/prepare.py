@@ -9,7 +9,9 @@ as text (the service logs it and counts it). Nothing else escapes.
 CPU: fastavro, FITS parsing, the resampler) run beside inference on another core instead of taking the
 GIL from it, and so that a C library crashing on a hostile message kills a preparation process, not the
 service. What crosses the process boundary is kept small: message values go in; alerts without their
-cutout bytes and 32x32 frames come out (about 6 kB an alert).
+cutout bytes and 32x32 frames come out (about 6 kB an alert with the difference alone, 15 kB with the
+science and template planes), with the count of planes the frames lack (:attr:`Prepared.planes_missing`),
+which the pool hands to its ``on_planes_missing`` callback in the service.
 
 Failure handling (:meth:`PreparationPool.result`): when a preparation process dies, every poll it held
 fails with ``BrokenProcessPool``. The pool is restarted for the polls that follow, and the first poll
@@ -124,11 +126,25 @@ MessageOutcome = list[PreparedAlert] | Rejection
 
 @dataclass(slots=True)
 class Prepared:
-    """The outcomes of the messages of one poll, in their order, and the time spent [s]."""
+    """The outcomes of the messages of one poll, in their order, and the time spent [s].
+
+    ``planes_missing`` counts the science and template planes (and photometry) the poll's frames lack,
+    by ``(plane, reason)`` (see :meth:`~broker_plugin.stamps.StampNormaliser.watch_missing_planes`): the
+    preparation process cannot reach the service's metrics, so the counts travel with the outcomes.
+    """
 
     outcomes: list[MessageOutcome] = field(default_factory=list)
     decode_seconds: float = 0.0
     normalise_seconds: float = 0.0
+    planes_missing: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, other: Prepared) -> None:
+        """Append another poll part's outcomes, times and counts to this one."""
+        self.outcomes += other.outcomes
+        self.decode_seconds += other.decode_seconds
+        self.normalise_seconds += other.normalise_seconds
+        for key, count in other.planes_missing.items():
+            self.planes_missing[key] = self.planes_missing.get(key, 0) + count
 
 
 def _bug(exc: Exception, stage: str) -> Rejection:
@@ -148,11 +164,18 @@ class Preparer:
     def __init__(self, config: PrepareConfig) -> None:
         self._decoder = make_decoder(config.schema_registry, config.limits)
         self._normaliser = StampNormaliser(config.stamps, config.limits)
+        self._normaliser.watch_missing_planes(self._count_missing)
         self._bands = frozenset(config.bands)
+        self._out: Prepared | None = None
+
+    def _count_missing(self, plane: str, reason: str) -> None:
+        if self._out is not None:
+            key = (plane, reason)
+            self._out.planes_missing[key] = self._out.planes_missing.get(key, 0) + 1
 
     def prepare(self, values: Sequence[bytes]) -> Prepared:
         """Decode and normalise every message of one poll."""
-        out = Prepared()
+        out = self._out = Prepared()
         for value in values:
             start = time.perf_counter()
             try:
@@ -171,8 +194,8 @@ class Preparer:
         return out
 
     def _alert(self, alert: Alert) -> PreparedAlert:
-        # The cutout stays here: the pipeline needs only the frame.
-        light = dataclasses.replace(alert, cutoutDifference=None)
+        # The cutouts stay here: the pipeline needs only the frame.
+        light = dataclasses.replace(alert, cutoutDifference=None, cutoutScience=None, cutoutTemplate=None)
         if alert.band not in self._bands:
             return PreparedAlert(light)
         try:
@@ -258,6 +281,9 @@ class PreparationPool:
         callable.
     on_process_death
         Called each time a preparation process died and was replaced.
+    on_planes_missing
+        Called by :meth:`result` with ``(plane, reason, count)`` for the planes the poll's frames lack
+        (:attr:`Prepared.planes_missing`).
     """
 
     def __init__(
@@ -267,11 +293,13 @@ class PreparationPool:
         *,
         make_preparer: PreparerFactory = Preparer,
         on_process_death: Callable[[], None] | None = None,
+        on_planes_missing: Callable[[str, str, int], None] | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
         self._config, self._processes, self._make = config, processes, make_preparer
         self._on_death = on_process_death
+        self._on_planes_missing = on_planes_missing
         self._context = multiprocessing.get_context("forkserver")
         self._alive: tuple[connection.Connection, connection.Connection] | None = None
         self._lock = threading.Lock()
@@ -324,6 +352,13 @@ class PreparationPool:
 
     def result(self, pending: Pending) -> Prepared:
         """The outcomes of a submitted poll, waiting for them; see the module docstring for failures."""
+        prepared = self._result(pending)
+        if self._on_planes_missing is not None:
+            for (plane, reason), count in prepared.planes_missing.items():
+                self._on_planes_missing(plane, reason, count)
+        return prepared
+
+    def _result(self, pending: Pending) -> Prepared:
         suspect = False
         if pending.future is not None:
             try:
@@ -374,9 +409,7 @@ class PreparationPool:
                     log.exception("preparation of one message failed")
                     out.outcomes.append(_bug(exc, "prepare"))
                     continue
-                out.outcomes += one.outcomes
-                out.decode_seconds += one.decode_seconds
-                out.normalise_seconds += one.normalise_seconds
+                out.add(one)
         finally:
             if executor is not None:
                 executor.shutdown(wait=True)

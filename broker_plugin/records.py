@@ -69,11 +69,17 @@ class Alert:
     psfFlux, psfFluxErr
         PSF flux on the difference image and its uncertainty [nJy]; ``None`` when the alert has none.
     cutoutDifference
-        The raw difference-image cutout bytes (Rubin: FITS; ZTF: gzipped FITS), ``None`` if absent.
+        The raw difference-image cutout bytes (Rubin: FITS; ZTF: gzipped FITS), ``None`` if absent; the
+        decoder bounds it by ``max_cutout_bytes`` (an alert without a usable difference is rejected).
     schemaVersion
         The writer schema's version, e.g. ``"11.1"`` or ``"4.02"``.
     ztf
         ZTF calibration context of the cutout; ``None`` for Rubin.
+    cutoutScience, cutoutTemplate
+        The raw science-image and template (reference) cutout bytes, in the same encoding as
+        ``cutoutDifference``; ``None`` if absent, not bytes or over ``max_cutout_bytes``. Unlike the
+        difference, a cutout the decoder or the normaliser cannot use costs the frame that plane, never
+        the alert.
     """
 
     survey: Survey
@@ -88,6 +94,8 @@ class Alert:
     cutoutDifference: bytes | None = field(repr=False)
     schemaVersion: str = ""
     ztf: ZtfCutoutContext | None = None
+    cutoutScience: bytes | None = field(default=None, repr=False)
+    cutoutTemplate: bytes | None = field(default=None, repr=False)
 
 
 class StampFlag(enum.IntFlag):

@@ -18,6 +18,7 @@ from typing import Any
 import fastavro
 import numpy as np
 
+from broker_plugin.serde.rubin import encode_rubin_message, rubin_alert_record
 from tests.factories import ZTF_GOLDEN, rubin_cutout_bytes, rubin_message
 from tests.serde.hostile import container_header, raw_block
 
@@ -184,5 +185,71 @@ HOSTILE: dict[str, tuple[Callable[[int], bytes], set[str]]] = {
     "block_count_0": (
         lambda i: container_bytes(EMPTY_RECORD, [(0, b"")]),
         {"resource_limit"},
+    ),
+}
+
+
+def ztf_plane_edit(plane: str, raw: bytes) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    """Replace the real ZTF alert's ``cutout<Plane>`` stamp (``Science`` or ``Template``) by ``raw``."""
+
+    def edit(_schema: dict[str, Any], record: dict[str, Any]) -> None:
+        record[f"cutout{plane}"]["stampData"] = raw
+
+    return edit
+
+
+def rubin_with_planes(diaSourceId: int, science: bytes | None, template: bytes | None) -> bytes:
+    """A Rubin 11.1 message with a real Rubin-format difference and the given science and template."""
+    record = rubin_alert_record(
+        "11.1", diaSourceId=diaSourceId, diaObjectId=diaSourceId, midpointMjdTai=60_500.25, band="r",
+        ra=150.0, dec=2.0, psfFlux=1000.0, psfFluxErr=10.0, cutoutDifference=rubin_cutout_bytes(),
+        cutoutScience=science, cutoutTemplate=template,
+    )  # fmt: skip
+    return encode_rubin_message(record, "11.1")
+
+
+def _rubin_plane(plane: str, raw: bytes | None) -> Callable[[int], bytes]:
+    good = rubin_cutout_bytes(size=40)
+    return lambda i: rubin_with_planes(
+        i, raw if plane == "science" else good, raw if plane == "template" else good
+    )
+
+
+#: Hostile science or template cutouts beside a good difference: case name -> (builder of the message bytes
+#: given a diaSourceId, the plane, the reason it is missing for). The alert is used; the plane is dropped.
+HOSTILE_PLANES: dict[str, tuple[Callable[[int], bytes], str, str]] = {
+    "rubin_science_1e38_pixels": (
+        _rubin_plane("science", rubin_cutout_bytes(size=40, image=np.full((40, 40), 1e38))),
+        "science",
+        "bad_cutout_values",
+    ),
+    "rubin_template_naxis_nan": (
+        _rubin_plane("template", rubin_cutout_with(NAXIS="NaN")),
+        "template",
+        "bad_cutout_header",
+    ),
+    "rubin_science_huge_naxis": (
+        _rubin_plane(
+            "science", fits_with_cards({"BITPIX": "-32", "NAXIS": "2", "NAXIS1": "16384", "NAXIS2": "16384"})
+        ),
+        "science",
+        "cutout_too_large",
+    ),
+    "rubin_template_singular_pc": (
+        _rubin_plane("template", tan_cutout((1.0, 1.0, 1.0, 1.0))),
+        "template",
+        "bad_cutout_wcs",
+    ),
+    "rubin_science_not_fits": (_rubin_plane("science", b"\x00" * 100), "science", "corrupt_cutout"),
+    "rubin_template_null": (_rubin_plane("template", None), "template", "missing_cutout"),
+    "ztf_science_gzip_bomb": (
+        lambda i: ztf_alert(ztf_plane_edit("Science", gzip_bomb())),
+        "science",
+        "cutout_too_large",
+    ),
+    "ztf_template_not_gzip": (
+        lambda i: ztf_alert(ztf_plane_edit("Template", b"garbage")),
+        "template",
+        "corrupt_cutout",
     ),
 }

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import multiprocessing
+from pathlib import Path
 
+import fastavro
 import numpy as np
 import pytest
 
@@ -20,10 +23,12 @@ from broker_plugin.prepare import (
     Rejection,
     make_decoder,
 )
+from broker_plugin.serde.rubin import encode_rubin_message
 from broker_plugin.stamps import StampNormaliser
 from tests.factories import object_alerts, rubin_message
-from tests.hostile import HOSTILE
+from tests.hostile import HOSTILE, HOSTILE_PLANES
 from tests.preparers import SEGFAULT, crashing, refusing
+from tests.state.conftest import assert_same_frame
 
 
 @pytest.fixture
@@ -69,7 +74,8 @@ def test_a_preparer_decodes_normalises_and_rejects_per_message_and_alert(
     # The same frame the pipeline's own normaliser makes.
     alert = make_decoder(settings.schema_registry, settings.limits).decode_message(good[0])[0]
     reference = StampNormaliser(settings.stamps, settings.limits).normalise(alert)
-    assert first.frame is not None and first.alert == dataclasses.replace(alert, cutoutDifference=None)
+    light = dataclasses.replace(alert, cutoutDifference=None, cutoutScience=None, cutoutTemplate=None)
+    assert first.frame is not None and first.alert == light
     assert np.array_equal(first.frame.data, reference.data)
     assert np.array_equal(first.frame.mask, reference.mask)
     assert first.frame.flags == reference.flags and first.frame.originalShape == reference.originalShape
@@ -189,3 +195,79 @@ def test_a_preparer_that_cannot_be_built_fails_the_start(config: PrepareConfig) 
     with pytest.raises(RuntimeError, match="could not start"):
         pool.start()
     pool.close()
+
+
+DEMO = Path(__file__).resolve().parents[1] / "broker_plugin" / "demo_data"
+
+
+def demo_messages() -> list[bytes]:
+    """Demo archive files (simulated Rubin alerts with all three cutouts), each one message value."""
+    return [path.read_bytes() for path in sorted(DEMO.glob("*.avro"))[:6]]
+
+
+def demo_with_corrupt_science() -> bytes:
+    """A demo alert as a Rubin Kafka message, its cutoutScience replaced by bytes that are not FITS."""
+    record = next(fastavro.reader(io.BytesIO(demo_messages()[0])))
+    record["cutoutScience"] = b"not a FITS file"
+    return encode_rubin_message(record, "11.1")
+
+
+def test_frames_keep_their_planes_and_photometry_across_the_process_boundary(
+    config: PrepareConfig, settings: Settings
+) -> None:
+    """Demo alerts through a real preparation process: the frames the pipeline gets are the normaliser's."""
+    values = demo_messages()
+    missing: list[tuple[str, str, int]] = []
+    pool = PreparationPool(config, 1, on_planes_missing=lambda *counted: missing.append(counted))
+    pool.start()
+    try:
+        prepared = pool.result(pool.submit([*values, demo_with_corrupt_science()]))
+    finally:
+        pool.close()
+    decoder = make_decoder(settings.schema_registry, settings.limits)
+    normaliser = StampNormaliser(settings.stamps, settings.limits)
+    compared = 0
+    for value, outcome in zip([*values, demo_with_corrupt_science()], prepared.outcomes, strict=True):
+        assert not isinstance(outcome, Rejection)
+        for item, alert in zip(outcome, decoder.decode_message(value), strict=True):
+            # Only the frame crosses back with the alert's fields: no cutout bytes.
+            assert (
+                item.alert.cutoutDifference is item.alert.cutoutScience is item.alert.cutoutTemplate is None
+            )
+            if alert.band not in config.bands:
+                assert item.frame is None
+                continue
+            assert item.frame is not None and item.rejection is None
+            assert_same_frame(item.frame, normaliser.normalise(alert))
+            assert (item.frame.template is not None) and (item.frame.psfFlux == alert.psfFlux is not None)
+            assert (item.frame.science is None) == (alert.cutoutScience == b"not a FITS file")
+            compared += 1
+    assert compared >= 10
+    # The one corrupt science cutout: counted, its alert used.
+    assert prepared.planes_missing == {("science", "corrupt_cutout"): 1}
+    assert missing == [("science", "corrupt_cutout", 1)]
+
+
+def test_missing_planes_are_counted_per_poll(config: PrepareConfig) -> None:
+    preparer = Preparer(config)
+    # The factories' Rubin alerts have no science or template cutouts.
+    first = preparer.prepare(object_alerts(9, 3, first_source=900, bands="gri"))
+    assert first.planes_missing == {("science", "missing_cutout"): 3, ("template", "missing_cutout"): 3}
+    second = preparer.prepare([demo_with_corrupt_science()])
+    assert second.planes_missing == {("science", "corrupt_cutout"): 1}
+    first.add(second)
+    assert first.planes_missing[("science", "corrupt_cutout")] == 1 and len(first.outcomes) == 4
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_PLANES))
+def test_a_hostile_science_or_template_costs_the_plane_not_the_alert(
+    name: str, config: PrepareConfig
+) -> None:
+    builder, plane, reason = HOSTILE_PLANES[name]
+    prepared = Preparer(config).prepare([builder(95_000)])
+    [[item]] = prepared.outcomes  # one message, one alert: not a rejection
+    assert isinstance(item, PreparedAlert) and item.rejection is None and item.frame is not None
+    assert getattr(item.frame, plane) is None
+    other = "template" if plane == "science" else "science"
+    assert getattr(item.frame, other) is not None
+    assert prepared.planes_missing == {(plane, reason): 1}

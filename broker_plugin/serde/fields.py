@@ -14,6 +14,7 @@ ever holds values of the right type, finite and in range, and everything else be
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Any
@@ -29,6 +30,8 @@ from broker_plugin.exceptions import (
     ResourceLimitError,
 )
 from broker_plugin.records import BANDS, MJD_RANGE
+
+log = logging.getLogger(__name__)
 
 INT64_RANGE = (-(2**63), 2**63 - 1)
 #: ZTF object names are 12 characters (``ZTF21acqeepb``); anything printable up to this length is kept.
@@ -236,6 +239,25 @@ def optional_bytes(value: Any, name: str, max_bytes: int) -> bytes | None:
         raise InvalidFieldError(f"{name} is a {type(value).__name__}, not bytes")
     if len(value) > max_bytes:
         raise ResourceLimitError(f"{name} of {len(value)} bytes exceeds the limit of {max_bytes}")
+    return value
+
+
+def lenient_bytes(value: Any, name: str, max_bytes: int) -> bytes | None:
+    """A science or template cutout: bytes of at most ``max_bytes`` as sent, else None (logged at debug).
+
+    Never an error: such a cutout only adds a plane to the frame, so one that is absent, of another Avro
+    type (a hostile writer schema) or longer than ``max_bytes`` costs the frame that plane, not the alert
+    (the normaliser counts it as ``missing_cutout``). An oversized one is dropped here rather than by the
+    normaliser so that no alert holds more than ``max_bytes`` per cutout while it waits in a batch.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, bytes):
+        log.debug("%s is a %s, not bytes: the plane is dropped", name, type(value).__name__)
+        return None
+    if len(value) > max_bytes:
+        log.debug("%s of %d bytes exceeds the limit of %d: the plane is dropped", name, len(value), max_bytes)
+        return None
     return value
 
 

@@ -56,7 +56,9 @@ def rubin_record_to_alert(
     within :data:`~broker_plugin.records.MJD_RANGE`; ``band`` a string that, stripped and lower-cased, is
     one of :data:`~broker_plugin.records.BANDS` (see :func:`~.fields.rubin_band`); ``ra`` in [0, 360),
     ``dec`` in [-90, 90]; ``psfFlux`` finite or null, ``psfFluxErr`` finite and >= 0 or null;
-    ``cutoutDifference`` bytes (at most ``limits.max_cutout_bytes``) or null.
+    ``cutoutDifference`` bytes (at most ``limits.max_cutout_bytes``) or null. ``cutoutScience`` and
+    ``cutoutTemplate`` are kept when bytes within the same limit, else None
+    (:func:`~.fields.lenient_bytes`): an unusable one costs the frame its plane, never the alert.
 
     Raises
     ------
@@ -96,6 +98,12 @@ def rubin_record_to_alert(
             record.get("cutoutDifference"), "cutoutDifference", limits.max_cutout_bytes
         ),
         schemaVersion=version,
+        cutoutScience=fields.lenient_bytes(
+            record.get("cutoutScience"), "cutoutScience", limits.max_cutout_bytes
+        ),
+        cutoutTemplate=fields.lenient_bytes(
+            record.get("cutoutTemplate"), "cutoutTemplate", limits.max_cutout_bytes
+        ),
     )
 
 
@@ -136,7 +144,8 @@ def rubin_alert_record(
     """Build a complete alert record valid for Rubin schema ``version``.
 
     Every required field not given is filled with a neutral value; ``extra`` sets any other
-    ``diaSource`` field (by its name in that version) or top-level field.
+    ``diaSource`` field (by its name in that version) or top-level field (e.g. ``cutoutScience``,
+    ``cutoutTemplate``: null unless given).
 
     Returns
     -------

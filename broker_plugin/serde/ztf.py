@@ -52,6 +52,8 @@ def ztf_record_to_alert(record: dict[str, Any], limits: LimitsSettings | None = 
     10**(-0.4 (magpsf - 31.4)) nJy and its error are finite); ``magzpsci`` in [15, 40] mag; ``xpos`` and
     ``ypos`` finite or null; ``isdiffpos`` t/f/1/0/true/false; ``cutoutDifference`` null or a record whose
     ``stampData`` is bytes (at most ``limits.max_cutout_bytes``) or null; ``schemavsn`` a short string.
+    ``cutoutScience`` and ``cutoutTemplate``: their ``stampData`` (gzipped FITS) kept when bytes within
+    the same limit, else None: an unusable one costs the frame its plane, never the alert.
 
     Raises
     ------
@@ -114,6 +116,8 @@ def ztf_record_to_alert(record: dict[str, Any], limits: LimitsSettings | None = 
             xpos=fields.optional_number(candidate.get("xpos"), "xpos", InvalidPositionError),
             ypos=fields.optional_number(candidate.get("ypos"), "ypos", InvalidPositionError),
         ),
+        cutoutScience=_plane_stamp(record.get("cutoutScience"), "cutoutScience", limits.max_cutout_bytes),
+        cutoutTemplate=_plane_stamp(record.get("cutoutTemplate"), "cutoutTemplate", limits.max_cutout_bytes),
     )
 
 
@@ -124,3 +128,14 @@ def _stamp(cutout: Any, max_bytes: int) -> bytes | None:
     if not isinstance(cutout, dict):
         raise InvalidFieldError(f"cutoutDifference is a {type(cutout).__name__}, not a cutout record")
     return fields.optional_bytes(cutout.get("stampData"), "cutoutDifference.stampData", max_bytes)
+
+
+def _plane_stamp(cutout: Any, name: str, max_bytes: int) -> bytes | None:
+    """The ``stampData`` of a science or template cutout record; None when absent or not of that form.
+
+    A cutout of another form (a hostile writer schema; plain bytes are taken as the stamp) costs the frame
+    this plane, not the alert.
+    """
+    if not isinstance(cutout, dict):
+        return fields.lenient_bytes(cutout, name, max_bytes)
+    return fields.lenient_bytes(cutout.get("stampData"), f"{name}.stampData", max_bytes)

@@ -1,4 +1,9 @@
-"""Turn an alert's ``cutoutDifference`` into a model :class:`~broker_plugin.records.Frame`.
+"""Turn an alert's cutouts into a model :class:`~broker_plugin.records.Frame`.
+
+The frame's ``data`` is the ``cutoutDifference``; its ``science`` and ``template`` planes are the
+``cutoutScience`` and ``cutoutTemplate`` sent through the same resampler (:func:`.resample_to_frame`) onto
+the same frame grid, each from its own header (Rubin) or the same fixed geometry (ZTF), so one frame
+pixel is one patch of sky in all three. The alert's ``psfFlux`` and ``psfFluxErr`` are copied.
 
 Rubin: the cutout's header holds a local linear WCS (or, from other producers, a standard celestial
 TAN header); its CD matrix, times 3600, is the pixel -> (east, north) [arcsec] map the resampler needs,
@@ -8,12 +13,32 @@ ZTF: cutouts carry no WCS. ZTF difference images are delivered north up and east
 (the camera is aligned with the equator to within about a degree, which is below what a 32-pixel frame
 resolves); the source is at the cutout centre, or, for a cutout truncated at a CCD edge, at the place
 ``xpos``/``ypos`` imply. Pixel values are DN: flux [nJy] = DN * 10**(-0.4 (magzpsci - 31.4)), sign
-flipped when ``isdiffpos`` is false.
+flipped when ``isdiffpos`` is false. The science cutout is calibrated with the same ``magzpsci`` (it is
+the image that zero point belongs to) and never sign-flipped; the template has no zero point in the
+alert and keeps its DN.
+
+Units of the science and template planes therefore differ by survey (nJy for Rubin and ZTF science, DN
+for the ZTF template), and they need not agree: the model sees them only through
+:func:`broker_plugin.inference.preprocess.normalise_static_image`, which subtracts each image's median
+and divides by its own robust spread, so a zero point, a gain or a sky level cancels. Only the
+difference keeps calibrated flux (the model's flux normalisation needs it).
+
+The difference decides whether the alert can be used: a missing or bad difference raises a
+:class:`~broker_plugin.exceptions.StampError` as before. A missing, null, corrupt, oversized, mis-shaped
+or empty science or template cutout only costs its plane (``None``, which the model masks): the reason (the
+:class:`StampError` reason the same cutout would give as a difference; ``missing_cutout`` for one the
+decoder dropped, over ``max_cutout_bytes`` or not bytes) goes to the listeners of
+:meth:`StampNormaliser.watch_missing_planes` (the service counts it in
+``broker_plugin_cutout_planes_missing_total{plane,reason}``) and to the debug log. A ``psfFlux`` or
+``psfFluxErr`` beyond the frame's flux bound (brighter than any real source) is dropped the same way
+(plane ``photometry``, reason ``invalid_photometry``).
 
 Every cutout is hostile input. In order: its size is bounded (gunzip stops at ``max_cutout_bytes``), its
 structure is checked from the header cards before any pixel is allocated (:mod:`.fits_header`), WCS cards,
 the pixel -> sky matrix and the source position are checked (:mod:`.checks`), and calibrated pixels
-beyond :data:`~broker_plugin.records.MAX_PIXEL_FLUX_NJY` are refused. The frame itself passes
+beyond :data:`~broker_plugin.records.MAX_PIXEL_FLUX_NJY` are refused. The science and template cutouts go
+through every one of these checks (and their size through ``max_cutout_bytes``) before any of their
+pixels is allocated. The frame itself passes
 :func:`~broker_plugin.records.check_frame` before it is returned, so whatever the bytes,
 :meth:`StampNormaliser.normalise` either returns a frame that keeps every frame invariant or raises a
 :class:`~broker_plugin.exceptions.StampError`.
@@ -21,9 +46,11 @@ beyond :data:`~broker_plugin.records.MAX_PIXEL_FLUX_NJY` are refused. The frame 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from astropy.io import fits
@@ -34,11 +61,22 @@ from broker_plugin.config import LimitsSettings, StampSettings
 from broker_plugin.exceptions import (
     CutoutHeaderError,
     CutoutTooLargeError,
+    CutoutValueError,
     CutoutWcsError,
     EmptyCutoutError,
+    InvalidPhotometryError,
     MissingCutoutError,
+    StampError,
 )
-from broker_plugin.records import Alert, Frame, StampFlag, Survey, ZtfCutoutContext, check_frame
+from broker_plugin.records import (
+    MAX_PIXEL_FLUX_NJY,
+    Alert,
+    Frame,
+    StampFlag,
+    Survey,
+    ZtfCutoutContext,
+    check_frame,
+)
 from broker_plugin.stamps.checks import (
     check_dn,
     check_njy,
@@ -52,6 +90,8 @@ from broker_plugin.stamps.fast_fits import linear_transform
 from broker_plugin.stamps.fits_header import ImageHdu, locate_image, read_pixels
 from broker_plugin.stamps.fits_io import gunzip, read_image
 from broker_plugin.stamps.resample import resample_to_frame, samples_per_side
+
+log = logging.getLogger(__name__)
 
 #: AB zero point of nJy: m_AB = 31.4 - 2.5 log10(f / nJy).
 NJY_AB_ZEROPOINT = 31.4
@@ -156,8 +196,17 @@ def ztf_source_pixel(shape: tuple[int, int], ctx: ZtfCutoutContext) -> tuple[flo
     return pos[0], pos[1]
 
 
+#: Label of a dropped ``psfFlux``/``psfFluxErr`` among the missing-plane reasons.
+PHOTOMETRY = "photometry"
+#: Reason of a plane lost to an unexpected exception (a bug, logged with its traceback).
+PLANE_INTERNAL_ERROR = "internal_error"
+
+#: Called with ``(plane, reason)`` for every science or template plane (or photometry) a frame lacks.
+MissingPlaneListener = Callable[[str, str], None]
+
+
 class StampNormaliser:
-    """Cutout -> frame, at the one fixed scale shared by training and serving.
+    """Cutouts -> frame, at the one fixed scale shared by training and serving.
 
     Parameters
     ----------
@@ -171,51 +220,156 @@ class StampNormaliser:
     def __init__(self, settings: StampSettings, limits: LimitsSettings | None = None) -> None:
         self._settings = settings
         self._limits = limits or LimitsSettings()
+        self._listeners: list[MissingPlaneListener] = []
+
+    def watch_missing_planes(self, listener: MissingPlaneListener) -> None:
+        """Call ``listener(plane, reason)`` for every plane a normalised frame lacks.
+
+        ``plane`` is ``science``, ``template`` or ``photometry``; ``reason`` a
+        :class:`~broker_plugin.exceptions.StampError` reason (``missing_cutout`` for an absent cutout),
+        ``invalid_photometry`` or ``internal_error``. Listeners run in the normalising thread, once the
+        frame is made (an alert refused after all does not count).
+        """
+        self._listeners.append(listener)
 
     def normalise(self, alert: Alert) -> Frame:
-        """Normalise the alert's ``cutoutDifference``.
+        """Normalise the alert's cutouts into one frame.
 
         Returns
         -------
         Frame
-            A frame that passes :func:`~broker_plugin.records.check_frame` for the configured size.
+            A frame that passes :func:`~broker_plugin.records.check_frame` for the configured size, with
+            the science and template planes where the alert's cutouts allow (``None`` where not: see the
+            module docstring) and the alert's ``psfFlux``/``psfFluxErr``.
 
         Raises
         ------
         StampError
-            A subclass saying why the cutout cannot be used: ``missing_cutout``, ``corrupt_cutout`` (not
-            gzip/FITS, truncated), ``cutout_too_large`` (bytes, inflated bytes, declared pixels or
-            resampling points over the limits), ``bad_cutout_header`` (malformed structural or WCS card),
-            ``bad_cutout_shape`` (not 2-D, sides out of range), ``bad_cutout_wcs`` (no, implausible or
-            singular transform; source not placeable), ``bad_cutout_values`` (flux beyond the frame's
-            bound, unusable zero point), ``empty_cutout`` (too little of the frame covered) or
-            ``invalid_frame`` (the frame breaks an invariant, e.g. the alert's band or time).
+            A subclass saying why the *difference* cutout cannot be used: ``missing_cutout``,
+            ``corrupt_cutout`` (not gzip/FITS, truncated), ``cutout_too_large`` (bytes, inflated bytes,
+            declared pixels or resampling points over the limits), ``bad_cutout_header`` (malformed
+            structural or WCS card), ``bad_cutout_shape`` (not 2-D, sides out of range),
+            ``bad_cutout_wcs`` (no, implausible or singular transform; source not placeable),
+            ``bad_cutout_values`` (flux beyond the frame's bound, unusable zero point), ``empty_cutout``
+            (too little of the frame covered) or ``invalid_frame`` (the frame breaks an invariant, e.g.
+            the alert's band or time).
         """
         if not alert.cutoutDifference:
             raise MissingCutoutError("alert has no cutoutDifference")
         flags = StampFlag.NONE
+        image, finite, cd_arcsec, source = self._read(alert, "difference", alert.cutoutDifference)
         if alert.survey is Survey.ZTF:
-            image = self._read_pixels(gunzip(alert.cutoutDifference, self._limits.max_cutout_bytes))
-            ctx = alert.ztf or ZtfCutoutContext(magzpsci=NJY_AB_ZEROPOINT, isdiffpos=True)
-            scale = self._settings.ztf_pixel_scale_arcsec
-            cd_arcsec = np.array([[-scale, 0.0], [0.0, scale]])
-            source = ztf_source_pixel(image.shape, ctx)
-            factor = flux_factor(ctx.magzpsci, NJY_AB_ZEROPOINT)
-            finite = np.isfinite(image)  # scaling by a positive factor and the sign flip keep it
-            # Checked before scaling, so the product below cannot overflow to inf.
-            check_dn(image, finite, factor)
-            image = image * factor
+            ctx = self._ztf_context(alert)
             if not ctx.isdiffpos:
                 image = -image
                 flags |= StampFlag.SIGN_FLIPPED
             if min(image.shape) < ZTF_CUTOUT_SIDE:
                 flags |= StampFlag.EDGE_TRUNCATED
-        else:
-            image, cd_arcsec, source = self._read_rubin(alert)
+        data, mask, flags = self._resample(image, finite, cd_arcsec, source, flags)
+        missing: list[tuple[str, str]] = []
+        science = self._plane(alert, "science", alert.cutoutScience, missing)
+        template = self._plane(alert, "template", alert.cutoutTemplate, missing)
+        psf_flux, psf_flux_err = self._photometry(alert, missing)
+        frame = Frame(
+            data=data,
+            mask=mask,
+            flags=flags,
+            band=alert.band,
+            midpointMjdTai=alert.midpointMjdTai,
+            diaSourceId=alert.diaSourceId,
+            originalShape=(int(image.shape[0]), int(image.shape[1])),
+            science=None if science is None else science[0],
+            scienceMask=None if science is None else science[1],
+            template=None if template is None else template[0],
+            templateMask=None if template is None else template[1],
+            psfFlux=psf_flux,
+            psfFluxErr=psf_flux_err,
+        )
+        check_frame(frame, self._settings.size)
+        # Told only now: the planes of an alert refused after all (invalid_frame) are not counted.
+        for plane, reason in missing:
+            for listener in self._listeners:
+                listener(plane, reason)
+        return frame
+
+    @staticmethod
+    def _ztf_context(alert: Alert) -> ZtfCutoutContext:
+        return alert.ztf or ZtfCutoutContext(magzpsci=NJY_AB_ZEROPOINT, isdiffpos=True)
+
+    def _read(
+        self, alert: Alert, plane: str, raw: bytes
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
+        """Pixels (calibrated where the alert allows), their finite mask, pixel -> sky map and source pixel.
+
+        ``plane`` is ``difference``, ``science`` or ``template``: it decides the ZTF calibration (the
+        difference and the science image are in the science image's DN, the template in its own). The
+        difference's sign is left to the caller.
+        """
+        if alert.survey is not Survey.ZTF:
+            image, cd_arcsec, source = self._read_rubin(raw, alert)
             finite = np.isfinite(image)
             check_njy(image, finite)
-        frame = self._resample(alert, image, finite, cd_arcsec, source, flags)
-        return check_frame(frame, self._settings.size)
+            return image, finite, cd_arcsec, source
+        image = self._read_pixels(gunzip(raw, self._limits.max_cutout_bytes))
+        ctx = self._ztf_context(alert)
+        scale = self._settings.ztf_pixel_scale_arcsec
+        cd_arcsec = np.array([[-scale, 0.0], [0.0, scale]])
+        source = ztf_source_pixel(image.shape, ctx)
+        finite = np.isfinite(image)  # scaling by a positive factor and the sign flip keep it
+        if plane == "template":
+            check_njy(image, finite)  # DN, held to the same bound as a flux: no zero point to scale by
+            return image, finite, cd_arcsec, source
+        factor = flux_factor(ctx.magzpsci, NJY_AB_ZEROPOINT)
+        # Checked before scaling, so the product below cannot overflow to inf.
+        check_dn(image, finite, factor)
+        return image * factor, finite, cd_arcsec, source
+
+    def _plane(
+        self, alert: Alert, plane: str, raw: bytes | None, missing: list[tuple[str, str]]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """A science or template plane ``(data, mask)`` on the frame grid, or ``None`` if unusable.
+
+        The cutout goes through every check the difference does, its size first (an alert not made by
+        the decoder may hold any). Why a plane is missing is logged and appended to ``missing``.
+        """
+        try:
+            if not raw:
+                raise MissingCutoutError(f"alert has no cutout{plane.title()}")
+            if len(raw) > self._limits.max_cutout_bytes:
+                raise CutoutTooLargeError(
+                    f"cutout{plane.title()} of {len(raw)} bytes exceeds "
+                    f"max_cutout_bytes={self._limits.max_cutout_bytes}"
+                )
+            image, finite, cd_arcsec, source = self._read(alert, plane, raw)
+            data, mask, _ = self._resample(image, finite, cd_arcsec, source, StampFlag.NONE)
+            # The frame's bound, checked here so that check_frame can never refuse the alert for a plane:
+            # a frame pixel sums several cutout pixels, so pixels within the bound can add up beyond it.
+            if float(np.abs(data).max(initial=0.0)) > MAX_PIXEL_FLUX_NJY:
+                raise CutoutValueError(f"a {plane} frame pixel exceeds {MAX_PIXEL_FLUX_NJY:g}")
+        except StampError as exc:
+            missing.append(self._missing(alert, plane, exc.reason, str(exc)))
+            return None
+        except Exception:  # a bug met by this cutout: the plane is lost, the alert (and the service) not
+            log.exception("unexpected error normalising cutout%s of %d", plane.title(), alert.diaSourceId)
+            missing.append(self._missing(alert, plane, PLANE_INTERNAL_ERROR, "unexpected error"))
+            return None
+        return data, mask
+
+    def _photometry(self, alert: Alert, missing: list[tuple[str, str]]) -> tuple[float | None, float | None]:
+        """``psfFlux`` and ``psfFluxErr`` as the frame may hold them (both dropped if either is beyond)."""
+        flux, err = alert.psfFlux, alert.psfFluxErr
+        # The decoder checks both are finite (and err >= 0); the frame also bounds them, and only a
+        # hostile alert (ZTF magpsf < 1.4, or a Rubin flux of 1e13 nJy) exceeds that bound.
+        if any(value is not None and abs(value) > MAX_PIXEL_FLUX_NJY for value in (flux, err)):
+            why = f"psfFlux {flux}, psfFluxErr {err} beyond {MAX_PIXEL_FLUX_NJY:g} nJy"
+            missing.append(self._missing(alert, PHOTOMETRY, InvalidPhotometryError.reason, why))
+            return None, None
+        return flux, err
+
+    @staticmethod
+    def _missing(alert: Alert, plane: str, reason: str, why: str) -> tuple[str, str]:
+        log.debug("alert %d: no %s plane (%s): %s", alert.diaSourceId, plane, reason, why)
+        return plane, reason
 
     def _locate(self, raw: bytes) -> ImageHdu:
         """The cutout's image HDU, its structure and its WCS and scaling cards checked."""
@@ -228,9 +382,11 @@ class StampNormaliser:
         image = read_pixels(raw, self._locate(raw))
         return read_image(raw, self._limits)[0] if image is None else image
 
-    def _read_rubin(self, alert: Alert) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-        """Pixels, linear sky transform and source pixel of a Rubin cutout (fast path, else astropy)."""
-        raw = alert.cutoutDifference or b""
+    def _read_rubin(self, raw: bytes, alert: Alert) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+        """Pixels, linear sky transform and source pixel of a Rubin cutout from its own header.
+
+        The fast path, else astropy.
+        """
         hdu = self._locate(raw)
         if "CRPIX1" not in hdu.cards or "CRPIX2" not in hdu.cards:  # refused here, not after astropy's work
             raise CutoutWcsError("cutout header has no CRPIX: no coordinate transform")
@@ -246,14 +402,21 @@ class StampNormaliser:
 
     def _resample(
         self,
-        alert: Alert,
         image: np.ndarray,
         finite: np.ndarray,
         cd_arcsec: np.ndarray,
         source: tuple[float, float],
         flags: StampFlag,
-    ) -> Frame:
-        """The frame of a checked cutout, or :class:`EmptyCutoutError` when too little of it is covered."""
+    ) -> tuple[np.ndarray, np.ndarray, StampFlag]:
+        """A checked cutout on the frame grid: ``(data, mask, flags)``.
+
+        Raises
+        ------
+        EmptyCutoutError
+            Too little of the frame is covered by finite cutout pixels.
+        CutoutWcsError, CutoutTooLargeError
+            The source is too far from the cutout, or resampling would take too many points.
+        """
         size, scale = self._settings.size, self._settings.pixel_scale_arcsec
         if not finite.any():
             raise EmptyCutoutError("cutout has no finite pixel")
@@ -279,12 +442,4 @@ class StampNormaliser:
             flags |= StampFlag.PARTIAL_COVERAGE
         if np.sqrt(abs(np.linalg.det(cd_arcsec))) > scale * 1.001:
             flags |= StampFlag.UPSAMPLED
-        return Frame(
-            data=data,
-            mask=mask,
-            flags=flags,
-            band=alert.band,
-            midpointMjdTai=alert.midpointMjdTai,
-            diaSourceId=alert.diaSourceId,
-            originalShape=(int(image.shape[0]), int(image.shape[1])),
-        )
+        return data, mask, flags

@@ -9,6 +9,12 @@ frame is reported new by exactly one writer, and pruning never races with an ins
 only *tries* that lock: an object being written right now is not idle, and is skipped.
 
 Connections come from a small lock-protected pool (one per concurrent caller, up to ``pool_size``).
+
+Templates live in their own table, one row per object and distinct template (see :mod:`.sequence`),
+written by the statement that inserts the frames (for the frames it inserted only) and deleted, under the
+object's lock, once no frame of the object names them. Tables written before templates were stored get
+the column and the table when a store opens them (``ADD COLUMN IF NOT EXISTS``, nullable: instances of
+the older version keep inserting as before).
 """
 
 from __future__ import annotations
@@ -98,7 +104,7 @@ class _Pool:
 
 
 class PostgresStateStore(StateStore):
-    """State in three PostgreSQL tables, shared by any number of processes.
+    """State in four PostgreSQL tables, shared by any number of processes.
 
     Parameters
     ----------
@@ -111,8 +117,9 @@ class PostgresStateStore(StateStore):
     schema
         Schema of the tables (created if missing); ``None``: the connection's search path.
     table_prefix
-        Prefix of the table names (``<prefix>objects``, ``<prefix>frames``, ``<prefix>token_cache``); the
-        default keeps them apart from other applications' tables in a shared database.
+        Prefix of the table names (``<prefix>objects``, ``<prefix>frames``, ``<prefix>templates``,
+        ``<prefix>token_cache``); the default keeps them apart from other applications' tables in a shared
+        database.
     clock
         Wall clock [s] stamped on writes and read by :meth:`expire`; instances sharing a database must
         agree on it (NTP is plenty for idle times of days).
@@ -157,6 +164,11 @@ class PostgresStateStore(StateStore):
             try:
                 for statement in self._q.schema:
                     conn.execute(statement)
+                try:
+                    with conn.transaction():  # a savepoint: the failed probe must not end the transaction
+                        conn.execute(self._q.has_template_digest)
+                except psycopg.errors.UndefinedColumn:
+                    conn.execute(self._q.add_template_digest)
                 # Tables of our names made by something else: refuse them now, not on the first alert (an
                 # index over a missing column fails above already).
                 for probe in self._q.probes:
@@ -215,6 +227,10 @@ class PostgresStateStore(StateStore):
                 for j, (_, key, _) in enumerate(items)
                 if n_frames[j] > self.max_frames_per_object
             }
+            # After the prune of the same object (statements of one transaction run in order).
+            for j in pruning:
+                key = items[j][1]
+                conn.execute(self._q.drop_unused_templates, (key, key))
         pruned = [
             {sid for (sid,) in pruning[j].fetchall()} if j in pruning else set() for j in range(len(items))
         ]
@@ -235,6 +251,7 @@ class PostgresStateStore(StateStore):
         if invalid:
             with self._locked(key) as conn:
                 conn.execute(self._q.drop_frame_ids, (key, [source_id for source_id, _ in invalid]))
+                conn.execute(self._q.drop_unused_templates, (key, key))
             self._report_invalid(key, invalid)
         return frames
 
@@ -279,6 +296,7 @@ class PostgresStateStore(StateStore):
                 keys = [k for (k,) in conn.execute(self._q.expire, (candidates, cutoff, self._ns)).fetchall()]
                 if keys:
                     conn.execute(self._q.drop_frames, (keys,))
+                    conn.execute(self._q.drop_templates, (keys,))
                     conn.execute(self._q.drop_cache, (keys,))
                 removed += len(keys)
             if len(candidates) < _EXPIRE_BATCH:
@@ -298,8 +316,13 @@ class PostgresStateStore(StateStore):
 
 
 def _insert_args(key: str, rows: list[FrameRow]) -> tuple[object, ...]:
-    # Arrays for unnest(): one statement inserts the whole list (an empty one inserts nothing).
-    return (key, [r.diaSourceId for r in rows], [r.midpointMjdTai for r in rows], [r.blob for r in rows])
+    # Arrays for unnest(): one statement inserts the whole list (an empty one inserts nothing), and the
+    # templates of the rows it inserted (each digest once: ON CONFLICT cannot meet one row twice).
+    templates = {r.template_digest: r.template_blob for r in rows if r.template_digest is not None}
+    return (
+        key, [r.diaSourceId for r in rows], [r.midpointMjdTai for r in rows], [r.blob for r in rows],
+        [r.template_digest for r in rows], key, list(templates), list(templates.values()),
+    )  # fmt: skip
 
 
 def _rounds(keys: list[str]) -> list[list[int]]:
@@ -324,7 +347,10 @@ class _Queries:
         def table(name: str) -> sql.Identifier:
             return sql.Identifier(prefix + name) if schema is None else sql.Identifier(schema, prefix + name)
 
-        names = {"objects": table("objects"), "frames": table("frames"), "cache": table("token_cache")}
+        names = {
+            "objects": table("objects"), "frames": table("frames"), "templates": table("templates"),
+            "cache": table("token_cache"),
+        }  # fmt: skip
 
         def q(text: str) -> sql.Composed:
             return sql.SQL(text).format(**names)
@@ -348,19 +374,33 @@ class _Queries:
                 index("frames_order"), names["frames"]
             ),
             q(
+                "CREATE TABLE IF NOT EXISTS {templates} (object_key text NOT NULL, digest bytea NOT NULL,"
+                " blob bytea NOT NULL, PRIMARY KEY (object_key, digest))"
+            ),
+            q(
                 "CREATE TABLE IF NOT EXISTS {cache} (object_key text NOT NULL, model_version text NOT NULL,"
                 " blob bytea NOT NULL, PRIMARY KEY (object_key, model_version))"
             ),
         ]
+        # Nullable: rows written before templates were stored (and by older instances) have none. Run only
+        # when the column is missing: ALTER TABLE locks the table exclusively even when it adds nothing.
+        self.has_template_digest = q("SELECT template_digest FROM {frames} LIMIT 0")
+        self.add_template_digest = q("ALTER TABLE {frames} ADD COLUMN IF NOT EXISTS template_digest bytea")
         # The newest frame and, via the window, how many the object has: one round trip.
         self.newest = q(
             "SELECT mjd, dia_source_id, COUNT(*) OVER () FROM {frames} WHERE object_key = %s"
             " ORDER BY mjd DESC, dia_source_id DESC LIMIT 1"
         )
+        # The frames, then the templates of those it inserted (a redelivery adds no orphan template):
+        # both in one statement, one round trip.
         self.insert = q(
-            "INSERT INTO {frames} (object_key, dia_source_id, mjd, blob)"
-            " SELECT %s, * FROM unnest(%s::int8[], %s::float8[], %s::bytea[])"
-            " ON CONFLICT (object_key, dia_source_id) DO NOTHING RETURNING dia_source_id"
+            "WITH inserted AS (INSERT INTO {frames} (object_key, dia_source_id, mjd, blob, template_digest)"
+            " SELECT %s, * FROM unnest(%s::int8[], %s::float8[], %s::bytea[], %s::bytea[])"
+            " ON CONFLICT (object_key, dia_source_id) DO NOTHING RETURNING dia_source_id, template_digest),"
+            " added AS (INSERT INTO {templates} (object_key, digest, blob)"
+            " SELECT %s, d, b FROM unnest(%s::bytea[], %s::bytea[]) AS u (d, b)"
+            " WHERE d IN (SELECT template_digest FROM inserted) ON CONFLICT (object_key, digest) DO NOTHING)"
+            " SELECT dia_source_id FROM inserted"
         )
         self.prune = q(
             "DELETE FROM {frames} WHERE object_key = %s AND (mjd, dia_source_id) < ("
@@ -372,13 +412,20 @@ class _Queries:
             " ON CONFLICT (object_key) DO UPDATE SET last_write = EXCLUDED.last_write"
         )
         self.frames = q(
-            "SELECT dia_source_id, mjd, blob FROM {frames} WHERE object_key = %s ORDER BY mjd, dia_source_id"
+            "SELECT f.dia_source_id, f.mjd, f.blob, t.blob FROM {frames} AS f LEFT JOIN {templates} AS t"
+            " ON t.object_key = f.object_key AND t.digest = f.template_digest"
+            " WHERE f.object_key = %s ORDER BY f.mjd, f.dia_source_id"
         )
         self.drop_frame_ids = q("DELETE FROM {frames} WHERE object_key = %s AND dia_source_id = ANY(%s)")
+        self.drop_unused_templates = q(
+            "DELETE FROM {templates} AS t WHERE t.object_key = %s AND NOT EXISTS (SELECT 1 FROM {frames} AS f"
+            " WHERE f.object_key = %s AND f.template_digest = t.digest)"
+        )
         # Selecting every column we use from a table of another application fails with UndefinedColumn.
         self.probes = [
             q("SELECT object_key, last_write FROM {objects} LIMIT 0"),
-            q("SELECT object_key, dia_source_id, mjd, blob FROM {frames} LIMIT 0"),
+            q("SELECT object_key, dia_source_id, mjd, blob, template_digest FROM {frames} LIMIT 0"),
+            q("SELECT object_key, digest, blob FROM {templates} LIMIT 0"),
             q("SELECT object_key, model_version, blob FROM {cache} LIMIT 0"),
         ]
         self.count = q("SELECT COUNT(*) FROM {frames} WHERE object_key = %s")
@@ -398,6 +445,7 @@ class _Queries:
             " AND pg_try_advisory_xact_lock(%s, hashtext(object_key)) RETURNING object_key"
         )
         self.drop_frames = q("DELETE FROM {frames} WHERE object_key = ANY(%s)")
+        self.drop_templates = q("DELETE FROM {templates} WHERE object_key = ANY(%s)")
         self.drop_cache = q("DELETE FROM {cache} WHERE object_key = ANY(%s)")
         self.object_count = q("SELECT COUNT(*) FROM {objects}")
         self.lock_many = sql.SQL(

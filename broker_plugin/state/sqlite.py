@@ -3,6 +3,11 @@
 WAL journal with ``synchronous=FULL``: a commit has been fsynced to the WAL when ``add_frames`` returns,
 so neither a killed process nor a power cut loses it. One connection, guarded by a lock, is shared by
 all threads: SQLite serialises writers anyway, and one connection keeps the page cache warm.
+
+Templates live in their own table, one row per object and distinct template (see :mod:`.sequence`): a
+frame's ``template_digest`` names its row, inserted with the frame's, and a template no frame of its
+object names any more (pruned, invalid) is deleted in the same transaction. A database written before
+templates existed gets the column and the table when opened; its frames read as they are.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from broker_plugin.exceptions import StateUrlError
 from broker_plugin.records import Frame
 from broker_plugin.state.base import AddResult, StateStore, StateStoreClosedError
-from broker_plugin.state.rows import FrameRow, add_result, read_frames, to_rows
+from broker_plugin.state.rows import FrameRow, add_result, read_frames, templates_of, to_rows
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -30,9 +35,16 @@ CREATE TABLE IF NOT EXISTS frames (
     dia_source_id INTEGER NOT NULL,
     mjd REAL NOT NULL,
     blob BLOB NOT NULL,
+    template_digest BLOB,
     UNIQUE (object_key, dia_source_id)
 );
 CREATE INDEX IF NOT EXISTS frames_order ON frames (object_key, mjd, dia_source_id);
+CREATE TABLE IF NOT EXISTS templates (
+    object_key TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    blob BLOB NOT NULL,
+    PRIMARY KEY (object_key, digest)
+);
 CREATE TABLE IF NOT EXISTS token_cache (
     object_key TEXT NOT NULL,
     model_version TEXT NOT NULL,
@@ -41,12 +53,25 @@ CREATE TABLE IF NOT EXISTS token_cache (
 );
 """
 
-#: Our tables and the columns we use: a database with tables of these names must have these columns.
+#: Our tables and the columns we use: a database with tables of these names must have these columns
+#: (``frames.template_digest`` is added to a database written before templates were stored).
 _TABLES = {
     "objects": ("object_key", "last_write"),
     "frames": ("object_key", "dia_source_id", "mjd", "blob"),
     "token_cache": ("object_key", "model_version", "blob"),
+    "templates": ("object_key", "digest", "blob"),
 }
+
+_FRAMES = (
+    "SELECT f.dia_source_id, f.mjd, f.blob, t.blob FROM frames AS f"
+    " LEFT JOIN templates AS t ON t.object_key = f.object_key AND t.digest = f.template_digest"
+    " WHERE f.object_key = ? ORDER BY f.mjd, f.dia_source_id"
+)
+#: Templates of an object that none of its frames names any more.
+_DROP_UNUSED_TEMPLATES = (
+    "DELETE FROM templates WHERE object_key = ? AND digest NOT IN"
+    " (SELECT template_digest FROM frames WHERE object_key = ? AND template_digest IS NOT NULL)"
+)
 
 _NEWEST = "SELECT mjd, dia_source_id FROM frames WHERE object_key = ? ORDER BY mjd DESC, dia_source_id DESC"
 
@@ -102,6 +127,9 @@ class SqliteStateStore(StateStore):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(frames)")}
+            if "template_digest" not in columns:  # written before templates were stored: NULL, none
+                conn.execute("ALTER TABLE frames ADD COLUMN template_digest BLOB")
 
     def _check_schema(self) -> None:
         """Refuse a database of another application: tables, but none of ours, or ours with other columns."""
@@ -161,12 +189,20 @@ class SqliteStateStore(StateStore):
         inserted = set()
         for row in rows:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO frames (object_key, dia_source_id, mjd, blob) VALUES (?, ?, ?, ?)",
-                (key, row.diaSourceId, row.midpointMjdTai, row.blob),
+                "INSERT OR IGNORE INTO frames (object_key, dia_source_id, mjd, blob, template_digest)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key, row.diaSourceId, row.midpointMjdTai, row.blob, row.template_digest),
             )
             if cur.rowcount == 1:
                 inserted.add(row.diaSourceId)
+        # Only inserted frames bring their template: a redelivery adds nothing, not even an orphan.
+        conn.executemany(
+            "INSERT OR IGNORE INTO templates (object_key, digest, blob) VALUES (?, ?, ?)",
+            [(key, digest, blob) for digest, blob in templates_of(rows, inserted)],
+        )
         pruned = self._prune(conn, key) if inserted else set()
+        if pruned:
+            conn.execute(_DROP_UNUSED_TEMPLATES, (key, key))
         (n_frames,) = conn.execute("SELECT COUNT(*) FROM frames WHERE object_key = ?", (key,)).fetchone()
         if inserted - pruned:
             conn.execute(
@@ -193,11 +229,7 @@ class SqliteStateStore(StateStore):
     def frames(self, key: str) -> list[Frame]:
         """The object's valid frames, oldest first; invalid ones are skipped and deleted (see ``base``)."""
         with self._reader() as conn:
-            rows = conn.execute(
-                "SELECT dia_source_id, mjd, blob FROM frames WHERE object_key = ?"
-                " ORDER BY mjd, dia_source_id",
-                (key,),
-            ).fetchall()
+            rows = conn.execute(_FRAMES, (key,)).fetchall()
         frames, invalid = read_frames(rows)
         if invalid:
             with self._transaction() as conn:
@@ -205,6 +237,7 @@ class SqliteStateStore(StateStore):
                     "DELETE FROM frames WHERE object_key = ? AND dia_source_id = ?",
                     [(key, source_id) for source_id, _ in invalid],
                 )
+                conn.execute(_DROP_UNUSED_TEMPLATES, (key, key))
             self._report_invalid(key, invalid)
         return frames
 
@@ -241,7 +274,7 @@ class SqliteStateStore(StateStore):
         cutoff = self._clock() - idle_seconds
         with self._transaction() as conn:
             keys = conn.execute("SELECT object_key FROM objects WHERE last_write <= ?", (cutoff,)).fetchall()
-            for table in ("frames", "token_cache", "objects"):
+            for table in ("frames", "templates", "token_cache", "objects"):
                 conn.executemany(f"DELETE FROM {table} WHERE object_key = ?", keys)  # noqa: S608
         count = len(keys)
         return count

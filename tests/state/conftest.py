@@ -55,6 +55,14 @@ def assert_same_frame(a: Frame, b: Frame) -> None:
     assert (a.flags, a.band, a.midpointMjdTai, a.diaSourceId, a.originalShape) == (
         b.flags, b.band, b.midpointMjdTai, b.diaSourceId, b.originalShape,
     )  # fmt: skip
+    for plane in ("science", "template"):
+        mine, theirs = getattr(a, plane), getattr(b, plane)
+        assert (mine is None) == (theirs is None), plane
+        if mine is not None:
+            assert mine.dtype == theirs.dtype == np.float32 and mine.tobytes() == theirs.tobytes(), plane
+            assert np.array_equal(getattr(a, f"{plane}Mask"), getattr(b, f"{plane}Mask")), plane
+            assert getattr(a, f"{plane}Mask").dtype == np.bool_
+    assert (a.psfFlux, a.psfFluxErr) == (b.psfFlux, b.psfFluxErr)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import struct
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,11 +13,16 @@ from hypothesis.extra import numpy as hnp
 
 from broker_plugin.records import Frame, StampFlag
 from broker_plugin.state.sequence import (
+    DIGEST_SIZE,
+    TEMPLATE,
+    TEMPLATE_REF,
     FrameFormatError,
     decode_frame,
     decode_frames,
     encode_frame,
+    encode_frame_parts,
     encode_frames,
+    template_digest,
 )
 from tests.state.conftest import assert_same_frame, make_frame
 
@@ -104,3 +112,107 @@ def test_rejects_bad_lists() -> None:
     for blob in (b"", good[:-3], good + b"\0", b"\x05\0\0\0"):
         with pytest.raises(FrameFormatError):
             decode_frames(blob)
+
+
+# --- format 2: science and template planes, photometry, the template apart -----------------------------
+
+
+def with_planes(frame: Frame, seed: int, psf: tuple[float | None, float | None] = (12.5, 0.5)) -> Frame:
+    """``frame`` with science and template planes (masked pixels 0) and photometry."""
+    rng = np.random.default_rng(seed)
+    planes = {}
+    for name in ("science", "template"):
+        mask = rng.random(frame.data.shape) > 0.2
+        planes[name] = np.where(mask, rng.normal(1000, 50, frame.data.shape), 0).astype(np.float32)
+        planes[f"{name}Mask"] = mask
+    return dataclasses.replace(frame, **planes, psfFlux=psf[0], psfFluxErr=psf[1])
+
+
+@pytest.mark.parametrize("psf", [(12.5, 0.5), (None, None), (-3.0, None), (None, 0.0)])
+def test_planes_and_photometry_round_trip_inline_and_apart(psf: tuple[float | None, float | None]) -> None:
+    frame = with_planes(make_frame(7, 7.0), 7, psf)
+    frame.science[0, :2] = np.array([0x7FC00123, 0x80000000], np.uint32).view(np.float32)  # type: ignore[index]
+    inline = encode_frame(frame)
+    assert_same_frame(decode_frame(inline), frame)
+    parts = encode_frame_parts(frame)
+    assert parts.template_blob is not None and parts.template_digest == template_digest(parts.template_blob)
+    assert len(parts.template_digest) == DIGEST_SIZE
+    assert len(parts.blob) == len(inline) - 32 * 32 * 4 - 128 + DIGEST_SIZE
+    assert_same_frame(decode_frame(parts.blob, parts.template_blob), frame)
+    back = decode_frame(parts.blob, parts.template_blob)
+    assert back.science.view(np.uint32)[0, :2].tolist() == [0x7FC00123, 0x80000000]  # type: ignore[union-attr]
+
+
+def test_each_plane_may_be_absent() -> None:
+    full = with_planes(make_frame(8, 8.0), 8)
+    for absent in ({"science": None, "scienceMask": None}, {"template": None, "templateMask": None}):
+        frame = dataclasses.replace(full, **absent)
+        parts = encode_frame_parts(frame)
+        assert (parts.template_blob is None) == ("template" in absent)
+        assert_same_frame(decode_frame(parts.blob, parts.template_blob), frame)
+        assert_same_frame(decode_frame(encode_frame(frame)), frame)
+
+
+def test_same_template_same_digest_other_template_other_digest() -> None:
+    a, b = with_planes(make_frame(1, 1.0), 1), with_planes(make_frame(2, 2.0), 2)
+    shared = dataclasses.replace(b, template=a.template, templateMask=a.templateMask)
+    assert encode_frame_parts(a).template_digest == encode_frame_parts(shared).template_digest
+    assert encode_frame_parts(a).template_digest != encode_frame_parts(b).template_digest
+    flipped = a.templateMask.copy()  # type: ignore[union-attr]
+    flipped[0, 0] = not flipped[0, 0]
+    other = dataclasses.replace(
+        a, template=np.where(flipped, a.template, 0).astype(np.float32), templateMask=flipped
+    )
+    assert encode_frame_parts(a).template_digest != encode_frame_parts(other).template_digest
+
+
+def test_a_frame_apart_from_its_template_needs_that_template() -> None:
+    a, b = with_planes(make_frame(1, 1.0), 1), with_planes(make_frame(2, 2.0), 2)
+    parts = encode_frame_parts(a)
+    with pytest.raises(FrameFormatError, match="not stored"):
+        decode_frame(parts.blob)
+    with pytest.raises(FrameFormatError, match="does not match"):
+        decode_frame(parts.blob, encode_frame_parts(b).template_blob)
+    assert parts.template_blob is not None
+    with pytest.raises(FrameFormatError, match="does not match"):
+        decode_frame(parts.blob, parts.template_blob[:-1])
+    small = with_planes(make_frame(3, 3.0, size=8), 3)
+    with pytest.raises(FrameFormatError, match="does not match"):
+        decode_frame(parts.blob, encode_frame_parts(small).template_blob)
+
+
+def test_format_1_frames_still_read() -> None:
+    frame = make_frame(4, 4.0)
+    band = frame.band.encode()
+    old = (
+        struct.pack("<3sBIqdiiHHB", b"BPF", 1, int(frame.flags), 4, frame.midpointMjdTai, 51, 51, 32, 32, 1)
+        + band + frame.data.astype("<f4").tobytes() + np.packbits(frame.mask, axis=None).tobytes()
+    )  # fmt: skip
+    back = decode_frame(old)
+    assert_same_frame(back, frame)
+    assert back.science is None and back.template is None and back.psfFlux is None
+
+
+@pytest.mark.parametrize("parts", [TEMPLATE | TEMPLATE_REF, 32, 128])
+def test_unknown_parts_are_refused(parts: int) -> None:
+    blob = bytearray(encode_frame(make_frame(1, 1.0)))
+    blob[struct.calcsize("<3sBIqdiiHHB")] = parts  # the parts byte follows format 1's header
+    with pytest.raises(FrameFormatError, match="parts"):
+        decode_frame(bytes(blob))
+
+
+def test_planes_that_could_not_round_trip_are_refused() -> None:
+    frame = with_planes(make_frame(1, 1.0), 1)
+    with pytest.raises(ValueError, match="science"):
+        encode_frame(dataclasses.replace(frame, science=frame.science.astype(np.float64)))  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="template"):
+        encode_frame(dataclasses.replace(frame, templateMask=None))
+    with pytest.raises(ValueError, match="template"):
+        encode_frame(dataclasses.replace(frame, template=frame.template[:5]))  # type: ignore[index]
+
+
+@pytest.mark.parametrize("cut", [1, 16, 4096, 4096 + 128 + 1])
+def test_truncated_format_2_frames_are_refused(cut: int) -> None:
+    blob = encode_frame(with_planes(make_frame(1, 1.0), 1))
+    with pytest.raises(FrameFormatError, match="truncated"):
+        decode_frame(blob[:-cut])
