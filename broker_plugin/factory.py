@@ -58,6 +58,8 @@ class Parts:
     model: ModelInfo
     #: What a preparation process needs to decode and normalise as ``pipeline`` would.
     prepare: PrepareConfig
+    #: The pipeline's own normaliser (its missing-plane counts reach the metrics).
+    normaliser: StampNormaliser
 
     def close(self) -> None:
         """Release the state store."""
@@ -86,15 +88,16 @@ def build_parts(settings: Settings) -> Parts:
     stamps = model_stamp_settings(settings, artifact)
     prepare = PrepareConfig(settings.schema_registry, settings.limits, stamps, info.bands)
     store = open_state_store(settings.state.url, settings.state.max_frames_per_object)
+    normaliser = StampNormaliser(stamps, settings.limits)
     pipeline = Pipeline(
-        normaliser=StampNormaliser(stamps, settings.limits),
+        normaliser=normaliser,
         store=store,
         predictor=predictor,
         model=info,
         min_frames=settings.model.min_frames,
         max_frames_per_object=settings.state.max_frames_per_object,
     )
-    return Parts(pipeline, build_decoder(settings), store, predictor, info, prepare)
+    return Parts(pipeline, build_decoder(settings), store, predictor, info, prepare, normaliser)
 
 
 def build_service(
@@ -118,7 +121,10 @@ def build_service(
             settings.service.prepare_processes,
             make_preparer=make_preparer,
             on_process_death=metrics.preparation_process_deaths.inc,
+            on_planes_missing=metrics.count_missing_plane,
         )
+    # Frames the pipeline normalises itself (no preparation processes) are counted as they are made.
+    parts.normaliser.watch_missing_planes(metrics.count_missing_plane)
     service = Service(
         settings, pipeline=parts.pipeline, decoder=parts.decoder, store=parts.store,
         metrics=metrics, health=health, client_id=client_id, preparation=preparation,
