@@ -75,3 +75,23 @@ def test_fit_normalisation_is_robust_and_round_trips():
     assert FluxNormalisation.from_dict(norm.to_dict()) == norm
     with pytest.raises(ValueError):
         FluxNormalisation.from_dict({**norm.to_dict(), "bands": ["g", "r"]})
+
+
+def test_static_images_normalise_scale_and_sky_free_and_as_one_by_one():
+    from broker_plugin.inference.preprocess import normalise_static_image, normalise_static_images
+
+    rng = np.random.default_rng(1)
+    images = rng.gamma(2.0, 50.0, (12, 32, 32)).astype(np.float32)
+    masks = np.ones(images.shape, bool)
+    masks[3, :5] = False  # partial coverage
+    masks[7] = False  # absent plane
+    out, present = normalise_static_images(images, masks)
+    one_by_one = np.stack([normalise_static_image(images[i], masks[i]) for i in range(12)])
+    np.testing.assert_array_equal(out, one_by_one)
+    assert present.tolist() == [i != 7 for i in range(12)]
+    assert not out[7].any() and not out[3][:5].any()
+    # A zero point (scale) and a sky level (offset) leave the normalised image unchanged.
+    calibrated, _ = normalise_static_images(images * 37.5 + 1000.0, masks)
+    np.testing.assert_allclose(calibrated, out, atol=1e-4)
+    flat, _ = normalise_static_images(np.full((1, 32, 32), 5.0, np.float32), np.ones((1, 32, 32), bool))
+    assert np.isfinite(flat).all() and not flat.any()
