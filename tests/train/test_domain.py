@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +14,16 @@ from pydantic import ValidationError
 
 from broker_plugin.records import BANDS, Frame, StampFlag, check_frame
 from broker_plugin.stamps import resample_to_frame
-from train.config import DomainConfig, SimulationConfig, load_config
-from train.data.cadence import MIN_NIGHTS, Survey
+from train.config import DomainConfig, RenderConfig, SimulationConfig, load_config
+from train.data.bandpasses import mag_to_njy
+from train.data.cadence import _WAVE, MIN_NIGHTS, Survey
 from train.data.domain import Look
 from train.data.population import SimObject, catalogue, make_object
 from train.data.render import look_cutouts, render_frames
 from train.data.shards import ShardDataset
 from train.data.simulate import pixel_rng, simulate
 
-from .conftest import CONFIGS, small_config
+from .conftest import CONFIGS, point_source_object, small_config
 
 
 def randomised(sim: SimulationConfig | None = None, **domain: Any) -> SimulationConfig:
@@ -112,8 +114,6 @@ def test_draws_stay_within_their_ranges() -> None:
 
 
 def _wave(band: str) -> float:
-    from train.data.cadence import _WAVE
-
     return _WAVE[band]
 
 
@@ -184,7 +184,6 @@ def test_frames_of_any_native_grid_keep_the_serving_invariants(scale: float) -> 
         for plane, mask in (("frames", "masks"), ("science", "masks"), ("template", "template_masks")):
             assert not out[plane][~out[mask]].any()  # masked pixels are 0
         assert not out["masks"][o.epochs.missing].any()
-    # The source's flux survives any grid: brightest frames of the object carry its PSF flux.
 
 
 def test_small_cutouts_leave_the_frame_edges_masked() -> None:
@@ -286,3 +285,36 @@ def test_shifted_config_loads_and_simulates_a_tiny_dataset(tmp_path: Path, defau
         assert np.isfinite(seq.frames).all() and not seq.frames[~seq.masks].any()
         # Small Rubin cutouts: the frame's corners are never measured.
         assert not seq.template_masks[:, 0, 0].any()
+
+
+def test_randomised_difference_frames_do_not_depend_on_the_other_planes() -> None:
+    """As in the fixed look: the same difference bytes with or without science and template frames."""
+    sim = randomised(counts(snia_unconfirmed=1, agn=1))
+    lean = sim.render.model_copy(update={"science_template": False})
+    for o in objects(sim):
+        both = render_frames(o, sim.render, pixel_rng(sim.seed, o.entry.index))
+        alone = render_frames(o, lean, pixel_rng(sim.seed, o.entry.index))
+        assert set(alone) == {"frames", "masks", "psf_flux", "psf_flux_err"}
+        np.testing.assert_array_equal(alone["frames"], both["frames"])
+        np.testing.assert_array_equal(alone["psf_flux"], both["psf_flux"])
+
+
+@pytest.mark.parametrize("scale", [0.2, 1.0])
+def test_a_point_source_keeps_its_flux_on_any_native_grid(scale: float) -> None:
+    """Rubin-fine or ZTF-coarse native pixels, any rotation: the frames and psfFlux hold the source's flux.
+
+    300 visits of a 60-sigma point source, cutouts covering the frame: the mean flux summed over the frame
+    (the resampler conserves flux) and the mean psfFlux are the source's within 2 %.
+    """
+    n, fwhm, m5 = 300, 1.4, 22.4
+    flux = float(mag_to_njy(m5 - 2.5))
+    rng = np.random.default_rng(11)
+    look = Look(fwhm, {}, ("r",), None, None, scale, 1.0, {}, rng.uniform(0, 360, n), np.full(n, 100))
+    obj = replace(point_source_object(flux, n, fwhm, m5), look=look)
+    config = RenderConfig(astrometric_jitter_arcsec=0.0, bad_column_rate=0.0, mask_blob_rate=0.0)
+    out = render_frames(obj, config, np.random.default_rng(12))
+    assert out["masks"].all() and out["template_masks"].all()  # covered at every rotation
+    assert out["frames"].sum(axis=(1, 2)).mean() == pytest.approx(flux, rel=0.02)
+    assert out["psf_flux"].mean() == pytest.approx(flux, rel=0.02)
+    pulls = (out["psf_flux"] - flux) / out["psf_flux_err"]
+    assert np.std(pulls) == pytest.approx(1.0, abs=0.15)

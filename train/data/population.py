@@ -8,7 +8,9 @@ those SNe are drawn to higher redshift (fainter), and ``label_noise`` of them ar
 type (``true_class`` differs from ``label``).
 
 Every object's randomness comes from ``SeedSequence([seed, index])``, so an object is the same whatever
-shard or worker makes it.
+shard or worker makes it. Under domain randomisation (``simulation.domain``) its look (cadence,
+conditions, presentation; :mod:`train.data.domain`) comes from a generator of its own and its hosts
+are drawn from wider distributions by the same draws, so the physical parameters do not change.
 """
 
 from __future__ import annotations

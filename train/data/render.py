@@ -23,9 +23,12 @@ static light plus the matched template's noise, far below the difference's own n
 difference images share them, the co-add has none (the whole epoch is NaN when the visit is lost).
 
 Training frames are made exactly as serving makes them: each epoch is rendered on a native survey grid
-(SDSS-like 0.396"/px, its orientation jittered per visit) and every image is sent through
-:func:`broker_plugin.stamps.resample_to_frame`, the function serving uses on every alert cutout, so
-there is no training/serving skew in resampling, masking or flux scaling. Alert cutouts are rendered on
+and every image is sent through :func:`broker_plugin.stamps.resample_to_frame`, the function serving
+uses on every alert cutout, so there is no training/serving skew in resampling, masking or flux
+scaling. The fixed look's grid is SDSS-like (0.4"/px, its orientation jittered per visit, covering the
+whole frame); a domain-randomised object (:mod:`train.data.domain`) has a native pixel scale of its own
+and, per visit, any orientation and a cutout side that may leave the frame's outer pixels unmeasured
+(masked, as serving masks what a small alert cutout does not cover). Alert cutouts are rendered on
 :class:`broker_plugin.stamps.RubinCutoutGeometry` grids (0.2"/px, rotated per visit) by the same code.
 """
 
@@ -315,10 +318,14 @@ class VisitCutout:
         Flat indices (row-major) of the cutout pixels within one native pixel diagonal of the frame's
         footprint: the only ones the resampler's bilinear interpolation can touch. The others are never
         rendered (left 0): the frames are those of the whole cutout.
+    east, north
+        Sky offsets of those pixels from the source [arcsec].
     """
 
     geometry: RubinCutoutGeometry
     pixels: np.ndarray
+    east: np.ndarray
+    north: np.ndarray
 
 
 def look_cutouts(look: Look, config: RenderConfig, rng: np.random.Generator) -> list[VisitCutout]:
@@ -345,8 +352,8 @@ def look_cutouts(look: Look, config: RenderConfig, rng: np.random.Generator) -> 
         centre = (int(side) - 1) / 2.0
         geom = RubinCutoutGeometry(int(side), scale, float(r), (centre + s[0], centre + s[1]))
         east, north = geom.sky_offsets()
-        needed = (np.abs(east) <= limit) & (np.abs(north) <= limit)
-        out.append(VisitCutout(geom, np.flatnonzero(needed)))
+        pixels = np.flatnonzero((np.abs(east) <= limit) & (np.abs(north) <= limit))
+        out.append(VisitCutout(geom, pixels, east.ravel()[pixels], north.ravel()[pixels]))
     return out
 
 
@@ -386,14 +393,13 @@ def _render_look(
     names = ("frames", "science", "template") if template_rng is not None else ("frames",)
     images = {name: [np.zeros(c.geometry.size**2) for c in cutouts] for name in names}
     flux, err = np.empty(n), np.empty(n)
-    offsets = [tuple(o.ravel() for o in c.geometry.sky_offsets()) for c in cutouts]
     for sel in _chunks(np.array([len(c.pixels) for c in cutouts])):
         width = max(len(cutouts[i].pixels) for i in sel)
-        # Every visit padded to the group's widest with copies of its first pixel (excluded below).
+        # Every visit padded to the group's widest by repeating its pixels (the copies are excluded below).
         index = np.stack([np.resize(cutouts[i].pixels, width) for i in sel])
         pad = np.arange(width)[None, :] >= np.array([len(cutouts[i].pixels) for i in sel])[:, None]
-        east = np.stack([offsets[i][0][index[j]] for j, i in enumerate(sel)])
-        north = np.stack([offsets[i][1][index[j]] for j, i in enumerate(sel)])
+        east = np.stack([np.resize(cutouts[i].east, width) for i in sel])
+        north = np.stack([np.resize(cutouts[i].north, width) for i in sel])
         out = render(obj, sel, east, north, scale, cond, config, rng, template_rng)
         flux[sel], err[sel] = psf_photometry(np.where(pad, np.nan, out.difference), out.variance, out.psf)
         planes = {"frames": out.difference, "science": out.science, "template": out.template}
