@@ -83,12 +83,164 @@ class SurveyConfig(_Strict):
     )
     bands: tuple[str, ...] = Field(("u", "g", "r", "i", "z"), description="Bands observed.")
     rubin_visit_fraction: float = Field(0.35, gt=0, le=1, description="Rubin: nights an object is visited.")
+    rubin_pair_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Rubin: fraction of visits followed 15-45 min later by a second visit in a neighbouring "
+        "band (the baseline strategy's pairs, for asteroid linking); 0 = one visit a night.",
+    )
 
     @model_validator(mode="after")
     def _depths_cover_bands(self) -> SurveyConfig:
         missing = [b for b in self.bands if b not in self.m5_median or b not in self.sky_mag_arcsec2]
         if missing:
             raise ValueError(f"no depth or sky brightness for bands {missing}")
+        return self
+
+
+def _ordered(name: str, pair: tuple[float, float]) -> None:
+    if pair[0] > pair[1]:
+        raise ValueError(f"{name}: lower bound {pair[0]} above upper bound {pair[1]}")
+
+
+class DomainConfig(_Strict):
+    """Domain randomisation: what differs between surveys and simulators, drawn per object or per visit.
+
+    The model is scored on streams of other surveys and simulators, so the training set should not have
+    one survey's look. With ``enabled`` every object gets its own observing conditions (seeing, depth),
+    cadence (gaps, a season gap, a subset of bands) and presentation (native pixel scale, a rotation and
+    a cutout size per visit), and the host population is wider; the physics (light curves, redshifts,
+    class counts) is untouched. A range ``[a, a]`` fixes a value. See ``train/README_simulator.md``.
+    """
+
+    enabled: bool = Field(
+        False, description="Draw each object's look from the ranges below (False: the survey's fixed look)."
+    )
+    seeing_median_arcsec: tuple[float, float] = Field(
+        (0.7, 2.0),
+        description="Range of an object's median r-band seeing FWHM [arcsec], drawn log-uniformly "
+        "(Rubin ~0.7, SDSS ~1.4, ZTF ~2).",
+    )
+    seeing_night_sigma: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Log scatter of the seeing from night to night around the object's median.",
+    )
+    seeing_range_arcsec: tuple[float, float] = Field(
+        (0.6, 2.5), description="Every visit's r-band seeing is clipped to this [arcsec]."
+    )
+    depth_offset_mag: tuple[float, float] = Field(
+        (-1.0, 1.0),
+        description="Range of an object's 5-sigma depth offset from the survey's m5 [mag], all bands, "
+        "uniform.",
+    )
+    depth_band_offset_mag: float = Field(
+        0.3, ge=0, description="Extra per-object, per-band depth offset, uniform in +-this [mag]."
+    )
+    depth_visit_sigma_mag: float = Field(
+        0.15, ge=0, description="Per-visit depth scatter [mag], normal clipped at 2 sigma."
+    )
+    nights: Literal["own", "survey"] = Field(
+        "own",
+        description="'own': every object has nights of its own, with a mean gap drawn from "
+        "night_gap_mean_days; 'survey': the survey's shared nights and cadence settings.",
+    )
+    night_gap_mean_days: tuple[float, float] = Field(
+        (1.5, 8.0),
+        description="Range of an object's mean gap between observed nights [days], log-uniform; gaps are "
+        "1 + Poisson(mean - 1) (daily to ZTF/Stripe-82-like to sparse).",
+    )
+    season_gap_probability: float = Field(
+        0.3, ge=0, le=1, description="Fraction of objects whose season has a block of nights without visits."
+    )
+    season_gap_days: tuple[float, float] = Field(
+        (10.0, 45.0), description="Length of that block [days], uniform (moon, weather runs, downtime)."
+    )
+    band_subset_probability: float = Field(
+        0.3, ge=0, le=1, description="Fraction of objects observed in a subset of the survey's bands."
+    )
+    gr_only_probability: float = Field(
+        0.4,
+        ge=0,
+        le=1,
+        description="Of those, the fraction seen in g and r only (ZTF-like); the others lose 1..n-min_bands "
+        "random bands.",
+    )
+    min_bands: int = Field(2, ge=1, description="Fewest bands an object keeps.")
+    native_pixel_scale_arcsec: tuple[float, float] = Field(
+        (0.2, 1.0),
+        description="Range of an object's native pixel scale [arcsec], log-uniform (Rubin 0.2, SDSS 0.396, "
+        "ZTF 1.01).",
+    )
+    rotation_deg: tuple[float, float] = Field(
+        (0.0, 360.0), description="Range of the native image's orientation per visit [deg], uniform."
+    )
+    cutout_size: tuple[int, int] = Field(
+        (30, 64),
+        description="Range of the native cutout's side per visit [native pixels], uniform; a cutout smaller "
+        "than the frame's footprint leaves the rest of the frame masked, as serving does.",
+    )
+    hostless_fraction: float = Field(
+        0.2, ge=0, le=1, description="Fraction of SNe without a detectable host (replaces 1 - host_fraction)."
+    )
+    host_mag_sigma: float = Field(
+        1.5, ge=0, description="Scatter of SN hosts' absolute magnitude [mag] (fixed look: 1.0)."
+    )
+    host_size_sigma: float = Field(
+        0.6, ge=0, description="Log scatter of SN hosts' half-light radius (fixed look: 0.4)."
+    )
+    host_offset_scale: tuple[float, float] = Field(
+        (0.5, 2.0),
+        description="Range of the factor on an SN's offset from its host centre, log-uniform "
+        "(fixed look: 1).",
+    )
+    host_colour_sigma_mag: float = Field(
+        0.2, ge=0, description="Per-object, per-band scatter of the host colour [mag] (red and blue hosts)."
+    )
+    agn_host_contrast_mag: tuple[float, float] = Field(
+        (-1.0, 3.5),
+        description="Host minus nucleus r magnitude of AGN hosts [mag], uniform (fixed look: 0..2.5).",
+    )
+    agn_host_size_arcsec: tuple[float, float] = Field(
+        (0.5, 3.0), description="Half-light radius of AGN hosts [arcsec], uniform (fixed look: 0.8..2)."
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DomainConfig:
+        for name in (
+            "seeing_median_arcsec",
+            "seeing_range_arcsec",
+            "depth_offset_mag",
+            "season_gap_days",
+            "native_pixel_scale_arcsec",
+            "rotation_deg",
+            "cutout_size",
+            "host_offset_scale",
+            "agn_host_contrast_mag",
+            "agn_host_size_arcsec",
+        ):
+            _ordered(name, getattr(self, name))
+        positive = (
+            "seeing_median_arcsec",
+            "seeing_range_arcsec",
+            "native_pixel_scale_arcsec",
+            "host_offset_scale",
+            "agn_host_size_arcsec",
+        )
+        for name in positive:
+            if getattr(self, name)[0] <= 0:
+                raise ValueError(f"{name} must be positive")
+        _ordered("night_gap_mean_days", self.night_gap_mean_days)
+        if self.night_gap_mean_days[0] < 1:
+            raise ValueError("night_gap_mean_days must be >= 1 (one night at most per day)")
+        if self.season_gap_days[0] < 0:
+            raise ValueError("season_gap_days must be >= 0")
+        if self.rotation_deg[1] - self.rotation_deg[0] > 360:
+            raise ValueError("rotation_deg spans more than a turn")
+        if self.cutout_size[0] < 4:
+            raise ValueError("cutout_size must be at least 4 pixels")
         return self
 
 
@@ -144,7 +296,17 @@ class SimulationConfig(_Strict):
     population: PopulationConfig = Field(default_factory=PopulationConfig)
     survey: SurveyConfig = Field(default_factory=SurveyConfig)
     render: RenderConfig = Field(default_factory=RenderConfig)
+    domain: DomainConfig = Field(default_factory=DomainConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
+
+    @model_validator(mode="after")
+    def _domain_fits_survey(self) -> SimulationConfig:
+        if self.domain.enabled and self.domain.min_bands > len(self.survey.bands):
+            raise ValueError(
+                f"domain.min_bands = {self.domain.min_bands} exceeds the survey's "
+                f"{len(self.survey.bands)} bands"
+            )
+        return self
 
 
 class TrainConfig(_Strict):

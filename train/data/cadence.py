@@ -16,11 +16,13 @@ PSF's width, so ``m5 = m5_median - 2.5 log10(fwhm / fwhm_median)`` plus transpar
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from train.config import SurveyConfig
+from train.config import DomainConfig, SurveyConfig
+from train.data.domain import Look, visit_depth_offsets
 
 #: SDSS drift-scan filter order and the time between filters [days].
 _SDSS_ORDER = ("r", "i", "u", "z", "g")
@@ -31,6 +33,8 @@ _WAVE = {"u": 3560.0, "g": 4680.0, "r": 6180.0, "i": 7500.0, "z": 8870.0, "y": 9
 _RUBIN_MIX = {"u": 0.07, "g": 0.10, "r": 0.22, "i": 0.22, "z": 0.20, "y": 0.19}
 #: Template coadds are built from this many epochs of an earlier season.
 TEMPLATE_EPOCHS = 6
+#: Fewest nights a randomised object keeps (its season gap and weather may leave fewer).
+MIN_NIGHTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +130,7 @@ class Survey:
         return fwhm, m5, sky
 
     def observe(self, rng: np.random.Generator, season: int, ra_deg: float) -> Epochs:
-        """Draw one object's epochs in ``season``.
+        """Draw one object's epochs in ``season`` (the survey's fixed look).
 
         Parameters
         ----------
@@ -144,23 +148,128 @@ class Survey:
         """
         cfg = self.config
         nights = [n for n in self.seasons[season] if rng.random() >= cfg.object_loss]
-        scan = ((ra_deg + 60.0) % 360.0) / 360.0 * 0.3  # a few hours of drift scan across Stripe 82
-        if cfg.cadence == "stripe82":
-            bands = [b for b in _SDSS_ORDER if b in cfg.bands]
-            mjd = np.array([n.mjd + scan + i * _SDSS_STEP_DAYS for n in nights for i in range(len(bands))])
-            band = np.array([b for _ in nights for b in bands])
-            night_idx = np.repeat(np.arange(len(nights)), len(bands))
-        else:
-            visited = [n for n in nights if rng.random() < cfg.rubin_visit_fraction]
-            names = [b for b in _RUBIN_MIX if b in cfg.bands]
-            mix = np.array([_RUBIN_MIX[b] for b in names])
-            band = rng.choice(names, size=len(visited), p=mix / mix.sum())
-            mjd = np.array([n.mjd + rng.uniform(-0.15, 0.15) for n in visited])
-            nights = visited
-            night_idx = np.arange(len(visited))
+        if cfg.cadence == "rubin":
+            nights = [n for n in nights if rng.random() < cfg.rubin_visit_fraction]
+        mjd, band, night_idx = self._visits(rng, nights, cfg.bands, ra_deg)
         seeing_r = np.array([nights[i].seeing_r for i in night_idx])
         transparency = np.array([nights[i].transparency for i in night_idx])
         fwhm, m5, sky = self._conditions(band, seeing_r, transparency)
+        return self._epochs(rng, season, mjd, band, fwhm, m5, sky)
+
+    def observe_look(
+        self, look: Look, domain: DomainConfig, rng: np.random.Generator, season: int, ra_deg: float
+    ) -> Epochs:
+        """Draw one object's epochs in ``season`` as its randomised :class:`~train.data.domain.Look` says.
+
+        Its nights are the survey's shared ones thinned by ``object_loss`` (and ``rubin_visit_fraction``)
+        when ``look.night_gap_mean_days`` is None, else nights of its own with gaps of ``1 + Poisson(mean
+        - 1)`` days and ``weather_loss``; a season gap removes a block of them (at least
+        :data:`MIN_NIGHTS` stay). Seeing is the object's median times a lognormal night-to-night scatter
+        (or the shared night's seeing rescaled to that median), clipped to ``domain.seeing_range_arcsec``;
+        depth follows the seeing as in the fixed look, plus the object's per-band offset and a per-visit
+        scatter. Only ``look.bands`` are observed.
+
+        Parameters
+        ----------
+        look
+            The object's look.
+        domain
+            The randomisation settings (seeing scatter and clip, per-visit depth scatter).
+        rng
+            The object's look generator (not its physics generator: the light curve does not change).
+        season
+            Which season (0-based).
+        ra_deg
+            Right ascension (drift-scan time of night).
+
+        Returns
+        -------
+        Epochs
+            The object's frames, sorted by time.
+        """
+        cfg = self.config
+        start = self.season_start(season)
+        if look.night_gap_mean_days is None:
+            shared = self.seasons[season]
+            keep = rng.random(len(shared)) >= cfg.object_loss
+            if cfg.cadence == "rubin":
+                keep &= rng.random(len(shared)) < cfg.rubin_visit_fraction
+            days = np.array([n.mjd - start for n in shared])
+            rescale = look.seeing_median_arcsec / cfg.seeing_median_arcsec
+            seeing = np.array([n.seeing_r for n in shared]) * rescale
+            transparency = np.array([n.transparency for n in shared])
+        else:
+            mean = look.night_gap_mean_days
+            steps = 1 + rng.poisson(mean - 1.0, int(cfg.season_days) + 1)
+            days = float(rng.integers(0, math.ceil(mean))) + np.concatenate([[0], np.cumsum(steps[:-1])])
+            days = days[days <= cfg.season_days] + 0.25  # night mid-point, as the survey's nights
+            keep = rng.random(len(days)) >= cfg.weather_loss
+            seeing = look.seeing_median_arcsec * np.exp(rng.normal(0.0, domain.seeing_night_sigma, len(days)))
+            transparency = rng.normal(0.0, 0.1, len(days))
+        if look.season_gap is not None:
+            gap_start, length = look.season_gap
+            keep &= ~((days >= gap_start) & (days < gap_start + length))
+        if keep.sum() < MIN_NIGHTS:
+            # Too few nights left (a long gap on a sparse cadence): a few of the season's nights after all,
+            # as a survey following up a transient would.
+            keep[:] = False
+            keep[rng.permutation(len(days))[:MIN_NIGHTS]] = True
+        nights = [
+            _Night(start + float(d), float(s), float(t))
+            for d, s, t in zip(days[keep], seeing[keep], transparency[keep], strict=True)
+        ]
+        mjd, band, night_idx = self._visits(rng, nights, look.bands, ra_deg)
+        seeing_r = np.clip(np.array([nights[i].seeing_r for i in night_idx]), *domain.seeing_range_arcsec)
+        transparency_v = np.array([nights[i].transparency for i in night_idx])
+        fwhm, m5, sky = self._conditions(band, seeing_r, transparency_v)
+        m5 = (
+            m5
+            + np.array([look.depth_offset_mag[b] for b in band])
+            + visit_depth_offsets(domain, len(m5), rng)
+        )
+        return self._epochs(rng, season, mjd, band, fwhm, m5, sky)
+
+    def _visits(
+        self, rng: np.random.Generator, nights: list[_Night], bands: tuple[str, ...], ra_deg: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Times, bands and night index of the visits on ``nights``, observing ``bands``."""
+        cfg = self.config
+        if cfg.cadence == "stripe82":
+            scan = ((ra_deg + 60.0) % 360.0) / 360.0 * 0.3  # a few hours of drift scan across Stripe 82
+            order = [b for b in _SDSS_ORDER if b in bands]
+            mjd = np.array([n.mjd + scan + i * _SDSS_STEP_DAYS for n in nights for i in range(len(order))])
+            band = np.array([b for _ in nights for b in order])
+            return mjd, band, np.repeat(np.arange(len(nights)), len(order))
+        names = [b for b in _RUBIN_MIX if b in bands]
+        mix = np.array([_RUBIN_MIX[b] for b in names])
+        band = rng.choice(names, size=len(nights), p=mix / mix.sum())
+        mjd = np.array([n.mjd + rng.uniform(-0.15, 0.15) for n in nights])
+        night_idx = np.arange(len(nights))
+        if cfg.rubin_pair_fraction > 0 and len(names) > 1:
+            # Rubin pairs a visit with a second one in a neighbouring filter 15-45 min later.
+            paired = np.nonzero(rng.random(len(nights)) < cfg.rubin_pair_fraction)[0]
+            pos = np.array([names.index(b) for b in band[paired]], dtype=np.int64)
+            step = np.where(rng.random(len(paired)) < 0.5, -1, 1)
+            step = np.where(pos + step < 0, 1, np.where(pos + step >= len(names), -1, step))
+            second = np.array(names)[pos + step]
+            later = mjd[paired] + rng.uniform(15.0, 45.0, len(paired)) / 1440.0
+            band = np.concatenate([band, second])
+            mjd = np.concatenate([mjd, later])
+            night_idx = np.concatenate([night_idx, paired])
+        return mjd, band, night_idx
+
+    def _epochs(
+        self,
+        rng: np.random.Generator,
+        season: int,
+        mjd: np.ndarray,
+        band: np.ndarray,
+        fwhm: np.ndarray,
+        m5: np.ndarray,
+        sky: np.ndarray,
+    ) -> Epochs:
+        """Time-sorted :class:`Epochs` with blank frames and the template's epochs (every survey band)."""
+        cfg = self.config
         missing = rng.random(len(mjd)) < cfg.missing_frame
         order = np.argsort(mjd, kind="stable")
         start = self.season_start(season)

@@ -23,9 +23,12 @@ static light plus the matched template's noise, far below the difference's own n
 difference images share them, the co-add has none (the whole epoch is NaN when the visit is lost).
 
 Training frames are made exactly as serving makes them: each epoch is rendered on a native survey grid
-(SDSS-like 0.396"/px, its orientation jittered per visit) and every image is sent through
-:func:`broker_plugin.stamps.resample_to_frame`, the function serving uses on every alert cutout, so
-there is no training/serving skew in resampling, masking or flux scaling. Alert cutouts are rendered on
+and every image is sent through :func:`broker_plugin.stamps.resample_to_frame`, the function serving
+uses on every alert cutout, so there is no training/serving skew in resampling, masking or flux
+scaling. The fixed look's grid is SDSS-like (0.4"/px, its orientation jittered per visit, covering the
+whole frame); a domain-randomised object (:mod:`train.data.domain`) has a native pixel scale of its own
+and, per visit, any orientation and a cutout side that may leave the frame's outer pixels unmeasured
+(masked, as serving masks what a small alert cutout does not cover). Alert cutouts are rendered on
 :class:`broker_plugin.stamps.RubinCutoutGeometry` grids (0.2"/px, rotated per visit) by the same code.
 """
 
@@ -41,6 +44,7 @@ from broker_plugin.stamps import RubinCutoutGeometry, resample_to_frame
 from train.config import RenderConfig
 from train.data import scene
 from train.data.bandpasses import mag_to_njy
+from train.data.domain import Look
 from train.data.population import SimObject
 
 
@@ -301,14 +305,128 @@ def native_geometries(n: int, config: RenderConfig, rng: np.random.Generator) ->
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class VisitCutout:
+    """A randomised visit's native cutout and the pixels of it that can reach the model frame.
+
+    Attributes
+    ----------
+    geometry
+        The cutout's grid (the object's native scale, the visit's orientation and side, the source at
+        its centre up to a random sub-pixel offset).
+    pixels
+        Flat indices (row-major) of the cutout pixels within one native pixel diagonal of the frame's
+        footprint: the only ones the resampler's bilinear interpolation can touch. The others are never
+        rendered (left 0): the frames are those of the whole cutout.
+    east, north
+        Sky offsets of those pixels from the source [arcsec].
+    """
+
+    geometry: RubinCutoutGeometry
+    pixels: np.ndarray
+    east: np.ndarray
+    north: np.ndarray
+
+
+def look_cutouts(look: Look, config: RenderConfig, rng: np.random.Generator) -> list[VisitCutout]:
+    """Native cutouts of a randomised object's visits.
+
+    Each visit has the object's native pixel scale (``look.pixel_scale_arcsec``), its own orientation
+    (``look.rotation_deg``) and cutout side (``look.cutout_size``), and a random sub-pixel source
+    position. A side beyond what covers the frame at that orientation is cut to it (the pixels beyond
+    never reach the frame); a smaller one leaves the frame's outer pixels unmeasured (masked), as
+    serving's resampler does with a small alert cutout.
+    """
+    scale = look.pixel_scale_arcsec
+    half = 0.5 * config.frame_size * config.frame_pixel_scale_arcsec
+    theta = np.radians(look.rotation_deg)
+    reach = half * (np.abs(np.cos(theta)) + np.abs(np.sin(theta)))
+    cover = 2 * np.ceil(reach / scale + 1.5).astype(np.int64) + 1
+    sides = np.minimum(look.cutout_size, cover)
+    sub = rng.uniform(-0.5, 0.5, (len(sides), 2))
+    # Frame samples lie within ``half`` of the source in east and north; bilinear interpolation reads
+    # pixels up to one native pixel diagonal further out.
+    limit = half + scale * math.sqrt(2.0) + 1e-6
+    out = []
+    for r, s, side in zip(look.rotation_deg, sub, sides, strict=True):
+        centre = (int(side) - 1) / 2.0
+        geom = RubinCutoutGeometry(int(side), scale, float(r), (centre + s[0], centre + s[1]))
+        east, north = geom.sky_offsets()
+        pixels = np.flatnonzero((np.abs(east) <= limit) & (np.abs(north) <= limit))
+        out.append(VisitCutout(geom, pixels, east.ravel()[pixels], north.ravel()[pixels]))
+    return out
+
+
+def _chunks(counts: np.ndarray, waste: float = 0.2) -> list[np.ndarray]:
+    """Visits grouped so that padding every visit of a group to its largest pixel count wastes < ``waste``."""
+    if len(counts) == 0:
+        return []
+    order = np.argsort(-counts, kind="stable")
+    groups, current = [], [order[0]]
+    for i in order[1:]:
+        if counts[i] >= (1.0 - waste) * counts[current[0]]:
+            current.append(i)
+        else:
+            groups.append(np.sort(np.array(current)))
+            current = [i]
+    groups.append(np.sort(np.array(current)))
+    return groups
+
+
+def _render_look(
+    obj: SimObject, config: RenderConfig, rng: np.random.Generator, template_rng: np.random.Generator | None
+) -> tuple[list[VisitCutout], dict[str, list[np.ndarray]], np.ndarray, np.ndarray]:
+    """Render a randomised object's visits on their needed cutout pixels, a few vectorised passes.
+
+    Returns
+    -------
+    tuple
+        The cutouts, the images per name (``frames`` = difference, ``science``, ``template``) as one
+        ``(side, side)`` array per visit (0 where not rendered), and the PSF photometry
+        (``psf_flux``, ``psf_flux_err``) on the rendered pixels.
+    """
+    assert obj.look is not None  # noqa: S101 - only called for randomised objects
+    n = len(obj.epochs)
+    cond = Conditions.draw(rng, n, config)
+    cutouts = look_cutouts(obj.look, config, rng)
+    scale = obj.look.pixel_scale_arcsec
+    names = ("frames", "science", "template") if template_rng is not None else ("frames",)
+    images = {name: [np.zeros(c.geometry.size**2) for c in cutouts] for name in names}
+    flux, err = np.empty(n), np.empty(n)
+    for sel in _chunks(np.array([len(c.pixels) for c in cutouts])):
+        width = max(len(cutouts[i].pixels) for i in sel)
+        # Every visit padded to the group's widest by repeating its pixels (the copies are excluded below).
+        index = np.stack([np.resize(cutouts[i].pixels, width) for i in sel])
+        pad = np.arange(width)[None, :] >= np.array([len(cutouts[i].pixels) for i in sel])[:, None]
+        east = np.stack([np.resize(cutouts[i].east, width) for i in sel])
+        north = np.stack([np.resize(cutouts[i].north, width) for i in sel])
+        out = render(obj, sel, east, north, scale, cond, config, rng, template_rng)
+        flux[sel], err[sel] = psf_photometry(np.where(pad, np.nan, out.difference), out.variance, out.psf)
+        planes = {"frames": out.difference, "science": out.science, "template": out.template}
+        for j, i in enumerate(sel):
+            keep = ~pad[j]
+            for name in names:
+                images[name][i][index[j][keep]] = planes[name][j][keep]
+    shaped = {
+        name: [im.reshape(c.geometry.size, -1) for im, c in zip(v, cutouts, strict=True)]
+        for name, v in images.items()
+    }
+    return cutouts, shaped, flux, err
+
+
 def render_frames(obj: SimObject, config: RenderConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """All model frames of one object.
 
     The difference, science and template images of every epoch go through the serving resampler on the
     same native grid. The science frame shares the difference frame's mask (same artefacts); the
-    template (a co-add) has its own, full except at lost visits (no alert, so no cutout of any kind).
-    The template's noise comes from a generator spawned from ``rng``, so the difference frames are the
-    same bytes whether or not ``config.science_template`` asks for the other two.
+    template (a co-add) has its own, full except at lost visits (no alert, so no cutout of any kind)
+    and where the native cutout does not reach. The template's noise comes from a generator spawned
+    from ``rng``, so the difference frames are the same bytes whether or not ``config.science_template``
+    asks for the other two.
+
+    An object with a randomised look (``obj.look``) is rendered at its native pixel scale, each visit
+    rotated and cut to its own cutout side (:func:`look_cutouts`), and only on the cutout pixels that
+    can reach the frame; otherwise on the fixed look's grids (:func:`native_geometries`).
 
     Returns
     -------
@@ -320,39 +438,42 @@ def render_frames(obj: SimObject, config: RenderConfig, rng: np.random.Generator
     """
     n = len(obj.epochs)
     template_rng = rng.spawn(1)[0]
-    cond = Conditions.draw(rng, n, config)
-    geoms = native_geometries(n, config, rng)
-    offsets = [g.sky_offsets() for g in geoms]
-    east = np.stack([o[0].ravel() for o in offsets])
-    north = np.stack([o[1].ravel() for o in offsets])
-    sel = np.arange(n)
     both = config.science_template
-    out = render(
-        obj,
-        sel,
-        east,
-        north,
-        config.native_pixel_scale_arcsec,
-        cond,
-        config,
-        rng,
-        template_rng if both else None,
-    )
-    flux, err = psf_photometry(out.difference, out.variance, out.psf)
-    size, side = geoms[0].size, config.frame_size
-    shape = (n, size, size)
-    images = {"frames": out.difference.reshape(shape)}
-    if both:
-        images |= {"science": out.science.reshape(shape), "template": out.template.reshape(shape)}
+    if obj.look is None:
+        cond = Conditions.draw(rng, n, config)
+        geoms = native_geometries(n, config, rng)
+        offsets = [g.sky_offsets() for g in geoms]
+        east = np.stack([o[0].ravel() for o in offsets])
+        north = np.stack([o[1].ravel() for o in offsets])
+        out = render(
+            obj,
+            np.arange(n),
+            east,
+            north,
+            config.native_pixel_scale_arcsec,
+            cond,
+            config,
+            rng,
+            template_rng if both else None,
+        )
+        flux, err = psf_photometry(out.difference, out.variance, out.psf)
+        shape = (n, geoms[0].size, geoms[0].size)
+        images = {"frames": out.difference.reshape(shape)}
+        if both:
+            images |= {"science": out.science.reshape(shape), "template": out.template.reshape(shape)}
+    else:
+        cutouts, images, flux, err = _render_look(obj, config, rng, template_rng if both else None)
+        geoms = [c.geometry for c in cutouts]
+    side = config.frame_size
     planes = {name: np.zeros((n, side, side), np.float32) for name in images}
     masks = {name: np.zeros((n, side, side), bool) for name in images}
     missing = obj.epochs.missing
     for i, geom in enumerate(geoms):
-        add_artefacts(images["frames"][i], bool(missing[i]), config, rng)
+        if missing[i]:
+            continue  # a lost visit: every plane all NaN, i.e. frames of 0 with nothing measured
+        add_artefacts(images["frames"][i], False, config, rng)
         if both:
             share_artefacts(images["frames"][i], images["science"][i])
-            if missing[i]:
-                images["template"][i] = np.nan
         for name, image in images.items():
             planes[name][i], masks[name][i] = resample_to_frame(
                 image[i], geom.cd_arcsec, geom.source_xy, side, config.frame_pixel_scale_arcsec

@@ -2,8 +2,8 @@
 
 Each shard is made by one worker process from the config and seed alone (objects draw their own
 ``SeedSequence([seed, index])`` generators; pixel noise uses ``SeedSequence([seed, index, 1])`` and
-the template's noise a generator spawned from it), so the bytes do not depend on the number of workers
-or on scheduling.
+the template's noise a generator spawned from it; a randomised look ``SeedSequence([seed, index, 3])``),
+so the bytes do not depend on the number of workers or on scheduling.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 
 def object_metadata(obj: SimObject, config: SimulationConfig) -> dict[str, Any]:
-    """The per-object record stored with the frames."""
+    """The per-object record stored with the frames (with its ``look`` when randomised)."""
     e = obj.entry
-    return {
+    meta = {
         "index": e.index,
         "diaObjectId": config.alerts.first_object_id + e.index,
         "label": e.label,
@@ -46,6 +46,9 @@ def object_metadata(obj: SimObject, config: SimulationConfig) -> dict[str, Any]:
         "host": obj.host is not None,
         "params": obj.params,
     }
+    if obj.look is not None:
+        meta["look"] = obj.look.summary()
+    return meta
 
 
 def pixel_rng(seed: int, index: int) -> np.random.Generator:
