@@ -147,28 +147,36 @@ def normalise_static_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _row_medians(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Medians ``(n, 1)`` of the first ``counts`` finite values of each row (NaNs sort last)."""
+    ordered = np.sort(values, axis=1)
+    rows = np.arange(len(values))
+    low, high = ordered[rows, (counts - 1) // 2], ordered[rows, counts // 2]
+    return ((low + high) / 2.0)[:, None]
+
+
 def normalise_static_images(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`normalise_static_image` of every image ``(n, H, W)``, and whether each had a measured pixel.
 
-    Fully measured images (almost all) are normalised together: the same medians and values as one by
-    one, without a Python loop per frame.
+    All images at once, without a Python loop per frame: unmeasured pixels become NaN, which sort
+    last, so each row's median is taken over its measured values exactly as one image at a time
+    (tested bit-identical).
     """
+    n = len(images)
+    flat_masks = masks.reshape(n, -1)
+    present = flat_masks.any(axis=1)
     out = np.zeros(images.shape, np.float32)
-    full = masks.all(axis=(1, 2))
-    if full.any():
-        values = np.asarray(images[full], np.float64).reshape(int(full.sum()), -1)
-        median = np.median(values, axis=1, keepdims=True)
-        deviation = np.abs(values - median)
-        sigma = np.maximum.reduce([
-            1.4826 * np.median(deviation, axis=1, keepdims=True),
-            1e-6 * deviation.max(axis=1, keepdims=True), np.full_like(median, 1e-30),
-        ])  # fmt: skip
-        out[full] = np.arcsinh((values - median) / (STATIC_SOFTENING_SIGMA * sigma)).reshape(
-            -1, *images.shape[1:]
-        )
-    for i in np.flatnonzero(~full):
-        out[i] = normalise_static_image(images[i], masks[i])
-    return out, masks.any(axis=(1, 2))
+    if not present.any():
+        return out, present
+    values = np.where(flat_masks, np.asarray(images, np.float64).reshape(n, -1), np.nan)[present]
+    counts = flat_masks[present].sum(axis=1)
+    median = _row_medians(values, counts)
+    deviation = np.abs(values - median)
+    peak = np.nanmax(deviation, axis=1, keepdims=True)
+    sigma = np.maximum(np.maximum(1.4826 * _row_medians(deviation, counts), 1e-6 * peak), 1e-30)
+    normalised = np.arcsinh((values - median) / (STATIC_SOFTENING_SIGMA * sigma))
+    out[present] = np.nan_to_num(normalised, nan=0.0).reshape(-1, *images.shape[1:])
+    return out, present
 
 
 def photometry_features(psf_flux: np.ndarray, psf_flux_err: np.ndarray) -> np.ndarray:
