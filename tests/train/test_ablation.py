@@ -39,12 +39,16 @@ def test_the_ablation_config_is_the_default_recipe_at_a_smaller_stage_one_budget
     assert ablation.simulation == default.simulation  # the same dataset
     a, d = ablation.training, default.training
     assert (a.data.folds, a.data.seeds, a.pretrain.share_across_folds) == (5, 1, True)
-    for section in ("data", "finetune", "evaluate"):
+    for section in ("data", "evaluate"):
         assert getattr(a, section) == getattr(d, section), section
+    assert (a.data.min_snr, a.data.min_frames) == (5.0, 3)  # the alert view, as the service sees objects
     budget = {"epochs", "samples_per_epoch"}
     assert a.pretrain.model_dump(exclude=budget) == d.pretrain.model_dump(exclude=budget)
     draws = a.pretrain.epochs * a.pretrain.samples_per_epoch
     assert draws < d.pretrain.epochs * d.pretrain.samples_per_epoch
+    prefixes = {"prefix_frames"}
+    assert a.finetune.model_dump(exclude=prefixes) == d.finetune.model_dump(exclude=prefixes)
+    assert 6 in a.finetune.prefix_frames  # the table's early column
     assert (a.seed, a.threads, a.norm_objects, a.normalisation) == (
         d.seed,
         d.threads,
@@ -97,6 +101,7 @@ def test_each_command_parses_to_its_run_with_the_ablation_overrides(tmp_path: Pa
         assert (t.net.name, t.run_dir, t.model_dir) == (run.net, str(run.run_dir), str(run.model_dir))
         assert t.net.args == {"max_chunks": 20, **VARIANTS[run.variant].flags}
         assert (t.seed, t.pretrain.epochs, t.pretrain.samples_per_epoch) == (9, 1, 1000)
+        assert (t.data.min_snr, t.finetune.prefix_frames) == (5.0, (3, 6, 12, 24, 48))
         assert argv[argv.index("--data") + 1] == "d"
 
 
