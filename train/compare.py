@@ -215,11 +215,13 @@ def _paired_difference(run: Path, reference: Path) -> str:
     return f"{np.mean(diff):+.1f} ± {np.std(diff):.1f}"
 
 
-def _minutes(run: Path) -> str:
+def _wall_time(run: Path) -> str:
+    """The run's ``all`` wall time: seconds below 100 s (smoke runs), else minutes."""
     path = run / "wall_time.json"
     if not path.exists():
         return "-"
-    return f"{math.ceil(json.loads(path.read_text())['seconds'] / 60)} min"
+    seconds = float(json.loads(path.read_text())["seconds"])
+    return f"{seconds:.0f} s" if seconds < 100 else f"{math.ceil(seconds / 60)} min"
 
 
 def ablation_table(
@@ -272,7 +274,7 @@ def ablation_table(
         fe = report["fold_ensembles"]
         lines.append(
             f"| {cell.inputs} | {cell.net}{mark} | {_pct(fe['accuracy'])} | {_pct(fe['macro_f1'])} | {early} "
-            f"| {delta} | {params:,} | {_minutes(cell.run_dir)} |"
+            f"| {delta} | {params:,} | {_wall_time(cell.run_dir)} |"
         )
         curves[f"{cell.net}, {cell.inputs}"] = report["early_classification"]
     if lc_run is not None and (lc_run / "evaluation" / "metrics.json").exists():
