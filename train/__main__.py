@@ -3,12 +3,18 @@
 Stages are subcommands; each reads the sections of the TOML config it needs. Implemented: ``simulate``
 (the labelled image-time-series dataset, optionally ``--preview`` PNGs) and ``alerts`` (the simulated
 objects as Rubin alert files plus a truth table). ``pretrain``, ``finetune``, ``ensemble``, ``evaluate``,
-``export`` and ``all`` (:mod:`train.stages`); ``--dotted.key=value`` arguments override the config.
+``export``, ``all`` and ``compare`` (:mod:`train.stages`), ``ablation`` (:mod:`train.ablation`);
+``--dotted.key=value`` arguments override the config.
+
+``--seed N`` means the seed of what the stage makes: ``simulation.seed`` for ``simulate`` and
+``alerts``, ``training.seed`` (folds, initialisation, sampling, augmentation) for every model-building
+stage, where it is shorthand for ``--training.seed=N`` and wins over it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -18,6 +24,8 @@ from pathlib import Path
 from train.config import TrainConfig, load_config
 
 Stage = Callable[[TrainConfig, argparse.Namespace], int]
+#: The config key ``--seed`` sets for the model-building stages.
+TRAINING_SEED = "training.seed"
 
 
 def _simulation_config(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
@@ -65,12 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", required=True)
 
-    def stage(name: str, func: Stage, help_: str) -> argparse.ArgumentParser:
+    def stage(name: str, func: Stage, help_: str, *, seed_key: str | None = None) -> argparse.ArgumentParser:
+        """Add stage ``name``; ``seed_key``: the config key ``--seed`` overrides (None: the stage's own)."""
         p = sub.add_parser(name, help=help_)
         p.add_argument("--config", required=True, help="TOML config file (see train/configs/).")
-        p.add_argument("--seed", type=int, default=None, help="Override the config's master seed.")
+        if seed_key is None:
+            seed_help = "Override the config's simulation seed (simulation.seed)."
+        else:
+            seed_help = (
+                f"Override the config's {seed_key} (folds, initialisation, sampling, augmentation): "
+                f"shorthand for --{seed_key}=N, and wins over it."
+            )
+        p.add_argument("--seed", type=int, default=None, help=seed_help)
         p.add_argument("--out", default=None, help="Output folder (default: from the config).")
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, seed_key=seed_key)
         return p
 
     sim = stage("simulate", run_simulate, "simulate the labelled image-time-series dataset")
@@ -80,21 +96,42 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--objects", type=int, default=None, help="At most this many objects.")
     alerts.add_argument("--per-class", type=int, default=None, help="At most this many objects per class.")
     alerts.add_argument("--min-alerts", type=int, default=0, help="Skip objects with fewer alerts.")
+    from train.ablation import register as register_ablation
     from train.stages import register
 
-    register(stage)
+    register(functools.partial(stage, seed_key=TRAINING_SEED))
+    register_ablation(functools.partial(stage, seed_key=TRAINING_SEED))
     return parser
+
+
+def seed_overrides(args: argparse.Namespace, overrides: Sequence[str]) -> list[str]:
+    """``overrides`` with ``--seed`` turned into the stage's config override (appended: it wins).
+
+    ``simulate`` and ``alerts`` read ``args.seed`` themselves (:func:`_simulation_config`); the
+    model-building stages get ``--training.seed=N``, so every stage and every report sees one seed.
+    """
+    key = getattr(args, "seed_key", None)
+    if key is None or args.seed is None:
+        return list(overrides)
+    return [*overrides, f"--{key}={args.seed}"]
+
+
+def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
+    """Parse a command line: the stage's arguments and its validated config (overrides applied)."""
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    args.overrides = list(overrides)  # as given (``ablation`` hands them on to its runs)
+    try:
+        config = load_config(args.config, seed_overrides(args, overrides))
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args, config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
-    try:
-        config = load_config(args.config, overrides)
-    except ValueError as exc:
-        parser.error(str(exc))
+    args, config = parse(argv)
     return int(args.func(config, args))
 
 

@@ -1,16 +1,22 @@
-"""The light-curve-feature baseline under the same protocol, and the comparison table.
+"""The light-curve-feature baseline under the same protocol, and the comparison tables.
 
 The simulator's light-curve features (:mod:`train.data.features`: photometry measured on the frames,
 then amplitude / colour / timing / periodicity statistics) feed gradient-boosted trees
 (:mod:`train.data.baseline_lc`'s model), trained per fold on the pretrain pool plus the fold's training
-part and scored on the same unique-object test folds as the nets, after the same numbers of frames.
+part and scored on the same unique-object test folds as the nets, after the same numbers of frames, on
+the same frames (the band filter and, when ``training.data.min_snr`` is set, the alert view).
+
+:func:`ablation_table` is the input ablation's table (:mod:`train.ablation`): one row per input set and
+net from the runs' reports and out-of-fold predictions, beside the trees on the same folds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +27,30 @@ from train.config import CLASSES
 from train.data.shards import Sequence as SimSequence
 from train.evaluate import mean_std, scores, write_report
 from train.loop import Progress
+from train.objects import detections
 from train.plan import Plan
 
+#: Per-frame fields of a simulator sequence; the planes are None in a dataset without them.
+_FRAME_FIELDS = ("frames", "masks", "band", "mjd", "flux_true", "psf_flux", "psf_flux_err")
+_PLANE_FIELDS = ("science", "template", "template_masks")
 
-def _view(seq: SimSequence, frames: int | None, bands: Sequence[str] | None) -> SimSequence:
-    fields = ("frames", "masks", "band", "mjd", "flux_true", "psf_flux", "psf_flux_err")
+
+def _view(
+    seq: SimSequence, frames: int | None, bands: Sequence[str] | None, min_snr: float | None = None
+) -> SimSequence:
+    """The frames of ``seq`` a net of the run sees: its bands, its alert view, its first ``frames``."""
     keep = np.ones(len(seq.band), bool)
     if bands:
         keep &= np.isin(seq.band, [BANDS.index(b) for b in bands])
+    if min_snr is not None:
+        # The alert view (training.data.min_snr): the trees see the detections the nets see, no more.
+        keep &= detections(np.asarray(seq.psf_flux), np.asarray(seq.psf_flux_err), min_snr)
     if frames is not None:
         # The first ``frames`` frames the model could see (the same count as the nets' prefixes).
         keep &= np.cumsum(keep) <= frames
-    return dataclasses.replace(seq, **{f: np.asarray(getattr(seq, f))[keep] for f in fields})
+    cut = {f: np.asarray(getattr(seq, f))[keep] for f in _FRAME_FIELDS}
+    cut |= {f: np.asarray(getattr(seq, f))[keep] for f in _PLANE_FIELDS if getattr(seq, f) is not None}
+    return dataclasses.replace(seq, **cut)
 
 
 def lc_features(plan: Plan, indices: np.ndarray, frames: int | None, label: str) -> np.ndarray:
@@ -40,12 +58,17 @@ def lc_features(plan: Plan, indices: np.ndarray, frames: int | None, label: str)
     from train.data.features import extract
     from train.data.shards import ShardDataset
 
-    data = plan.source._objects
+    source = plan.source
+    data = source._objects
     assert isinstance(data, ShardDataset)  # noqa: S101 - simulator datasets only
+    # Source indices skip the objects with fewer than training.data.min_frames alerts: map them back
+    # to dataset rows (ObjectSource has no public accessor for that map).
+    rows = source._rows
     progress = Progress(len(indices), label)
     out = []
     for i in indices:
-        out.append(extract(_view(data[int(i)], frames, plan.config.training.data.bands)))
+        seq = data[int(rows[int(i)])]
+        out.append(extract(_view(seq, frames, plan.config.training.data.bands, source.min_snr)))
         progress.update(1)
     return np.stack(out)
 
@@ -122,12 +145,146 @@ def same_object_scores(predictions: str | Path, indices: np.ndarray) -> dict[str
     Every confirmed object has exactly one out-of-fold prediction (from the fold that tested it), so a
     run on the full pool can be compared with a reduced-protocol run on exactly the reduced run's objects.
     """
+    return {"fold_ensembles": fold_scores(predictions, indices=indices)}
+
+
+def fold_scores(predictions: str | Path, view: int = -1, indices: np.ndarray | None = None) -> dict[str, Any]:
+    """Per-fold accuracy and macro-F1 of out-of-fold ``predictions`` (an npz), and their mean +- std.
+
+    Parameters
+    ----------
+    predictions
+        ``predictions.npz`` of a run's ``ensemble`` stage or of the light-curve baseline: ``indices``,
+        ``labels``, ``folds`` and ``probs`` ``(n, views, classes)``.
+    view
+        Which view of ``probs``: -1 the whole history, ``k`` the ``k``-th early-classification prefix.
+    indices
+        Score only these objects; None scores all.
+    """
     with np.load(predictions) as stored:
         idx, y, folds, probs = stored["indices"], stored["labels"], stored["folds"], stored["probs"]
-    keep = np.isin(idx, indices)
+    keep = np.ones(len(idx), bool) if indices is None else np.isin(idx, indices)
     per_fold = []
     for f in np.unique(folds):
         sel = keep & (folds == f)
-        s = scores(y[sel], probs[sel, -1], CLASSES)
+        s = scores(y[sel], probs[sel, view], CLASSES)
         per_fold.append({"fold": int(f), **{k: s[k] for k in ("n", "accuracy", "macro_f1")}})
-    return {"fold_ensembles": {"per_fold": per_fold, **mean_std(per_fold, ("accuracy", "macro_f1"))}}
+    return {"per_fold": per_fold, **mean_std(per_fold, ("accuracy", "macro_f1"))}
+
+
+@dataclass(frozen=True)
+class AblationCell:
+    """One trained (input set, net) of the ablation.
+
+    Attributes
+    ----------
+    inputs
+        The input set's description (the table's first column).
+    net
+        The net's name in the table.
+    run_dir
+        Its run folder (``evaluation/metrics.json``, ``ensemble/predictions.npz``, ``wall_time.json``).
+    reference
+        The input set the paired difference is taken against (same net); None: no difference.
+    """
+
+    inputs: str
+    net: str
+    run_dir: Path
+    reference: Path | None = None
+
+
+def _pct(stats: dict[str, float]) -> str:
+    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+
+
+def _early_view(report: dict[str, Any], frames: int) -> int | None:
+    """The view of a run's predictions that holds its score after ``frames`` frames (None: not scored)."""
+    rows = report.get("early_classification", [])
+    return next((v for v, r in enumerate(rows) if r["frames"] == frames), None)
+
+
+def _paired_difference(run: Path, reference: Path) -> str:
+    """Mean +- std over folds of the fold-by-fold macro-F1 difference ``run - reference`` [points]."""
+    a = load_report(run / "evaluation" / "metrics.json")["fold_ensembles"]["per_fold"]
+    b = load_report(reference / "evaluation" / "metrics.json")["fold_ensembles"]["per_fold"]
+    ref = {r["fold"]: r["macro_f1"] for r in b}
+    diff = [100 * (r["macro_f1"] - ref[r["fold"]]) for r in a if r["fold"] in ref]
+    if len(diff) != len(a) or not diff:
+        return "-"  # not the same folds: no paired difference
+    return f"{np.mean(diff):+.1f} ± {np.std(diff):.1f}"
+
+
+def _wall_time(run: Path) -> str:
+    """The run's ``all`` wall time: seconds below 100 s (smoke runs), else minutes."""
+    path = run / "wall_time.json"
+    if not path.exists():
+        return "-"
+    seconds = float(json.loads(path.read_text())["seconds"])
+    return f"{seconds:.0f} s" if seconds < 100 else f"{math.ceil(seconds / 60)} min"
+
+
+def ablation_table(
+    cells: Sequence[AblationCell], lc_run: Path | None = None, early_frames: int = 6
+) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    """The ablation's markdown table and its early-classification curves.
+
+    One row per cell: fold mean +- std (fold ensembles on held-out test folds) of accuracy and macro-F1,
+    the macro-F1 after ``early_frames`` frames (from the out-of-fold predictions, per fold), the
+    fold-by-fold macro-F1 difference to the cell's ``reference`` (the same folds, so the pairing removes
+    the folds' difficulty from the spread), parameters and wall time; a cell whose run has no report yet
+    reads "not run". Then the light-curve trees of ``lc_run`` (:func:`run_lc_baseline`'s folder) on the
+    same folds; a run scored on other objects than the trees is marked.
+
+    Returns
+    -------
+    tuple
+        The table, and the pooled early-classification curve of every finished cell and the trees.
+    """
+    from broker_plugin.inference import create_net
+
+    lc_objects: set[int] | None = None
+    if lc_run is not None and (lc_run / "predictions.npz").exists():
+        with np.load(lc_run / "predictions.npz") as stored:
+            lc_objects = set(stored["indices"].tolist())
+    head = (
+        f"| inputs | net | accuracy % | macro-F1 % | macro-F1 after {early_frames} frames % "
+        "| Δ macro-F1 vs paper inputs (paired by fold) | parameters | wall time |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for cell in cells:
+        metrics = cell.run_dir / "evaluation" / "metrics.json"
+        if not metrics.exists():
+            lines.append(f"| {cell.inputs} | {cell.net} | not run | | | | | |")
+            continue
+        report = load_report(metrics)
+        proto = report["protocol"]
+        params = sum(p.numel() for p in create_net(proto["net"], **proto["net_args"]).parameters())
+        npz = cell.run_dir / "ensemble" / "predictions.npz"
+        view = _early_view(report, early_frames)
+        early = _pct(fold_scores(npz, view)["macro_f1"]) if view is not None and npz.exists() else "-"
+        ref = cell.reference
+        done = ref is not None and ref != cell.run_dir and (ref / "evaluation" / "metrics.json").exists()
+        delta = _paired_difference(cell.run_dir, ref) if done and ref is not None else "-"
+        mark = ""
+        if lc_objects is not None and npz.exists():
+            with np.load(npz) as stored:
+                mark = "" if set(stored["indices"].tolist()) == lc_objects else " (other objects)"
+        fe = report["fold_ensembles"]
+        lines.append(
+            f"| {cell.inputs} | {cell.net}{mark} | {_pct(fe['accuracy'])} | {_pct(fe['macro_f1'])} | {early} "
+            f"| {delta} | {params:,} | {_wall_time(cell.run_dir)} |"
+        )
+        curves[f"{cell.net}, {cell.inputs}"] = report["early_classification"]
+    if lc_run is not None and (lc_run / "evaluation" / "metrics.json").exists():
+        lc = load_report(lc_run / "evaluation" / "metrics.json")
+        view = _early_view(lc, early_frames)
+        early = _pct(fold_scores(lc_run / "predictions.npz", view)["macro_f1"]) if view is not None else "-"
+        fe = lc["fold_ensembles"]
+        lines.append(
+            f"| light curve (photometry measured on the frames) | light-curve features + GBT "
+            f"| {_pct(fe['accuracy'])} | {_pct(fe['macro_f1'])} | {early} | - | - (trees) | - |"
+        )
+        curves["light-curve features + GBT"] = lc["early_classification"]
+    return "\n".join(lines), curves

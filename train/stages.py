@@ -67,6 +67,7 @@ def protocol(config: TrainConfig, plan: Any) -> dict[str, Any]:
         "bands": list(t.data.bands or "ugriz"),
         "folds": t.data.folds,
         "seeds": t.data.seeds,
+        "seed": t.seed,
         "data_hash": plan.source.data_hash,
         "n_pretrain_pool": len(plan.pretrain_idx),
         "n_transfer_pool": int(sum(len(s.test) for s in plan.transfer_folds)),

@@ -32,6 +32,10 @@ def assert_incremental_equals_full(members, prefixes, n_total=150):
 EVERY = list(range(1, 151))
 #: Chunk boundaries, the first roll of the window (99 -> 100 frames) and the end.
 EDGES = [1, 2, 3, 4, 50, 98, 99, 100, 101, 102, 103, 150]
+#: Every ablation input on, for the recurrent baselines (convention-triplet's inputs).
+RNN_CONTEXT = {"planes": 3, "time_encoding": "continuous", "photometry": True}
+#: A narrower recurrent baseline: the same code paths at a fraction of the CPU time.
+NARROW = {"features": 32, "hidden": 16}
 
 
 @pytest.mark.parametrize(
@@ -48,6 +52,13 @@ EDGES = [1, 2, 3, 4, 50, 98, 99, 100, 101, 102, 103, 150]
         ("convention-triplet-small", {"time_encoding": "index"}, EDGES, 1),
         ("cnn-gru", {}, EDGES, 1),
         ("cnn-lstm", {}, [1, 99, 100, 150], 1),
+        # The recurrent baselines given the ablation's inputs (one token per frame: chunk_size 1).
+        pytest.param("cnn-gru", RNN_CONTEXT, EVERY, 1, marks=pytest.mark.slow),
+        ("cnn-gru", RNN_CONTEXT, EDGES, 2),
+        ("cnn-gru", {**NARROW, "time_encoding": "continuous"}, EDGES, 1),
+        ("cnn-gru", {**NARROW, "photometry": True}, [1, 2, 99, 100, 150], 1),
+        ("cnn-gru", {**NARROW, "planes": 3}, [1, 2, 99, 100, 150], 1),
+        ("cnn-lstm", {**NARROW, **RNN_CONTEXT}, [1, 2, 99, 100, 150], 1),
     ],
 )
 def test_incremental_equals_full_recompute_at_every_prefix(name, overrides, prefixes, count):
