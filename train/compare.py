@@ -61,13 +61,11 @@ def lc_features(plan: Plan, indices: np.ndarray, frames: int | None, label: str)
     source = plan.source
     data = source._objects
     assert isinstance(data, ShardDataset)  # noqa: S101 - simulator datasets only
-    # Source indices skip the objects with fewer than training.data.min_frames alerts: map them back
-    # to dataset rows (ObjectSource has no public accessor for that map).
-    rows = source._rows
     progress = Progress(len(indices), label)
     out = []
     for i in indices:
-        seq = data[int(rows[int(i)])]
+        # Source indices skip the objects with fewer than training.data.min_frames alerts.
+        seq = data[source.row(int(i))]
         out.append(extract(_view(seq, frames, plan.config.training.data.bands, source.min_snr)))
         progress.update(1)
     return np.stack(out)

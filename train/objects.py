@@ -187,6 +187,10 @@ class ObjectSource:
             context=raw.context if with_context else None,
         )  # fmt: skip
 
+    def row(self, i: int) -> int:
+        """The dataset row of object ``i`` (objects below ``min_frames`` are not served)."""
+        return int(self._rows[int(i)])
+
     def input_for(self, i: int, norm: FluxNormalisation, net: nn.Module) -> ModelInput:
         """Object ``i`` preprocessed for ``net``: its ``band_offset``, with context if it uses it."""
         return self.model_input(i, norm, net.band_offset, with_context=getattr(net, "uses_context", False))

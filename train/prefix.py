@@ -93,8 +93,12 @@ def prefix_features(
         else:
             tokens, valid = _tokens(net, batch)
             ranges = [prefix_windows(len(b), prefixes, net.chunk_size, net.max_chunks) for b in batch]
-            feats = []
+            feats: list[torch.Tensor | None] = []
             for v in range(len(prefixes) + 1):
+                if v < len(prefixes) and all(r[v] == r[-1] for r in ranges):
+                    # Every object of the batch is shorter than this prefix: its whole-history window.
+                    feats.append(None)
+                    continue
                 length = max(r[v][1] - r[v][0] for r in ranges)
                 win = tokens.new_zeros(len(batch), length, *net.token_shape)
                 mask = torch.zeros(len(batch), length, dtype=torch.bool, device=win.device)
@@ -103,7 +107,8 @@ def prefix_features(
                     win[k, : hi - lo] = tokens[k, lo:hi]
                     mask[k, : hi - lo] = valid[k, lo:hi]
                 feats.append(net.forward_head(net.forward_blocks(win, mask), mask, pre_logits=True).float())
-            feats = torch.stack(feats, dim=1).cpu().numpy()
+            whole = feats[-1]
+            feats = torch.stack([whole if f is None else f for f in feats], dim=1).cpu().numpy()
         if out is None:
             out = np.zeros((len(inputs), *feats.shape[1:]), np.float32)
         out[idx] = feats
