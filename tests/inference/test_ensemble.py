@@ -265,10 +265,12 @@ def test_only_convention_nets_of_one_configuration_stack():
         StackedConvEntion(mixed)
 
 
-def test_bf16_autocast_runs_on_the_stacked_path(shipped):
-    ref, _ = predictors(shipped)
-    fast = Predictor(shipped, model_id="m", normalisation=FluxNormalisation(), device="cpu", bf16=True)
-    inp = make_input(9, 1)
+@pytest.mark.parametrize("net", ["shipped", "convention-triplet-small"])
+def test_bf16_autocast_runs_on_the_stacked_path(net, request):
+    members = request.getfixturevalue("shipped") if net == "shipped" else make_members(net, count=3)
+    ref, _ = predictors(members)
+    fast = Predictor(members, model_id="m", normalisation=FluxNormalisation(), device="cpu", bf16=True)
+    inp = (make_context_input if ref.uses_context else make_input)(9, 1)
     ((pred, _),) = fast.update([None], [inp])
     (full,) = ref.predict([inp])
     assert pred.probabilities.dtype == np.float32
