@@ -2,12 +2,15 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_inference.py [--batches 1,16,64,256] [--options]
     PYTHONPATH=. .venv/bin/python benchmarks/bench_inference.py --per-net   # the README's per-net table
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_inference.py --net convention-triplet-small --members 5
 
-Default: the shipped artifact (``models/convention-default``, every member, trained weights).
+Default: the shipped artifact (``models/convention-default``, every member, trained weights); ``--net``
+an ensemble of ``--members`` randomly initialised nets instead (same cost as trained weights), fed
+science/template planes, times and photometry too when the net uses them.
 
 - *incremental*: ``Predictor.update_steps`` on micro-batches of 1, 16, 64 and 256 objects whose caches hold
   60 frames, each appending one frame (what the service does per alert);
-- *full*: ``Predictor.predict`` on windows of 99 frames (offline classification);
+- *full*: ``Predictor.predict`` on windows of 99 frames (``--window``; offline classification);
 
 each for the old per-member path (``stacked=False``) and the stacked path, with 2 and 1 intra-op threads.
 Variants are timed in turns (A B C A B C ...), every turn long enough to be measured (at least
@@ -30,6 +33,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -39,7 +43,7 @@ from broker_plugin.inference import create_net
 from broker_plugin.inference.artifact import load_artifact
 from broker_plugin.inference.ensemble import StackedConvEntion
 from broker_plugin.inference.predictor import Predictor
-from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput
+from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, photometry_features
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -48,15 +52,41 @@ NETS = ["convention-paper", "convention-fixed", "convention-small", "cnn-lstm", 
 HISTORY, WINDOW = 60, 99
 
 
-def make_inputs(count: int, frames: int, band_offset: int, seed: int = 0) -> list[ModelInput]:
+def make_inputs(
+    count: int, frames: int, band_offset: int, seed: int = 0, context: bool = False
+) -> list[ModelInput]:
+    """Random objects; with ``context``, also planes (some absent), photometry and irregular times."""
     rng = np.random.default_rng(seed)
-    return [
-        ModelInput(
-            rng.normal(size=(frames, 32, 32)).astype(np.float32),
-            rng.integers(0, 6, frames).astype(np.int64) + band_offset,
-        )
-        for _ in range(count)
-    ]
+    inputs = []
+    for _ in range(count):
+        x = rng.normal(size=(frames, 32, 32)).astype(np.float32)
+        band = rng.integers(0, 6, frames).astype(np.int64) + band_offset
+        if not context:
+            inputs.append(ModelInput(x, band))
+            continue
+        presence = rng.random((frames, 2)) > 0.15
+        aux = rng.normal(size=(frames, 2, 32, 32)).astype(np.float32) * presence[..., None, None]
+        phot = photometry_features(rng.normal(0, 3000, frames), rng.uniform(50, 800, frames))
+        mjd = 58000.0 + np.cumsum(rng.choice([0.02, 1.0, 3.0, 200.0], frames, p=[0.3, 0.4, 0.25, 0.05]))
+        inputs.append(ModelInput(x, band, aux, phot, presence, mjd, float(mjd[0])))
+    return inputs
+
+
+def random_ensemble(name: str, members: int) -> SimpleNamespace:
+    """An artifact-like ensemble of ``members`` randomly initialised ``name`` nets (eval mode)."""
+    nets = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        net = create_net(name)
+        for module in net.modules():  # BatchNorm statistics as after training (not the identity)
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+        nets.append(net.eval())
+    return SimpleNamespace(
+        members=nets, model_id=f"random-{name}", normalisation=FluxNormalisation(),
+        metadata={"net": {"name": name}},
+    )  # fmt: skip
 
 
 def with_threads(threads: int, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -94,7 +124,9 @@ def max_prob_diff(a: list, b: list) -> float:
 class Workload:
     """Inputs and predictors of one artifact: incremental micro-batches and full windows."""
 
-    def __init__(self, art: Any, max_batch: int, device: str = "cpu", bf16: bool = False) -> None:
+    def __init__(
+        self, art: Any, max_batch: int, device: str = "cpu", bf16: bool = False, window: int = WINDOW
+    ) -> None:
         common = {
             "model_id": art.model_id,
             "normalisation": art.normalisation,
@@ -106,11 +138,11 @@ class Workload:
         self.new = Predictor(art.members, **common)
         self.common = common
         self.art = art
-        offset = self.new.band_offset
-        history = make_inputs(max_batch, HISTORY + 1, offset, seed=1)
+        offset, context = self.new.band_offset, self.new.uses_context
+        history = make_inputs(max_batch, HISTORY + 1, offset, seed=1, context=context)
         self.caches = [self.new.new_cache(h[:HISTORY]) for h in history]
         self.frames = [h[HISTORY:] for h in history]
-        self.windows = make_inputs(max_batch, WINDOW, offset, seed=2)
+        self.windows = make_inputs(max_batch, window, offset, seed=2, context=context)
 
     def incremental(self, predictor: Predictor, batch: int) -> Callable[[], Any]:
         # The caches are not replaced: every call appends the 61st frame again (same work each time).
@@ -310,6 +342,7 @@ def _cpu_flags() -> set[str]:
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"{report['members']}-member `{report['net']}` ({report['artifact']}), float32, "
+        f"full windows of {report['window_frames']} frames, "
         f"load average {report['load_average_1min']:.1f} while measured; objects/s, median of "
         f"{report['repeats']} interleaved turns.",
         "",
@@ -391,6 +424,9 @@ def per_net(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact", type=Path, default=SHIPPED)
+    parser.add_argument("--net", default=None, help="random-weight ensemble of this net, not the artifact")
+    parser.add_argument("--members", type=int, default=5, help="with --net: ensemble members")
+    parser.add_argument("--window", type=int, default=WINDOW, help="frames per full-recompute window")
     parser.add_argument("--batches", default="1,16,64,256", help="objects per incremental call")
     parser.add_argument("--full-batches", default="1,16,64", help="objects per full-recompute call")
     parser.add_argument("--threads", default="2,1", help="intra-op thread counts to compare")
@@ -410,10 +446,10 @@ def main() -> None:
         return
     threads0 = torch.get_num_threads()
     load_before = os.getloadavg()[0]
-    art = load_artifact(args.artifact)
+    art = random_ensemble(args.net, args.members) if args.net else load_artifact(args.artifact)
     batches = [int(b) for b in args.batches.split(",")]
     full_batches = [int(b) for b in args.full_batches.split(",")]
-    work = Workload(art, max(batches + full_batches + [args.options_batch]))
+    work = Workload(art, max(batches + full_batches + [args.options_batch]), window=args.window)
     paths = measure_paths(
         work, batches, full_batches, [int(t) for t in args.threads.split(",")], args.repeats, args.turn
     )
@@ -431,14 +467,14 @@ def main() -> None:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
         "load_average_1min": round((load_before + os.getloadavg()[0]) / 2, 2),
-        "artifact": str(
-            args.artifact.relative_to(ROOT) if args.artifact.is_relative_to(ROOT) else args.artifact
-        ),
+        "artifact": "random weights"
+        if args.net
+        else str(args.artifact.relative_to(ROOT) if args.artifact.is_relative_to(ROOT) else args.artifact),
         "model_id": art.model_id,
         "net": art.metadata["net"]["name"],
         "members": len(art.members),
         "history_frames": HISTORY,
-        "window_frames": WINDOW,
+        "window_frames": args.window,
         "repeats": args.repeats,
         "turn_s": args.turn,
         "max_batch_size": work.new.max_batch_size,
@@ -451,7 +487,8 @@ def main() -> None:
     }
     table = markdown(report)
     report["markdown"] = table
-    out = args.output or RESULTS / "inference_ensemble_cpu.json"
+    name = f"inference_ensemble_cpu_{args.net}.json" if args.net else "inference_ensemble_cpu.json"
+    out = args.output or RESULTS / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(table)

@@ -7,29 +7,48 @@ Two implementations give the same numbers (tested to 1e-5):
 
 - :class:`MemberLoop` runs each member's own modules in turn: the reference, and the path of nets that
   have no stacked form (the CNN+RNN baselines);
-- :class:`StackedConvEntion` stacks the weights of ConvEntion members and runs them together.
+- :class:`StackedConvEntion` stacks the weights of ConvEntion members (every configuration: the paper,
+  fixed and small nets, and the context nets ``convention-triplet*`` with any ``planes``,
+  ``time_encoding`` and ``photometry``) and runs them together.
 
 What the stacked form does differently, and why (each an exact rewrite up to float rounding):
 
 - eval-mode BatchNorm is folded into the convolution before it (front end) or after it (the first
   feed-forward BatchNorm: its scale into the next convolution's weights, its shift into a bias *map*,
   since that convolution zero-pads and a constant input does not give a constant output at the border);
-- the band half of the first Conv3d only ever sees one of ``band_vocab`` learned images, so its output
-  is a table lookup; the flux half has one input channel shared by all members, so it is one Conv2d
-  per input frame for every member at once, and only the (frame, temporal tap) pairs that do not fall
-  on the temporal zero padding are computed (5 of 9 for 3-frame chunks);
+- the first Conv3d reads ``planes`` image channels (the difference; or difference, science, template)
+  and the band map. The band-map channel only ever sees one of ``band_vocab`` learned images, so its
+  output is a table lookup; the image channels are the same input for every member, so they are one
+  Conv2d per input frame (``planes`` input channels, channels-last) for every member and temporal tap
+  at once, and only the (frame, temporal tap) pairs that do not fall on the temporal zero padding are
+  computed (5 of 9 for 3-frame chunks); the masked nets zero the padding frames' planes as the members
+  do, in the copy that builds the channels-last input;
+- the context encoder (a 2-layer MLP per chunk over the selected context columns and the band one-hots)
+  runs for all members at once: the first layer is one matrix product with the members' weights side
+  by side (the input is shared), the second one batched product; its output is written, broadcast over
+  the token grid, into the last ``context_channels`` channels of the channels-last tokens (the members
+  concatenate it after the image channels: the same token, in the working layout);
+- nets with ``time_encoding == "continuous"`` add no index encoding (their time is in the context);
+  the copy of the tokens into the contiguous working buffer stays, without the addition;
 - the key projection (1x1) and the score convolution (5x5) compose into one 5x5 convolution;
 - tokens are kept channels-last, ``(..., h, w, C)``: oneDNN's convolutions on 9x9 maps with 8-16
   channels are 1.5-2.5x faster in that layout;
 - the masked nets run the feed-forward on padding tokens too instead of gathering the valid ones: a
   padding token never reaches a valid output (its norm weight, attention weight and pool entry are
   exactly zero), so computing it is cheaper than the gather and scatter;
-- the paper net replaces all-padding chunks (zero frames, band id 0) by their precomputed token.
+- the nets padded to ``max_chunks`` tokens (the paper net) replace all-padding chunks (zero frames,
+  band id 0, and zero planes and context where used) by their precomputed token.
 
 The blocks' convolutions run member by member on channels-last slices (measured faster than one grouped
 convolution for all but the smallest batches, where ``conv_mode="auto"`` switches to the grouped one),
 the front end's as one grouped convolution; the norms, pooling and head are one operation over all
-members and objects. Objects go through the blocks in slices sized for the CPU caches.
+members and objects. Objects go through the blocks in slices sized for the CPU caches. The blocks, norms
+and head take any token channel count, so the context channels need nothing there.
+
+For a 5-member ``convention-triplet-small`` (random weights, 1 torch thread, the 2 cores shared with a
+training job): incremental steps of 64 objects 15 -> 41 objects/s (2.7x), full recompute of 64 objects x
+30 frames 7.5 -> 26 objects/s (3.4x); most of the remaining time is the blocks' convolutions over 24
+token channels (8 image + 16 context).
 """
 
 from __future__ import annotations
@@ -45,6 +64,7 @@ from torch import Tensor, nn
 from broker_plugin.inference.errors import InferenceInputError
 from broker_plugin.inference.layers import FRONT_END_LAYOUT, conv_out
 from broker_plugin.inference.nets import ConvEntion
+from broker_plugin.inference.preprocess import CONTEXT_FEATURES
 
 ConvMode = Literal["members", "grouped", "auto"]
 #: With ``conv_mode="auto"``, blocks over at most this many token pixels per member use grouped
@@ -139,6 +159,19 @@ def _shared_attributes(members: Sequence[nn.Module]) -> dict[str, object]:
     }  # fmt: skip
 
 
+def _padding_chunk(
+    ens: EnsembleForward, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, Tensor | None, Tensor | None]:
+    """Return one all-padding chunk: zero frames, band id 0, and zero planes and context if used."""
+    cs, stamp = ens.chunk_size, ens.stamp
+    x = torch.zeros(1, cs, stamp, stamp, device=device)
+    band = torch.zeros(1, cs, dtype=torch.long, device=device)
+    if not ens.uses_context:
+        return x, band, None, None
+    aux = torch.zeros(1, cs, 2, stamp, stamp, device=device)
+    return x, band, aux, torch.zeros(1, cs, CONTEXT_FEATURES, device=device)
+
+
 class MemberLoop(EnsembleForward):
     """Each member's own modules, one member after the other (the reference path).
 
@@ -166,9 +199,7 @@ class MemberLoop(EnsembleForward):
             return None
         if self._pad is None:
             device = next(self.members[0].parameters()).device
-            zx = torch.zeros(1, self.chunk_size, self.stamp, self.stamp, device=device)
-            zb = torch.zeros(1, self.chunk_size, dtype=torch.long, device=device)
-            self._pad = self.embed_chunks(zx, zb)[:, 0]
+            self._pad = self.embed_chunks(*_padding_chunk(self, device))[:, 0]
         return self._pad
 
     def classify(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
@@ -229,10 +260,14 @@ class _FrontEnd(nn.Module):
         super().__init__()
         m_count, stamp = len(encoders), encoders[0].stamp
         self.m_count, self.stamp, self.chunk, self.masked = m_count, stamp, chunk, masked
+        # Image planes per frame (difference; or difference, science, template): the input channels
+        # before the band map.
+        self.planes: int = encoders[0].planes
+        planes = self.planes
         n_layers = len(FRONT_END_LAYOUT)
         convs = [[e.net[3 * i] for e in encoders] for i in range(n_layers)]
         norms = [[e.net[3 * i + 1] for e in encoders] for i in range(n_layers)]
-        # Layer 1: BatchNorm folded; the flux and band-map input channels apart.
+        # Layer 1: BatchNorm folded; the image planes and the band-map input channel apart.
         k1, s1, p1 = FRONT_END_LAYOUT[0]
         scale, shift = _bn_fold(norms[0])
         w = torch.stack([c.weight.double() for c in convs[0]]) * scale[..., None, None, None, None]
@@ -242,8 +277,9 @@ class _FrontEnd(nn.Module):
         self.side1 = conv_out(stamp, k1, s1, p1)
         self.steps1 = conv_out(chunk, kt, s1, p1)
         self.taps1 = _time_taps(chunk, kt, s1, p1)
-        # Frames that need the same temporal taps share one Conv2d whose output channels are
-        # (tap, member, channel): one call gives every member's flux term.
+        # Frames that need the same temporal taps share one Conv2d whose input channels are the frame's
+        # planes (the same input for every member) and whose output channels are (tap, member, channel):
+        # one call gives every member's image term.
         taps_of: dict[int, list[int]] = {}
         for _, frame, tap in self.taps1:
             taps_of.setdefault(frame, []).append(tap)
@@ -252,15 +288,22 @@ class _FrontEnd(nn.Module):
             groups.setdefault(tuple(sorted(set(taps))), []).append(frame)
         self.flux_groups = [(taps, tuple(frames)) for taps, frames in groups.items()]
         for g, (taps, _) in enumerate(self.flux_groups):
-            wg = w[:, :, 0, list(taps)].permute(2, 0, 1, 3, 4).reshape(-1, 1, k1, k1).float().contiguous()
-            # Channels-last strides: with one input channel oneDNN cannot tell the layout from the input,
-            # and a channels-last output is what the next layers take without a copy.
-            self.register_buffer(f"flux_w{g}", wg.as_strided(wg.shape, (k1 * k1, 1, k1, 1)), persistent=False)
+            # (M, c1, planes, taps, k, k) -> (taps * M * c1, planes, k, k)
+            wg = w[:, :, :planes, list(taps)].permute(3, 0, 1, 2, 4, 5).reshape(-1, planes, k1, k1)
+            # Channels-last strides, spelt out: with one input channel oneDNN cannot tell the layout from
+            # the input (and torch's channels-last strides for one channel are not (.., 1, .., ..)); a
+            # channels-last output is what the next layers take without a copy, and with 3 planes a
+            # channels-last input and weight measured 1.15x faster than contiguous ones.
+            wg = wg.permute(0, 2, 3, 1).float().contiguous()
+            strides = (planes * k1 * k1, 1, k1 * planes, planes)
+            self.register_buffer(f"flux_w{g}", wg.as_strided(wg.permute(0, 3, 1, 2).shape, strides),
+                                 persistent=False)  # fmt: skip
         # The band map is one of band_vocab learned images: its convolution is a table lookup.
         embed = torch.stack([e.band_embed.weight.double() for e in encoders])  # (M, vocab, H*W)
         vocab = embed.shape[1]
+        w_band = w[:, :, planes].transpose(1, 2)  # (M, kt, c1, k, k): the band map is the last input
         table = torch.stack([
-            F.conv2d(embed[m].view(vocab, 1, stamp, stamp), w[m, :, 1].transpose(0, 1).reshape(-1, 1, k1, k1),
+            F.conv2d(embed[m].view(vocab, 1, stamp, stamp), w_band[m].reshape(-1, 1, k1, k1),
                      stride=s1, padding=p1).view(vocab, kt, c1, self.side1, self.side1)
             for m in range(m_count)
         ])  # fmt: skip
@@ -280,14 +323,25 @@ class _FrontEnd(nn.Module):
             self.register_buffer(f"b{i}", b.float().flatten(), persistent=False)
             self.layers.append((s, p))
 
-    def forward(self, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
-        """Encode chunks ``x`` ``(N, chunk, H, W)`` with band ids ``(N, chunk)``."""
-        n, side, m = x.shape[0], self.side1, self.m_count
+    def forward(self, x: torch.Tensor, band: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode chunks ``x`` ``(N, chunk, H, W)`` with band ids ``(N, chunk)``.
+
+        ``aux`` ``(N, chunk, 2, H, W)``: the science and template planes (3-plane members only).
+        """
+        n, side, m, stamp, planes = x.shape[0], self.side1, self.m_count, self.stamp, self.planes
+        if planes == 1:
+            images = x[..., None]
+        else:
+            if aux is None:
+                raise InferenceInputError("a 3-plane front end needs the science and template planes")
+            # (N, chunk, H, W, planes): the channels-last input of the per-frame Conv2d, built in one copy.
+            images = torch.cat((x[..., None], aux.to(x.dtype).permute(0, 1, 3, 4, 2)), dim=-1)
         if self.masked:
-            x = x * (band != 0).to(x.dtype)[..., None, None]
+            real = (band != 0).to(x.dtype)[..., None, None, None]
+            images = images.mul_(real) if planes > 1 else images * real  # the 1-plane view is the input's
         terms: dict[tuple[int, int], torch.Tensor] = {}
         for g, (taps, frames) in enumerate(self.flux_groups):
-            xf = x[:, list(frames)].reshape(n * len(frames), 1, self.stamp, self.stamp)
+            xf = images[:, list(frames)].reshape(n * len(frames), stamp, stamp, planes).permute(0, 3, 1, 2)
             out = F.conv2d(xf, getattr(self, f"flux_w{g}"), stride=self.stride1, padding=self.pad1)
             out = out.permute(0, 2, 3, 1).view(n, len(frames), side, side, len(taps), -1)
             for fi, frame in enumerate(frames):
@@ -309,6 +363,48 @@ class _FrontEnd(nn.Module):
             h = out.permute(0, 2, 3, 4, 1).relu_()
         # (N, 1, h, w, M * C) -> (M, N, h, w, C)
         return h.view(n, *h.shape[2:4], m, -1).permute(3, 0, 1, 2, 4).contiguous()
+
+
+class _Context(nn.Module):
+    """Every member's :class:`~broker_plugin.inference.layers.ContextEncoder` at once: ``(M, N, out)``.
+
+    The first linear layer's input (the chunk's selected context columns and band one-hots) is the same
+    for every member, so its stacked weights make one matrix product whose output columns are
+    ``(member, hidden)``; the second layer is one batched product over the members.
+
+    Parameters
+    ----------
+    encoders
+        The members' context encoders (same columns, chunk and band vocabulary).
+    """
+
+    def __init__(self, encoders: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.band_vocab: int = encoders[0].band_vocab
+        self.register_buffer("columns", encoders[0].columns.clone(), persistent=False)
+        lin1, lin2 = [e.net[0] for e in encoders], [e.net[2] for e in encoders]
+        # (inputs, M * hidden) and (M * hidden,): y = x @ W^T + b for all members side by side.
+        w1 = torch.cat([ln.weight for ln in lin1]).t().contiguous()
+        self.register_buffer("w1", w1.float(), persistent=False)
+        self.register_buffer("b1", torch.cat([ln.bias for ln in lin1]).float(), persistent=False)
+        self.register_buffer("w2", torch.stack([ln.weight.t() for ln in lin2]).float().contiguous(),
+                             persistent=False)  # (M, hidden, out)  # fmt: skip
+        self.register_buffer("b2", torch.stack([ln.bias for ln in lin2])[:, None].float(), persistent=False)
+
+    def forward(self, context: torch.Tensor, band: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+        """Encode ``context`` ``(N, chunk, K)``, band ids ``(N, chunk)`` to ``(M, N, out)``.
+
+        ``real`` ``(N, chunk)``: where given, the context of the frames where it is 0 is zeroed first (the
+        masked members' padding frames; their band one-hot stays, as in the members).
+        """
+        picked = context.index_select(-1, self.columns).to(self.w1.dtype)
+        if real is not None:
+            picked = picked * real[..., None].to(picked.dtype)
+        onehot = F.one_hot(band, self.band_vocab).to(picked.dtype)
+        features = torch.cat((picked, onehot), dim=-1).flatten(1)
+        hidden = torch.addmm(self.b1, features, self.w1).relu_()
+        m = self.w2.shape[0]
+        return torch.baddbmm(self.b2, hidden.view(len(features), m, -1).transpose(0, 1), self.w2)
 
 
 class _Block(nn.Module):
@@ -515,15 +611,21 @@ class StackedConvEntion(EnsembleForward):
         self.embed_step = embed_step or (CPU_EMBED_STEP if cpu else 1 << 62)
         self.masked: bool = members[0].config.masked
         self.work_perm = (1, 2, 0)  # (C, h, w) -> (h, w, C)
+        # Continuous-time nets have no index encoding: their time enters through the context channels.
+        self.index_encoding: bool = members[0].config.time_encoding == "index"
         c, h, w = self.token_shape
         with torch.no_grad():
             self.front_end = _FrontEnd(
                 [m.encoder for m in members], chunk=self.chunk_size, masked=self.masked
             )
+            self.context: _Context | None = None
+            if members[0].context_encoder is not None:
+                self.context = _Context([m.context_encoder for m in members])
             self.blocks = nn.ModuleList(
                 _Block([m.blocks[d] for m in members], self.token_shape)
                 for d in range(len(members[0].blocks))
             )
+            # (max_chunks, 1, 1, C): broadcasts over the working layout (..., L, h, w, C).
             self.register_buffer(
                 "pos", members[0].pos[:, None, None, :].float().contiguous(), persistent=False
             )
@@ -538,21 +640,37 @@ class StackedConvEntion(EnsembleForward):
             self.register_buffer("head_b2", torch.stack([ln.bias for ln in lin2])[:, None], persistent=False)
             pad = torch.zeros(0)
             if self.pad_window:
-                zx = torch.zeros(1, self.chunk_size, self.stamp, self.stamp, device=self.pos.device)
-                pad = self.embed_chunks(
-                    zx, torch.zeros(1, self.chunk_size, dtype=torch.long, device=zx.device)
-                )
-            self.register_buffer("pad", pad[:, 0] if self.pad_window else pad, persistent=False)
+                pad = self.embed_chunks(*_padding_chunk(self, self.pos.device))[:, 0]
+            self.register_buffer("pad", pad, persistent=False)
 
     def embed_chunks(  # noqa: D102
         self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
     ) -> torch.Tensor:
+        if self.uses_context and (aux is None or context is None):
+            raise InferenceInputError("this ensemble needs the frames' planes and context")
         x, step = x.float(), self.embed_step
         if x.shape[0] <= step:
-            return self.front_end(x, band)
-        return torch.cat(
-            [self.front_end(x[i : i + step], band[i : i + step]) for i in range(0, len(x), step)], 1
-        )
+            return self._embed(x, band, aux, context)
+        return torch.cat([
+            self._embed(x[i : i + step], band[i : i + step], None if aux is None else aux[i : i + step],
+                        None if context is None else context[i : i + step])
+            for i in range(0, len(x), step)
+        ], 1)  # fmt: skip
+
+    def _embed(
+        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None, context: Tensor | None
+    ) -> torch.Tensor:
+        image = self.front_end(x, band, aux)  # (M, N, h, w, image channels)
+        if self.context is None:
+            return image
+        assert context is not None  # noqa: S101 - embed_chunks checked it
+        vector = self.context(context, band, (band != 0) if self.masked else None)  # (M, N, out)
+        # Channels-last tokens: the context vector is the last channels of every grid pixel.
+        m, n, hh, ww, ci = image.shape
+        tokens = image.new_empty(m, n, hh, ww, ci + vector.shape[-1])
+        tokens[..., :ci] = image
+        tokens[..., ci:] = vector[:, :, None, None].to(tokens.dtype)
+        return tokens
 
     def pad_tokens(self) -> torch.Tensor | None:  # noqa: D102
         return self.pad if self.pad_window else None
@@ -569,8 +687,13 @@ class StackedConvEntion(EnsembleForward):
 
     def _classify(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         m, b, length, hh, ww, _ = tokens.shape
-        # Any token strides in, contiguous out: the index encoding and the copy are one pass.
-        x = torch.add(tokens, self.pos[:length], out=tokens.new_empty(tokens.shape, dtype=torch.float32))
+        # Any token strides in, contiguous out: the index encoding and the copy are one pass (a copy
+        # alone without it; the blocks read contiguous tokens, and never write into their input).
+        x = tokens.new_empty(tokens.shape, dtype=torch.float32)
+        if self.index_encoding:
+            torch.add(tokens, self.pos[:length], out=x)
+        else:
+            x.copy_(tokens)
         grouped = self.conv_mode == "grouped" or (
             self.conv_mode == "auto" and b * length * hh * ww <= GROUPED_MAX_PIXELS
         )
@@ -589,39 +712,46 @@ class StackedConvEntion(EnsembleForward):
         b, t, h, w = x.shape
         if t > cs * mc:
             raise InferenceInputError(f"{t} frames exceed the window of {cs * mc}")
+        if self.uses_context and (aux is None or context is None):
+            raise InferenceInputError("this ensemble needs the frames' planes and context")
         target = cs * (mc if self.pad_window else max(1, -(-t // cs)))
         x = F.pad(x, (0, 0, 0, 0, 0, target - t))
         band = F.pad(band, (0, target - t))
         length = target // cs
         xc, bc = x.reshape(b * length, cs, h, w), band.reshape(b * length, cs)
+        ac = cc = None
+        if self.uses_context:
+            assert aux is not None and context is not None  # noqa: S101 - checked above
+            ac = F.pad(aux, (0, 0, 0, 0, 0, 0, 0, target - t)).reshape(b * length, cs, *aux.shape[2:])
+            cc = F.pad(context, (0, 0, 0, target - t)).reshape(b * length, cs, -1)
         work = tuple(self.token_shape[p] for p in self.work_perm)
         if self.pad_window:
-            # An all-padding chunk (zero frames, band id 0) always has the same token: look it up.
+            # An all-padding chunk (zero frames, planes and context, band id 0) always has the same
+            # token: look it up.
             real = (bc != 0).any(dim=1) | (xc != 0).flatten(1).any(dim=1)
+            for extra in (ac, cc):
+                if extra is not None:
+                    real |= (extra != 0).flatten(1).any(dim=1)
             mask = None
         else:
             real = (bc != 0).any(dim=1)  # padding tokens are masked out: their value does not matter
             mask = real.view(b, length)
         if bool(real.all()):
-            tokens = self.embed_chunks(xc, bc)
+            tokens = self.embed_chunks(xc, bc, ac, cc)
         else:
             if self.pad_window:
                 tokens = self.pad[:, None].expand(-1, b * length, *work).clone()
             else:
                 tokens = xc.new_zeros(self.n_members, b * length, *work, dtype=torch.float32)
             if bool(real.any()):
-                tokens[:, real] = self.embed_chunks(xc[real], bc[real]).to(tokens.dtype)
+                picked = (None if ac is None else ac[real], None if cc is None else cc[real])
+                tokens[:, real] = self.embed_chunks(xc[real], bc[real], *picked).to(tokens.dtype)
         return self.classify(tokens.view(self.n_members, b, length, *work), mask)
 
 
 def can_stack(members: Sequence[nn.Module]) -> bool:
-    """Return True when ``members`` are ConvEntion nets of one configuration (a stacked form exists).
-
-    Nets with ``uses_context`` (science/template planes, context channels) have no stacked form yet.
-    """
-    return bool(members) and all(
-        type(m) is ConvEntion and m.config == members[0].config and not m.uses_context for m in members
-    )
+    """Return True when ``members`` are ConvEntion nets of one configuration (a stacked form exists)."""
+    return bool(members) and all(type(m) is ConvEntion and m.config == members[0].config for m in members)
 
 
 def ensemble_forward(members: Sequence[nn.Module], *, stacked: bool = True) -> EnsembleForward:

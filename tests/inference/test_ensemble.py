@@ -1,5 +1,7 @@
 """The stacked ensemble (all members in one pass) gives the per-member reference's numbers within 1e-5."""
 
+import dataclasses
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -8,11 +10,12 @@ import torch
 
 from broker_plugin.inference.artifact import load_artifact
 from broker_plugin.inference.ensemble import MemberLoop, StackedConvEntion, can_stack, ensemble_forward
+from broker_plugin.inference.errors import InferenceInputError
 from broker_plugin.inference.incremental import ObjectCache
 from broker_plugin.inference.predictor import Predictor
-from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, collate
+from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, collate, collate_context
 
-from .conftest import TINY, make_input, make_members
+from .conftest import TINY, make_context_input, make_input, make_members
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "convention-default"
 TOL = 1e-5
@@ -40,18 +43,32 @@ def predictors(members, **kwargs):
     return ref, fast
 
 
-def objects(n_frames: int, band_offset: int, count: int = 3) -> list[ModelInput]:
+#: Every combination of the context nets' input switches (all off: no context branch at all).
+CONTEXT_FLAGS = [
+    {"planes": planes, "time_encoding": time, "photometry": photometry}
+    for planes, time, photometry in itertools.product((1, 3), ("index", "continuous"), (False, True))
+]
+CONTEXT_IDS = [f"planes{f['planes']}-{f['time_encoding']}-phot{int(f['photometry'])}" for f in CONTEXT_FLAGS]
+
+
+def objects(n_frames: int, band_offset: int, count: int = 3, context: bool = False) -> list[ModelInput]:
     """Objects with different bands and flux, the last with two chunks of zero flux.
 
     For the paper net (``u`` is band id 0) those chunks are all-``u``: they look like padding, which the
-    stacked path looks up instead of computing.
+    stacked path looks up instead of computing. With ``context``, the objects carry planes, times and
+    photometry, and those two chunks have no science and template planes either.
     """
-    inputs = [make_input(n_frames, band_offset, seed=s) for s in range(count)]
+    make = make_context_input if context else make_input
+    inputs = [make(n_frames, band_offset, seed=s) for s in range(count)]
     x, band = inputs[-1].x.copy(), inputs[-1].band.copy()
     x[6:12] = 0.0
     if band_offset == 0:
         band[6:12] = 0
-    inputs[-1] = ModelInput(x, band)
+    aux, presence = inputs[-1].aux, inputs[-1].presence
+    if aux is not None and presence is not None:
+        aux, presence = aux.copy(), presence.copy()
+        aux[6:12], presence[6:12] = 0.0, False
+    inputs[-1] = dataclasses.replace(inputs[-1], x=x, band=band, aux=aux, presence=presence)
     return inputs
 
 
@@ -71,19 +88,20 @@ EVERY = list(range(1, 151))
 EDGES = [1, 2, 3, 4, 50, 98, 99, 100, 101, 102, 103, 150]
 
 
-def run_prefixes(members, prefixes=EVERY, count=2, n_total=150):
+def run_prefixes(members, prefixes=EVERY, count=2, n_total=150, edges=EDGES):
     """Stacked vs reference, full recompute and frame-by-frame incremental, at ``prefixes``.
 
     Incremental: every frame of ``count`` objects, stacked and reference side by side (the cache going
     through bytes). Full recompute of every prefix: stacked; the reference's full recompute equals its
-    incremental path (``test_incremental``), and is recomputed here at the window's edges.
+    incremental path (``test_incremental``), and is recomputed here at the window's ``edges``. Last,
+    both rebuild every object's cache from its frames (the engine's ``rebuild``).
 
     Returns the largest probability difference between the two paths.
     """
     ref, fast = predictors(members)
-    inputs = objects(n_total, members[0].band_offset, count)
+    inputs = objects(n_total, members[0].band_offset, count, context=ref.uses_context)
     worst = 0.0
-    edges = [inp[:n] for inp in inputs for n in EDGES if n in prefixes]
+    edges = [inp[:n] for inp in inputs for n in edges if n in prefixes]
     full_ref = ref.predict(edges)
     assert_close(fast.predict(edges), full_ref, "full recompute at the edges")
     worst = max_diff(fast.predict(edges), full_ref)
@@ -104,6 +122,11 @@ def run_prefixes(members, prefixes=EVERY, count=2, n_total=150):
     for a, b in zip(caches_fast, caches_ref, strict=True):  # same cache contents, same layout
         np.testing.assert_allclose(a.tokens, b.tokens, atol=TOL)
         assert a.n_frames == b.n_frames == n_total
+    for inp, cache in zip(inputs, caches_ref, strict=True):  # rebuilt from the frames: the same again
+        rebuilt_ref, rebuilt_fast = ref.new_cache(inp), fast.new_cache(inp)
+        np.testing.assert_allclose(rebuilt_fast.tokens, rebuilt_ref.tokens, atol=TOL)
+        np.testing.assert_allclose(rebuilt_fast.tokens, cache.tokens, atol=TOL)
+        np.testing.assert_array_equal(rebuilt_fast.pending_context, cache.pending_context)
     return worst
 
 
@@ -128,17 +151,83 @@ def test_random_ensembles_stacked_equal_reference(name, overrides, count, prefix
     assert worst <= TOL
 
 
+@pytest.mark.parametrize(
+    ("name", "overrides", "prefixes"),
+    [
+        ("convention-triplet-small", {}, EVERY),  # the shipped configuration: every input
+        ("convention-triplet-small", {"masked": False}, EDGES),  # context nets padded to 99 frames too
+        pytest.param("convention-triplet", TINY, EDGES, marks=pytest.mark.slow),
+    ],
+    ids=["triplet-small", "triplet-small-unmasked", "triplet"],
+)
+def test_context_ensembles_stacked_equal_reference(name, overrides, prefixes):
+    worst = run_prefixes(make_members(name, count=3, **overrides), prefixes, count=1)
+    print(f"{name} {overrides}: max |p_stacked - p_reference| = {worst:.2e}")
+    assert worst <= TOL
+
+
+#: A window of 6 chunks (18 frames): the same code paths as 33, rolled within 30 frames at a fifth of
+#: the cost; chunk boundaries, the first roll (18 -> 19 frames) and the end.
+SHORT = {"max_chunks": 6}
+SHORT_EDGES = [1, 2, 3, 4, 10, 17, 18, 19, 20, 21, 22, 30]
+
+
+@pytest.mark.parametrize("flags", CONTEXT_FLAGS, ids=CONTEXT_IDS)
+def test_context_flag_combinations_stacked_equal_reference(flags):
+    """Predictor.update (engine steps), predict and new_cache (rebuild), stacked vs member loop."""
+    members = make_members("convention-triplet-small", count=2, **flags, **SHORT)
+    worst = run_prefixes(members, SHORT_EDGES, count=2, n_total=30, edges=SHORT_EDGES)
+    assert worst <= TOL
+
+
+def batch_inputs(members, lengths=(1, 4, 50, 99)):
+    """Collated frames (and planes, context) of objects of ``lengths``: padding inside one batch."""
+    offset = members[0].band_offset
+    if not members[0].uses_context:
+        inputs = [make_input(n, offset, seed=n) for n in lengths]
+        return tuple(torch.from_numpy(a) for a in collate(inputs, frames=max(lengths)))
+    inputs = [make_context_input(n, offset, seed=n) for n in lengths]
+    arrays = (*collate(inputs, frames=max(lengths)), *collate_context(inputs, frames=max(lengths)))
+    return tuple(torch.from_numpy(a) for a in arrays)
+
+
+def chunked(tensors, chunk):
+    """Cut ``(B, T, ...)`` frames (and planes, context) into ``(B * T / chunk, chunk, ...)`` chunks."""
+    return tuple(t.reshape(-1, chunk, *t.shape[2:]) for t in tensors)
+
+
+CONVENTION_NETS = [
+    ("convention-paper", TINY),
+    ("convention-fixed", TINY),
+    *(("convention-triplet-small", flags) for flags in CONTEXT_FLAGS),
+]
+CONVENTION_IDS = ["paper", "fixed", *(f"triplet-small-{i}" for i in CONTEXT_IDS)]
+
+
 @pytest.mark.parametrize("conv_mode", ["members", "grouped"])
-@pytest.mark.parametrize("name", ["convention-paper", "convention-fixed"])
-def test_both_convolution_layouts_give_the_reference_numbers(name, conv_mode):
-    members = make_members(name, count=3, **TINY)
+@pytest.mark.parametrize(("name", "overrides"), CONVENTION_NETS, ids=CONVENTION_IDS)
+def test_both_convolution_layouts_give_the_reference_numbers(name, overrides, conv_mode):
+    """forward, embed_chunks (real, partly and wholly padded chunks) and classify with and without mask."""
+    members = make_members(name, count=3, **overrides)
     stacked, ref = StackedConvEntion(members, conv_mode=conv_mode), MemberLoop(members)
-    inputs = [make_input(n, members[0].band_offset, seed=n) for n in (1, 4, 50, 99)]  # padding in a batch
-    x, band = (torch.from_numpy(a) for a in collate(inputs, frames=99))
+    frames = batch_inputs(members)
     with torch.inference_mode():
-        np.testing.assert_allclose(stacked(x, band).softmax(-1), ref(x, band).softmax(-1), atol=TOL)
-        tokens = stacked.to_cache(stacked.embed_chunks(x[:, :3], band[:, :3]))
-        np.testing.assert_allclose(tokens, ref.embed_chunks(x[:, :3], band[:, :3]), atol=TOL)
+        np.testing.assert_allclose(stacked(*frames).softmax(-1), ref(*frames).softmax(-1), atol=TOL)
+        # The 4-frame object: one real chunk, one of 1 real frame and 2 padding frames, one all padding;
+        # and the same of the 50-frame object with band ids 0 over real pixels, planes and context,
+        # which the masked nets must ignore.
+        chunks = chunked((f[1:3, :9] for f in frames), stacked.chunk_size)
+        band = chunks[1].clone()
+        band[4, 1:], band[5] = 0, 0
+        chunks = (chunks[0], band, *chunks[2:])
+        tokens = stacked.embed_chunks(*chunks)
+        np.testing.assert_allclose(stacked.to_cache(tokens), ref.embed_chunks(*chunks), atol=TOL)
+        # classify takes any token windows; the mask drops the last token of the first window.
+        windows = stacked.to_cache(tokens).view(len(members), 2, 3, *stacked.token_shape)
+        mask = torch.tensor([[True, True, False], [True, True, True]])
+        for m in (None, mask):
+            got = stacked.classify(stacked.to_work(windows), m)
+            np.testing.assert_allclose(got, ref.classify(windows, m), atol=TOL)
 
 
 def test_slicing_objects_for_the_caches_changes_nothing(shipped):
@@ -164,6 +253,9 @@ def test_caches_of_either_path_continue_on_the_other(shipped):
 def test_only_convention_nets_of_one_configuration_stack():
     small = make_members("convention-small", count=2)
     assert can_stack(small) and isinstance(ensemble_forward(small), StackedConvEntion)
+    triplet = make_members("convention-triplet-small", count=2)
+    assert can_stack(triplet) and isinstance(ensemble_forward(triplet), StackedConvEntion)
+    assert not can_stack([triplet[0], make_members("convention-triplet-small", count=1, planes=1)[0]])
     assert isinstance(ensemble_forward(small, stacked=False), MemberLoop)
     assert not can_stack(make_members("cnn-gru", count=2))
     assert isinstance(ensemble_forward(make_members("cnn-gru", count=2)), MemberLoop)
@@ -173,11 +265,23 @@ def test_only_convention_nets_of_one_configuration_stack():
         StackedConvEntion(mixed)
 
 
-def test_bf16_autocast_runs_on_the_stacked_path(shipped):
-    ref, _ = predictors(shipped)
-    fast = Predictor(shipped, model_id="m", normalisation=FluxNormalisation(), device="cpu", bf16=True)
-    inp = make_input(9, 1)
+@pytest.mark.parametrize("net", ["shipped", "convention-triplet-small"])
+def test_bf16_autocast_runs_on_the_stacked_path(net, request):
+    members = request.getfixturevalue("shipped") if net == "shipped" else make_members(net, count=3)
+    ref, _ = predictors(members)
+    fast = Predictor(members, model_id="m", normalisation=FluxNormalisation(), device="cpu", bf16=True)
+    inp = (make_context_input if ref.uses_context else make_input)(9, 1)
     ((pred, _),) = fast.update([None], [inp])
     (full,) = ref.predict([inp])
     assert pred.probabilities.dtype == np.float32
     np.testing.assert_allclose(pred.probabilities, full.probabilities, atol=0.02)  # bf16: ~3 digits
+
+
+def test_stacked_context_nets_refuse_frames_without_planes_and_context():
+    members = make_members("convention-triplet-small", count=2)
+    stacked = StackedConvEntion(members)
+    x, band, aux, _ = batch_inputs(members, (6,))
+    with torch.inference_mode(), pytest.raises(InferenceInputError, match="planes and context"):
+        stacked(x, band)
+    with torch.inference_mode(), pytest.raises(InferenceInputError, match="planes and context"):
+        stacked.embed_chunks(*chunked((x, band, aux), 3))
