@@ -234,15 +234,19 @@ def test_slicing_objects_for_the_caches_changes_nothing(shipped):
     stacked = StackedConvEntion(shipped, chunk_elements=1)  # one object per slice, one chunk per pass
     stacked.embed_step = 1
     whole = StackedConvEntion(shipped, chunk_elements=1 << 30)
-    inputs = [make_input(n, 1, seed=n) for n in (3, 30, 60)]
-    x, band = (torch.from_numpy(a) for a in collate(inputs, frames=60))
+    make = make_context_input if shipped[0].uses_context else make_input
+    inputs = [make(n, 1, seed=n) for n in (3, 30, 60)]
+    arrays = collate(inputs, frames=60)
+    if shipped[0].uses_context:
+        arrays += collate_context(inputs, frames=60)
+    tensors = [torch.from_numpy(a) for a in arrays]
     with torch.inference_mode():
-        np.testing.assert_allclose(stacked(x, band), whole(x, band), atol=1e-5)
+        np.testing.assert_allclose(stacked(*tensors), whole(*tensors), atol=1e-5)
 
 
 def test_caches_of_either_path_continue_on_the_other(shipped):
     ref, fast = predictors(shipped)
-    inp = make_input(120, 1, seed=7)
+    inp = (make_context_input if shipped[0].uses_context else make_input)(120, 1, seed=7)
     cache = ref.new_cache(inp[:70])  # written by the old path, e.g. before an upgrade
     np.testing.assert_allclose(fast.new_cache(inp[:70]).tokens, cache.tokens, atol=TOL)
     ((pred, _),) = fast.update([cache], [inp[70:]])
