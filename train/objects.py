@@ -141,7 +141,8 @@ class ObjectSource:
         if min_snr is not None:
             data_hash = hash_text(f"{data_hash} min_snr={min_snr} min_frames={min_frames}")
         source = cls(data, data.labels, pools, data_hash, bands=bands, ids=ids, min_snr=min_snr)
-        counts = np.array([len(source.raw(i).bands) for i in range(len(source))])
+        # Count from the keep masks alone: cutting every object's planes just to count them is wasted.
+        counts = np.array([source._keep(source._unfiltered(i)).sum() for i in range(len(source))])
         if min_frames <= 1 and counts.all():
             return source
         rows = np.flatnonzero(counts >= max(1, min_frames))
@@ -152,25 +153,33 @@ class ObjectSource:
 
     def raw(self, i: int) -> RawObject:
         """Return object ``i``'s frames (band-filtered, the alert view when ``min_snr`` is set)."""
+        raw = self._unfiltered(i)
+        keep = self._keep(raw)
+        return raw if keep.all() else raw.subset(keep)
+
+    def _unfiltered(self, i: int) -> RawObject:
+        """Object ``i``'s frames, all of them (views into the shards, nothing copied)."""
         obj = self._objects[int(self._rows[int(i)])]
         if isinstance(obj, RawObject):
-            raw = obj
-        else:
-            names = tuple(BANDS[int(b)] for b in obj.band)
-            context = FrameContext(
-                np.asarray(obj.mjd), np.asarray(obj.psf_flux), np.asarray(obj.psf_flux_err),
-                None if obj.science is None else np.asarray(obj.science),
-                None if obj.science is None else np.asarray(obj.masks),
-                None if obj.template is None else np.asarray(obj.template),
-                None if obj.template_masks is None else np.asarray(obj.template_masks),
-            )  # fmt: skip
-            raw = RawObject(np.asarray(obj.frames), np.asarray(obj.masks), names, context)
+            return obj
+        names = tuple(BANDS[int(b)] for b in obj.band)
+        context = FrameContext(
+            np.asarray(obj.mjd), np.asarray(obj.psf_flux), np.asarray(obj.psf_flux_err),
+            None if obj.science is None else np.asarray(obj.science),
+            None if obj.science is None else np.asarray(obj.masks),
+            None if obj.template is None else np.asarray(obj.template),
+            None if obj.template_masks is None else np.asarray(obj.template_masks),
+        )  # fmt: skip
+        return RawObject(np.asarray(obj.frames), np.asarray(obj.masks), names, context)
+
+    def _keep(self, raw: RawObject) -> np.ndarray:
+        """The frames of ``raw`` this source serves: its bands, and alerts only when ``min_snr`` is set."""
         keep = np.ones(len(raw.bands), bool)
         if self.bands is not None:
             keep &= np.array([b in self.bands for b in raw.bands], dtype=bool)
         if self.min_snr is not None and raw.context is not None:
             keep &= detections(raw.context.psf_flux, raw.context.psf_flux_err, self.min_snr)
-        return raw if keep.all() else raw.subset(keep)
+        return keep
 
     def model_input(
         self, i: int, norm: FluxNormalisation, band_offset: int, *, with_context: bool = False
