@@ -136,15 +136,7 @@ def normalise_static_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     the image. ``sigma`` never falls below 1e-6 of the largest deviation, so a flat or almost flat image
     stays finite. Masked pixels are 0, and an image with no measured pixel is all 0.
     """
-    out = np.zeros(image.shape, np.float32)
-    values = np.asarray(image, np.float64)[mask]
-    if values.size == 0:
-        return out
-    median = float(np.median(values))
-    deviation = np.abs(values - median)
-    sigma = max(1.4826 * float(np.median(deviation)), 1e-6 * float(deviation.max()), 1e-30)
-    out[mask] = np.arcsinh((values - median) / (STATIC_SOFTENING_SIGMA * sigma))
-    return out
+    return normalise_static_images(np.asarray(image)[None], np.asarray(mask, bool)[None])[0][0]
 
 
 def _row_medians(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -159,8 +151,7 @@ def normalise_static_images(images: np.ndarray, masks: np.ndarray) -> tuple[np.n
     """:func:`normalise_static_image` of every image ``(n, H, W)``, and whether each had a measured pixel.
 
     All images at once, without a Python loop per frame: unmeasured pixels become NaN, which sort
-    last, so each row's median is taken over its measured values exactly as one image at a time
-    (tested bit-identical).
+    last, so each row's median is taken over its measured values only.
     """
     n = len(images)
     flat_masks = masks.reshape(n, -1)
