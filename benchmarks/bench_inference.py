@@ -4,8 +4,8 @@
     PYTHONPATH=. .venv/bin/python benchmarks/bench_inference.py --per-net   # the README's per-net table
     PYTHONPATH=. .venv/bin/python benchmarks/bench_inference.py --net convention-triplet-small --members 5
 
-Default: the shipped artifact (``models/convention-default``, every member, trained weights); ``--net``
-an ensemble of ``--members`` randomly initialised nets instead (same cost as trained weights), fed
+Default: the shipped artifact (``broker_plugin/models/convention-default``, every member, trained weights);
+``--net`` an ensemble of ``--members`` randomly initialised nets instead (same cost as trained weights), fed
 science/template planes, times and photometry too when the net uses them.
 
 - *incremental*: ``Predictor.update_steps`` on micro-batches of 1, 16, 64 and 256 objects whose caches hold
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from broker_plugin.config import bundled_model_dir
 from broker_plugin.inference import create_net
 from broker_plugin.inference.artifact import load_artifact
 from broker_plugin.inference.ensemble import StackedConvEntion
@@ -47,7 +48,7 @@ from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, ph
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-SHIPPED = ROOT / "models" / "convention-default"
+SHIPPED = bundled_model_dir()
 NETS = ["convention-paper", "convention-fixed", "convention-small", "cnn-lstm", "cnn-gru"]
 HISTORY, WINDOW = 60, 99
 

@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python benchmarks/bench_inference_gpu.py [--batches 1,4,16,64,256,1024]
     PYTHONPATH=. .venv/bin/python benchmarks/bench_inference_gpu.py --smoke   # every code path, on the CPU
 
-Models: ``shipped`` (``models/convention-default``, every member, trained weights) and
+Models: ``shipped`` (``broker_plugin/models/convention-default``, every member, trained weights) and
 ``convention-paper`` (the authors' architecture, ``--paper-members`` randomly initialised members with
 BatchNorm statistics set as after training: speed does not depend on the weights). For each model, dtype
 (float32, bf16 autocast) and batch size, like ``bench_inference.py``: *incremental* (one new frame for

@@ -1,8 +1,8 @@
 """End-to-end service benchmark through the embedded Kafka-compatible broker: what users run.
 
-Usage: ``python benchmarks/bench_service.py [--models models/convention-default] [--nets convention-small
-convention-paper] [--prepare-processes 1] [--torch-threads 2] [--repeats 1] [--alerts 1800] [--rate 300]
-[--seconds 10] [--partitions 45] [--out benchmarks/results/service_cpu.json]``
+Usage: ``python benchmarks/bench_service.py [--models broker_plugin/models/convention-default] [--nets
+convention-small convention-paper] [--prepare-processes 1] [--torch-threads 2] [--repeats 1] [--alerts 1800]
+[--rate 300] [--seconds 10] [--partitions 45] [--out benchmarks/results/service_cpu.json]``
 
 Rows: every ``--models`` artifact as shipped (all ensemble members, trained weights; the shipped default
 by default), then every ``--nets`` net with random weights and one member (the architecture's cost).
@@ -52,7 +52,7 @@ import torch
 from confluent_kafka import Producer
 
 from broker_plugin import __version__
-from broker_plugin.config import Settings
+from broker_plugin.config import Settings, bundled_model_dir
 from broker_plugin.factory import Parts, build_parts, build_service
 from broker_plugin.inference import create_net
 from broker_plugin.inference.artifact import save_artifact
@@ -308,7 +308,7 @@ def summarise(results: list[dict], variants: list[Variant]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", type=Path, default=[ROOT / "models" / "convention-default"])
+    parser.add_argument("--models", nargs="*", type=Path, default=[bundled_model_dir()])
     parser.add_argument("--nets", nargs="*", default=["convention-small", "convention-paper"])
     parser.add_argument("--prepare-processes", nargs="+", type=int, default=[1])
     parser.add_argument("--torch-threads", nargs="+", type=int, default=[2])

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 from broker_plugin import __version__
-from train.config import load_config
-from train.data import render as render_mod
-from train.data.cadence import Survey
-from train.data.population import catalogue, make_object
-from train.data.simulate import pixel_rng
+from broker_plugin_train.config import load_config
+from broker_plugin_train.data import render as render_mod
+from broker_plugin_train.data.cadence import Survey
+from broker_plugin_train.data.population import catalogue, make_object
+from broker_plugin_train.data.simulate import pixel_rng
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "simulate.json")
     args = parser.parse_args()
-    config = load_config(ROOT / "train" / "configs" / "default.toml").simulation
+    config = load_config(ROOT / "broker_plugin_train" / "configs" / "default.toml").simulation
     survey = Survey(config.survey, config.seed)
     entries = catalogue(config)[: args.n]
     make_object(config, survey, entries[0])  # load SALT3 and the filters once, outside the timing

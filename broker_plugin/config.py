@@ -7,6 +7,7 @@ the environment.
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -160,10 +161,22 @@ class StateSettings(BaseModel):
     expire_interval_s: float = Field(600.0, gt=0, description="How often expired objects are removed [s].")
 
 
+def bundled_model_dir() -> Path:
+    """The default model artifact, shipped as package data (found wherever the package is installed)."""
+    return Path(str(importlib.resources.files("broker_plugin").joinpath("models", "convention-default")))
+
+
 class ModelSettings(BaseModel):
     """The trained model the service loads."""
 
-    artifact: Path = Field(Path("models/convention-default"), description="Model artifact directory.")
+    artifact: Path = Field(
+        None,  # type: ignore[assignment]  # replaced by the bundled model's path in validation
+        validate_default=True,
+        description=(
+            "Model artifact directory. Unset: the default model shipped inside the package"
+            " (broker_plugin/models/convention-default), wherever the package is installed."
+        ),
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
     bf16: bool = Field(False, description="bfloat16 autocast on CUDA (faster, slightly less exact).")
     min_frames: int = Field(3, ge=1, description="Frames an object needs before it is classified [count].")
@@ -177,6 +190,11 @@ class ModelSettings(BaseModel):
             " neither 1 nor 2 wins for the shipped model; 1 gave the one-member net 1.2x [count]."
         ),
     )
+
+    @field_validator("artifact", mode="before")
+    @classmethod
+    def _bundled_when_unset(cls, value: object) -> object:
+        return bundled_model_dir() if value is None or value == "" else value
 
 
 class ServiceSettings(BaseModel):

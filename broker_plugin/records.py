@@ -237,7 +237,7 @@ class ClassProbability:
 class Classification:
     """What the plugin publishes for an object after one of its alerts (schema ``broker_plugin`` 1.0).
 
-    See ``schemas/broker_plugin/1/0/broker_plugin.v1_0.classification.avsc`` for every field's unit.
+    See ``broker_plugin/schemas/1/0/broker_plugin.v1_0.classification.avsc`` for every field's unit.
     """
 
     diaObjectId: int | str

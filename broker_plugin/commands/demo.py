@@ -10,6 +10,7 @@ percentiles, dead letters, and where the metrics were served.
 from __future__ import annotations
 
 import csv
+import importlib.resources
 import tempfile
 import threading
 import time
@@ -26,7 +27,7 @@ from broker_plugin.kafka.admin import committed_total, create_topics, read_topic
 from broker_plugin.kafka.embedded import EmbeddedBroker
 from broker_plugin.serde.classifications import decode_classification
 
-DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data"
+DEMO_DATA = Path(str(importlib.resources.files("broker_plugin").joinpath("demo_data")))
 _TIMEOUT_S = 300.0
 
 
@@ -57,7 +58,7 @@ def run_demo(settings: Settings, out: TextIO, data: Path = DEMO_DATA) -> int:
     if not settings.model.artifact.is_dir():
         out.write(
             f"no model artifact at {settings.model.artifact}: train the default one with\n"
-            "  python -m train all --config train/configs/default.toml\n"
+            "  python -m broker_plugin_train all --config broker_plugin_train/configs/default.toml\n"
             "or point BROKER_PLUGIN_MODEL__ARTIFACT at an artifact directory.\n"
         )
         return 2

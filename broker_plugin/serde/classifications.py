@@ -1,6 +1,6 @@
 """Our output record: :class:`~broker_plugin.records.Classification` <-> Avro bytes.
 
-The schema lives in ``schemas/broker_plugin/<major>/<minor>/`` (:data:`SCHEMA_VERSION`). Messages are
+The schema lives in ``broker_plugin/schemas/<major>/<minor>/`` (:data:`SCHEMA_VERSION`). Messages are
 schemaless Avro bodies, optionally with Confluent framing (0x00 + 4-byte schema id) when the operator
 registers the schema in a registry; the Kafka key is the ``diaObjectId`` as UTF-8 text, so all records
 of one object land in one partition, in order.
@@ -8,6 +8,7 @@ of one object land in one partition, in order.
 
 from __future__ import annotations
 
+import importlib.resources
 import io
 import json
 from dataclasses import asdict
@@ -21,14 +22,14 @@ from broker_plugin.exceptions import MalformedAvroError, WrongMagicByteError
 from broker_plugin.records import Classification, ClassProbability
 from broker_plugin.serde.rubin import WIRE_HEADER
 
-#: Version of our output schema (directory ``schemas/broker_plugin/1/0``).
+#: Version of our output schema (directory ``broker_plugin/schemas/1/0``).
 SCHEMA_VERSION = "1.0"
 _SCHEMA_FILE = "broker_plugin.v1_0.classification.avsc"
 
 
 def schema_path() -> Path:
-    """Path of the output schema file, in the repository's ``schemas/`` (the container image keeps it)."""
-    return Path(__file__).resolve().parents[2] / "schemas" / "broker_plugin" / "1" / "0" / _SCHEMA_FILE
+    """Path of the output schema file: package data, found wherever the package is installed."""
+    return Path(str(importlib.resources.files("broker_plugin").joinpath("schemas", "1", "0", _SCHEMA_FILE)))
 
 
 @cache

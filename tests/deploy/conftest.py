@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -55,14 +57,26 @@ def setting_variables() -> set[str]:
     return {var for var, _, _ in settings_rows()}
 
 
+#: The oldest kubectl whose built-in kustomize reads the base's ``labels:`` field (kustomize v4.2).
+KUBECTL_MIN = (1, 22)
+
+
 def require_tool(name: str) -> str:
-    """The tool's path; skip, saying why, when it is not installed."""
+    """The tool's path; skip, saying why, when it is not installed (or, for kubectl, too old)."""
     path = shutil.which(name)
     if path is None:
         how = (
-            "not a Debian package: install it from the Kubernetes apt repository"
+            "Debian packages it as kubernetes-client, but bookworm's 1.20 is too old for the kustomization;"
+            " install kubectl >= 1.22 from the Kubernetes apt repository"
             if name == "kubectl"
             else "`make system-deps` as root installs it from Debian"
         )
         pytest.skip(f"{name} is not installed ({how})")
+    if name == "kubectl":
+        version = subprocess.run([path, "version", "--client"], capture_output=True, text=True, check=False)
+        minor = re.search(r'Major:"(\d+)", Minor:"(\d+)', version.stdout) or re.search(
+            r"Client Version: v(\d+)\.(\d+)", version.stdout
+        )
+        if minor is None or (int(minor[1]), int(minor[2])) < KUBECTL_MIN:
+            pytest.skip(f"kubectl at {path} is older than 1.22 (its kustomize cannot read `labels:`)")
     return path

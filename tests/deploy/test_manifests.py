@@ -85,7 +85,10 @@ def test_compose_replay_is_a_one_shot_of_the_bundled_alerts(compose: dict) -> No
     replay = compose["services"]["replay"]
     command = replay["command"]
     assert command[0] == "replay"
-    assert (ROOT / command[1]).is_dir() and command[1] == "broker_plugin/demo_data"
+    # The bundled alerts, where the image's non-editable install puts the package.
+    assert command[1] == "/opt/venv/lib/python3.11/site-packages/broker_plugin/demo_data"
+    assert (ROOT / "broker_plugin" / "demo_data" / "truth.csv").is_file()
+    assert "python -m venv /opt/venv" in DOCKERFILE.read_text() and "3.11-slim" in DOCKERFILE.read_text()
     topic = command[command.index("--topic") + 1]
     assert topic == compose["services"]["broker-plugin"]["environment"]["BROKER_PLUGIN_KAFKA__INPUT_TOPICS"]
     assert replay["restart"] == "no"
@@ -159,15 +162,19 @@ def k8s_objects(folder: str) -> dict[str, dict]:
     return objects
 
 
+def secret_example() -> dict:
+    (secret,) = yaml_documents(K8S / "secret.example.yaml")
+    return secret
+
+
 @pytest.mark.parametrize("overlay", ["base", "gpu"])
 def test_kustomize_renders(overlay: str) -> None:
-    """kubectl kustomize (kubectl is not a Debian package: it comes from Kubernetes' own apt repository)."""
+    """kubectl kustomize: every object but the Secret, which the operator creates (never overwritten)."""
     result = run(require_tool("kubectl"), "kustomize", K8S / overlay)
     assert result.returncode == 0, result.stderr
     rendered = {doc["kind"]: doc for doc in yaml.safe_load_all(result.stdout)}
-    assert {"Deployment", "ConfigMap", "Secret", "Service", "ServiceMonitor", "PrometheusRule"} <= set(
-        rendered
-    )
+    assert {"Deployment", "ConfigMap", "Service", "ServiceMonitor", "PrometheusRule"} <= set(rendered)
+    assert "Secret" not in rendered  # `kubectl apply -k` must not replace real credentials with placeholders
     container = rendered["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     if overlay == "gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -188,7 +195,7 @@ def test_deployment() -> None:
     assert pod["terminationGracePeriodSeconds"] > 30  # the service's shutdown timeout
     assert container["ports"][0]["containerPort"] == METRICS_PORT
     refs = {next(iter(ref.values()))["name"] for ref in container["envFrom"]}
-    assert refs == {objects["ConfigMap"]["metadata"]["name"], objects["Secret"]["metadata"]["name"]}
+    assert refs == {objects["ConfigMap"]["metadata"]["name"], secret_example()["metadata"]["name"]}
     assert "partitions" in (K8S / "base" / "deployment.yaml").read_text()  # replicas vs partitions explained
 
 
@@ -200,7 +207,7 @@ def test_gpu_patch() -> None:
 
 def test_k8s_settings_exist_and_secrets_are_in_the_secret() -> None:
     objects = k8s_objects("base")
-    config, secret = objects["ConfigMap"]["data"], objects["Secret"]["stringData"]
+    config, secret = objects["ConfigMap"]["data"], secret_example()["stringData"]
     assert all(isinstance(value, str) for value in config.values())  # ConfigMap values must be strings
     used = variables_in(config) | variables_in(secret)
     assert used <= setting_variables(), sorted(used - setting_variables())
@@ -267,16 +274,18 @@ def test_dockerfile_copies_what_exists_and_the_context_lets_it_through() -> None
     allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     for source in copy_sources():
         assert source.rstrip("/") in allowed, f"{source} is excluded by Dockerfile.dockerignore"
-        if source.startswith("models/"):
-            continue  # test_default_model_is_in_the_repository
         assert (ROOT / source).exists(), source
 
 
-def test_default_model_is_in_the_repository() -> None:
-    models = [source for source in copy_sources() if source.startswith("models/")]
-    assert models == ["models/convention-default/"]
-    if not (ROOT / models[0]).is_dir():
-        pytest.skip(
-            "the default model artifact models/convention-default/ is not committed yet (model issue)"
-        )
-    assert any((ROOT / models[0]).iterdir())
+def test_image_installs_the_package_with_its_default_model() -> None:
+    """The package and its data (default model, output schema) are installed into the venv."""
+    assert "broker_plugin/" in copy_sources()
+    assert (ROOT / "broker_plugin" / "models" / "convention-default" / "SHA256SUMS").is_file()
+    installs = [args for kind, args in dockerfile_instructions() if kind == "RUN" and "pip install" in args]
+    assert any(re.search(r"pip install --no-deps( --no-compile)? \.", args) for args in installs)
+    assert not any(" -e " in args for args in installs)  # editable would need the sources at run time
+
+
+def test_base_image_is_pinned_by_digest() -> None:
+    args = dict(arg.split("=", 1) for kind, arg in dockerfile_instructions() if kind == "ARG" and "=" in arg)
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", args["BASE_IMAGE"])

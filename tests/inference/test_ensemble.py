@@ -2,12 +2,12 @@
 
 import dataclasses
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from broker_plugin.config import bundled_model_dir
 from broker_plugin.inference.artifact import load_artifact
 from broker_plugin.inference.ensemble import MemberLoop, StackedConvEntion, can_stack, ensemble_forward
 from broker_plugin.inference.errors import InferenceInputError
@@ -17,7 +17,7 @@ from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, co
 
 from .conftest import TINY, make_context_input, make_input, make_members
 
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "convention-default"
+SHIPPED = bundled_model_dir()
 TOL = 1e-5
 
 

@@ -186,7 +186,7 @@ LEGACY_LOGITS = {
     "cnn-gru": [0.095466, 0.242744, -0.174094, 0.189845, 0.087476, 0.255898, -0.13514, 0.172418],
     "cnn-lstm": [-0.039033, -0.110648, 0.108792, -0.191159, -0.036831, -0.096635, 0.103196, -0.180074],
 }
-#: Parameter counts of today's baselines (train/README_training.md's comparison table).
+#: Parameter counts of today's baselines (broker_plugin_train/README_training.md's comparison table).
 LEGACY_PARAMS = {"cnn-gru": 1_364_324, "cnn-lstm": 1_447_652}
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.config import SimulationConfig, TrainConfig, load_config
-from train.data.cadence import Epochs
-from train.data.population import CatalogueEntry, SimObject
-from train.data.simulate import simulate
+from broker_plugin_train.config import SimulationConfig, TrainConfig, load_config
+from broker_plugin_train.data.cadence import Epochs
+from broker_plugin_train.data.population import CatalogueEntry, SimObject
+from broker_plugin_train.data.simulate import simulate
 
-CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "broker_plugin_train" / "configs"
 
 
 def small_config(**population_counts: int) -> SimulationConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal
 
-from train.data import scene
+from broker_plugin_train.data import scene
 
 
 def matching_kernel(

@@ -14,8 +14,8 @@ import torch
 from sklearn.metrics import f1_score
 
 from broker_plugin.inference import create_net
-from train.__main__ import main
-from train.ablation import (
+from broker_plugin_train.__main__ import main
+from broker_plugin_train.ablation import (
     NETS,
     VARIANTS,
     AblationRun,
@@ -26,10 +26,10 @@ from train.ablation import (
     toml_value,
     write_table,
 )
-from train.compare import _view
-from train.config import load_config
+from broker_plugin_train.compare import _view
+from broker_plugin_train.config import load_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "broker_plugin_train" / "configs"
 ABLATION = str(CONFIGS / "ablation.toml")
 
 
@@ -95,7 +95,7 @@ def test_each_command_parses_to_its_run_with_the_ablation_overrides(tmp_path: Pa
             run, ABLATION, base_net_args={"max_chunks": 20}, passthrough=passthrough, seed=9, data="d",
             python="py",
         )  # fmt: skip
-        assert argv[:6] == ["py", "-m", "train", "all", "--config", ABLATION]
+        assert argv[:6] == ["py", "-m", "broker_plugin_train", "all", "--config", ABLATION]
         config = check_command(argv)  # what the child will parse, and its net builds
         t = config.training
         assert (t.net.name, t.run_dir, t.model_dir) == (run.net, str(run.run_dir), str(run.model_dir))
@@ -111,7 +111,7 @@ def test_dry_run_checks_and_prints_every_command_and_trains_nothing(
     root = tmp_path / "abl"
     assert main(["ablation", "--config", ABLATION, f"--training.run_dir={root}", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.count(" -m train all --config ") == 10
+    assert out.count(" -m broker_plugin_train all --config ") == 10
     for net in NETS:
         for variant in VARIANTS:
             assert f"# {net}-{variant} (to run)" in out
@@ -271,10 +271,10 @@ def test_table_only_stage_tabulates_finished_runs_without_data(
 
 @pytest.mark.parametrize("variant", ["time", "photometry", "planes", "all"])
 def test_prefix_features_of_a_context_baseline_equal_the_net_on_each_prefix_window(variant: str):
+    from broker_plugin_train.augment import serving_window
+    from broker_plugin_train.loop import batch_tensors
+    from broker_plugin_train.prefix import head_probs, prefix_features
     from tests.inference.conftest import make_context_input
-    from train.augment import serving_window
-    from train.loop import batch_tensors
-    from train.prefix import head_probs, prefix_features
 
     torch.manual_seed(0)
     net = create_net("cnn-gru", features=16, hidden=8, max_chunks=12, **VARIANTS[variant].flags).eval()
@@ -294,8 +294,8 @@ def test_prefix_features_of_a_context_baseline_equal_the_net_on_each_prefix_wind
 
 
 def test_light_curve_view_keeps_the_planes_and_the_alert_view(small_dataset: Path):
-    from train.data.shards import ShardDataset
-    from train.objects import ObjectSource
+    from broker_plugin_train.data.shards import ShardDataset
+    from broker_plugin_train.objects import ObjectSource
 
     data = ShardDataset(small_dataset)
     seq = data[0]

@@ -19,12 +19,12 @@ from broker_plugin.serde.alerts import iter_container
 from broker_plugin.serde.rubin import encode_rubin_message
 from broker_plugin.serde.schemas import latest_rubin_version
 from broker_plugin.stamps import RubinCutoutGeometry, StampNormaliser
-from train.config import CLASSES, SimulationConfig
-from train.data import scene
-from train.data.alerts import write_alerts
-from train.data.cadence import Survey
-from train.data.population import SimObject, catalogue, make_object
-from train.data.render import psf_photometry, template_conditions
+from broker_plugin_train.config import CLASSES, SimulationConfig
+from broker_plugin_train.data import scene
+from broker_plugin_train.data.alerts import write_alerts
+from broker_plugin_train.data.cadence import Survey
+from broker_plugin_train.data.population import SimObject, catalogue, make_object
+from broker_plugin_train.data.render import psf_photometry, template_conditions
 
 from .conftest import small_config
 from .psf_matching import match, matching_kernel

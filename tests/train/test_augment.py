@@ -1,7 +1,7 @@
 import numpy as np
 
 from broker_plugin.inference.preprocess import ModelInput, window_start
-from train.augment import random_view, serving_window
+from broker_plugin_train.augment import random_view, serving_window
 
 
 def _inp(n: int) -> ModelInput:

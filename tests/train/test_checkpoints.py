@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.loop import load_checkpoint, plain_data, save_checkpoint
+from broker_plugin_train.loop import load_checkpoint, plain_data, save_checkpoint
 
 
 def test_a_training_state_round_trips_with_its_optimiser(tmp_path: Path) -> None:

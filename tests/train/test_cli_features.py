@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
-from train.__main__ import main
-from train.data.baseline_lc import run_baseline
-from train.data.features import FEATURE_NAMES, extract, frame_photometry
-from train.data.shards import ShardDataset
+from broker_plugin_train.__main__ import main
+from broker_plugin_train.data.baseline_lc import run_baseline
+from broker_plugin_train.data.features import FEATURE_NAMES, extract, frame_photometry
+from broker_plugin_train.data.shards import ShardDataset
 
 from .conftest import CONFIGS
 

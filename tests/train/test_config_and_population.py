@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from train.config import CLASSES, TrainConfig
-from train.data.cadence import Survey
-from train.data.population import catalogue, make_object
+from broker_plugin_train.config import CLASSES, TrainConfig
+from broker_plugin_train.data.cadence import Survey
+from broker_plugin_train.data.population import catalogue, make_object
 
 from .conftest import small_config
 
@@ -59,8 +59,8 @@ def test_unconfirmed_sne_are_fainter_and_a_few_percent_mislabelled() -> None:
 @pytest.mark.parametrize("name", ["default", "small", "paper"])
 def test_shipped_configs_train_every_position_of_their_serving_window(name: str) -> None:
     from broker_plugin.inference import create_net
-    from train.config import load_config
-    from train.plan import check_training_window
+    from broker_plugin_train.config import load_config
+    from broker_plugin_train.plan import check_training_window
 
     from .conftest import CONFIGS
 

@@ -9,11 +9,11 @@ import pytest
 from scipy import signal
 
 from broker_plugin.stamps import RubinCutoutGeometry
-from train.config import RenderConfig
-from train.data import scene
-from train.data.cadence import Survey
-from train.data.population import catalogue, make_object
-from train.data.render import Conditions, psf_photometry, render, render_frames
+from broker_plugin_train.config import RenderConfig
+from broker_plugin_train.data import scene
+from broker_plugin_train.data.cadence import Survey
+from broker_plugin_train.data.population import catalogue, make_object
+from broker_plugin_train.data.render import Conditions, psf_photometry, render, render_frames
 
 from .conftest import point_source_object, small_config
 

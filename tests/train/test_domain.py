@@ -14,14 +14,14 @@ from pydantic import ValidationError
 
 from broker_plugin.records import BANDS, Frame, StampFlag, check_frame
 from broker_plugin.stamps import resample_to_frame
-from train.config import DomainConfig, RenderConfig, SimulationConfig, load_config
-from train.data.bandpasses import mag_to_njy
-from train.data.cadence import _WAVE, MIN_NIGHTS, Survey
-from train.data.domain import Look
-from train.data.population import SimObject, catalogue, make_object
-from train.data.render import look_cutouts, render_frames
-from train.data.shards import ShardDataset
-from train.data.simulate import pixel_rng, simulate
+from broker_plugin_train.config import DomainConfig, RenderConfig, SimulationConfig, load_config
+from broker_plugin_train.data.bandpasses import mag_to_njy
+from broker_plugin_train.data.cadence import _WAVE, MIN_NIGHTS, Survey
+from broker_plugin_train.data.domain import Look
+from broker_plugin_train.data.population import SimObject, catalogue, make_object
+from broker_plugin_train.data.render import look_cutouts, render_frames
+from broker_plugin_train.data.shards import ShardDataset
+from broker_plugin_train.data.simulate import pixel_rng, simulate
 
 from .conftest import CONFIGS, point_source_object, small_config
 

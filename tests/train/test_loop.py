@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from train.loop import LoopSettings, probe_macro_f1, scheduled_lr
+from broker_plugin_train.loop import LoopSettings, probe_macro_f1, scheduled_lr
 
 BASE = LoopSettings(
     epochs=4, samples_per_epoch=64, batch_size=8, lr=2e-3, weight_decay=0.0, amsgrad=False, focal_gamma=2.0,

@@ -3,8 +3,8 @@
 import numpy as np
 
 from broker_plugin.inference.preprocess import CONTEXT_FEATURES, FluxNormalisation
-from train.data.shards import ShardDataset
-from train.objects import ObjectSource, detections
+from broker_plugin_train.data.shards import ShardDataset
+from broker_plugin_train.objects import ObjectSource, detections
 
 
 def test_detections_keep_significant_finite_epochs_only():

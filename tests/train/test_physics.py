@@ -10,12 +10,12 @@ from scipy import stats
 
 from broker_plugin.records import BANDS
 from broker_plugin.stamps import RubinCutoutGeometry
-from train.data import sn_ia
-from train.data.cadence import Survey
-from train.data.features import frame_photometry
-from train.data.population import catalogue, make_object
-from train.data.render import Conditions, psf_photometry, render, render_frames
-from train.data.simulate import pixel_rng
+from broker_plugin_train.data import sn_ia
+from broker_plugin_train.data.cadence import Survey
+from broker_plugin_train.data.features import frame_photometry
+from broker_plugin_train.data.population import catalogue, make_object
+from broker_plugin_train.data.render import Conditions, psf_photometry, render, render_frames
+from broker_plugin_train.data.simulate import pixel_rng
 
 from .conftest import small_config, with_survey
 

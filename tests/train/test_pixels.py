@@ -7,10 +7,16 @@ import pytest
 
 from broker_plugin.stamps import RubinCutoutGeometry
 from broker_plugin.stamps.resample import frame_sky_offsets
-from train.config import RenderConfig
-from train.data import scene
-from train.data.bandpasses import mag_to_njy
-from train.data.render import Conditions, native_geometries, psf_photometry, render, render_frames
+from broker_plugin_train.config import RenderConfig
+from broker_plugin_train.data import scene
+from broker_plugin_train.data.bandpasses import mag_to_njy
+from broker_plugin_train.data.render import (
+    Conditions,
+    native_geometries,
+    psf_photometry,
+    render,
+    render_frames,
+)
 
 from .conftest import point_source_object
 

@@ -4,9 +4,9 @@ import torch
 
 from broker_plugin.inference import create_net
 from broker_plugin.inference.preprocess import ModelInput
-from train.augment import serving_window
-from train.loop import batch_tensors
-from train.prefix import head_probs, prefix_features
+from broker_plugin_train.augment import serving_window
+from broker_plugin_train.loop import batch_tensors
+from broker_plugin_train.prefix import head_probs, prefix_features
 
 from ..inference.conftest import make_context_input
 

@@ -14,11 +14,11 @@ from broker_plugin.inference.preprocess import FluxNormalisation
 from broker_plugin.serde.alerts import iter_payload
 from broker_plugin.serde.files import iter_alert_payloads
 from broker_plugin.stamps import StampNormaliser
+from broker_plugin_train.config import CLASSES
+from broker_plugin_train.objects import fit_normalisation
+from broker_plugin_train.prefix import head_probs, prefix_features
+from broker_plugin_train.realdata import build_source, read_labels
 from tests.factories import ZTF_GOLDEN, shared_ztf_dir
-from train.config import CLASSES
-from train.objects import fit_normalisation
-from train.prefix import head_probs, prefix_features
-from train.realdata import build_source, read_labels
 
 SHARED = shared_ztf_dir()
 needs_shared = pytest.mark.skipif(

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train.sampling import balanced_class_weights, balanced_draws, focal_loss
+from broker_plugin_train.sampling import balanced_class_weights, balanced_draws, focal_loss
 
 
 def test_balanced_weights_match_sklearn_formula():

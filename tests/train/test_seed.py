@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from train.__main__ import _simulation_config, main, parse
+from broker_plugin_train.__main__ import _simulation_config, main, parse
 
-CONFIGS = Path(__file__).resolve().parents[2] / "train" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "broker_plugin_train" / "configs"
 DEFAULT = str(CONFIGS / "default.toml")
 MODEL_STAGES = ["pretrain", "finetune", "ensemble", "evaluate", "export", "all", "compare", "ablation"]
 

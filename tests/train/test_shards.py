@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from broker_plugin.records import BANDS
-from train.config import CLASSES
-from train.data.shards import ShardDataset
-from train.data.simulate import simulate
+from broker_plugin_train.config import CLASSES
+from broker_plugin_train.data.shards import ShardDataset
+from broker_plugin_train.data.simulate import simulate
 
 from .conftest import small_config
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from train.splits import fold_splits, holdout, stratified_folds
+from broker_plugin_train.splits import fold_splits, holdout, stratified_folds
 
 
 def test_folds_partition_unique_objects_and_keep_validation_apart():

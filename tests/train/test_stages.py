@@ -9,11 +9,11 @@ import torch
 
 from broker_plugin.inference.artifact import load_artifact
 from broker_plugin.inference.predictor import Predictor
-from train.__main__ import main
-from train.config import load_config
-from train.objects import ObjectSource
+from broker_plugin_train.__main__ import main
+from broker_plugin_train.config import load_config
+from broker_plugin_train.objects import ObjectSource
 
-CONFIG = str(Path(__file__).resolve().parents[2] / "train" / "configs" / "small.toml")
+CONFIG = str(Path(__file__).resolve().parents[2] / "broker_plugin_train" / "configs" / "small.toml")
 TINY = [
     "--training.net.args={channels=[4,8,8,8], head_hidden=16, depth=1, max_chunks=8}",
     "--training.data.folds=3",
@@ -113,8 +113,8 @@ def test_rerun_resumes_and_is_deterministic(trained: Path, small_dataset: Path, 
 
 
 def test_interrupted_pretraining_resumes_from_its_checkpoint(small_dataset: Path, tmp_path: Path):
-    from train.plan import make_plan
-    from train.pretrain import run_pretrain
+    from broker_plugin_train.plan import make_plan
+    from broker_plugin_train.pretrain import run_pretrain
 
     cfg = load_config(
         CONFIG,
@@ -153,8 +153,8 @@ def test_interrupted_pretraining_resumes_from_its_checkpoint(small_dataset: Path
 
 
 def test_stage_one_can_pick_its_epoch_by_a_linear_probe(small_dataset: Path, tmp_path: Path):
-    from train.plan import make_plan
-    from train.pretrain import run_pretrain
+    from broker_plugin_train.plan import make_plan
+    from broker_plugin_train.pretrain import run_pretrain
 
     probe = ["--training.pretrain.selection=probe", "--training.pretrain.probe_objects=12"]
     cfg = load_config(CONFIG, [f"--training.run_dir={tmp_path}", *TINY, *probe])
@@ -175,7 +175,7 @@ def test_unfreezing_is_kept_only_when_it_helps_on_validation(small_dataset: Path
 
 
 def test_a_frame_cap_shorter_than_the_serving_window_is_refused(small_dataset: Path, tmp_path: Path):
-    from train.plan import make_plan
+    from broker_plugin_train.plan import make_plan
 
     cfg = load_config(
         CONFIG, [f"--training.run_dir={tmp_path}", *TINY, "--training.pretrain.max_train_frames=21"]

@@ -1,0 +1,198 @@
+"""Stage 2: transfer to the confirmed (transfer) pool: new head on the frozen stage-1 backbone.
+
+The backbone is frozen *including its BatchNorm statistics*: its features are computed once in eval
+mode (the authors left the net in train mode, so frozen layers' running statistics kept drifting,
+convention-spec 4.4), at every growing prefix of every confirmed object (:mod:`broker_plugin_train.prefix`).
+A new randomly initialised head is trained on the training part of the fold with class-balanced draws over
+(object, prefix) pairs and the per-sample focal loss; the best epoch by validation-fold macro-F1 is kept
+(the validation fold is never the test fold). Optionally the whole net is then unfrozen and trained at a
+low learning rate. Each member's test-fold probabilities at every prefix are stored for ``ensemble``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from broker_plugin_train.loop import LoopSettings, macro_f1, train_full
+from broker_plugin_train.plan import Member, Plan
+from broker_plugin_train.prefix import head_probs, prefix_features
+from broker_plugin_train.pretrain import backbone_path, load_net, save_net
+from broker_plugin_train.sampling import balanced_class_weights, balanced_draws, focal_loss
+
+log = logging.getLogger("train")
+
+
+def member_path(plan: Plan, member: Member) -> Path:
+    """Where a finished member's net is stored."""
+    return plan.run_dir / "members" / f"member-{member.key}.pt"
+
+
+def predictions_path(plan: Plan, member: Member) -> Path:
+    """Where a member's test-fold probabilities are stored."""
+    return plan.run_dir / "members" / f"pred-{member.key}.npz"
+
+
+def transfer_features(plan: Plan, member: Member, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen features of every confirmed object (cached per backbone): ``(indices, (n, V, F))``."""
+    path = plan.run_dir / "features" / f"backbone-{plan.backbone_key(member)}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            return stored["indices"], stored["features"]
+    idx = np.sort(
+        np.concatenate(
+            [plan.transfer_folds[0].train, plan.transfer_folds[0].val, plan.transfer_folds[0].test]
+        )
+    )
+    norm = plan.normalisation()
+    inputs = [plan.source.input_for(i, norm, net) for i in idx]
+    feats = prefix_features(
+        net,
+        inputs,
+        plan.config.training.finetune.prefix_frames,
+        label=f"features {plan.backbone_key(member)}",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, indices=idx, features=feats)
+    return idx, feats
+
+
+def train_head(plan: Plan, member: Member, net: torch.nn.Module, idx: np.ndarray, feats: np.ndarray) -> dict:
+    """Train a new head on the frozen features of the member's training part; keep the best."""
+    f = plan.config.training.finetune
+    split = plan.transfer_folds[member.fold]
+    pos = {int(i): k for k, i in enumerate(idx)}
+    tr = np.array([pos[int(i)] for i in split.train], dtype=np.int64)
+    va = np.array([pos[int(i)] for i in split.val], dtype=np.int64)
+    labels = plan.source.labels[idx]
+    seed = plan.member_seed(member)
+    torch.manual_seed(seed)
+    net.reset_classifier(net.num_classes)
+    head = net.head
+    n_views = feats.shape[1]
+    # Every (object, prefix) pair of the training part is a sample: growing-prefix training.
+    obj = np.repeat(tr, n_views)
+    view = np.tile(np.arange(n_views), len(tr))
+    y = labels[obj]
+    weight = torch.tensor(
+        balanced_class_weights(labels[tr], net.num_classes) ** f.class_weight_power, dtype=torch.float32
+    )
+    opt = torch.optim.AdamW(head.parameters(), lr=f.lr, weight_decay=f.weight_decay, amsgrad=True)
+    x_all = torch.from_numpy(feats)
+    best, best_state, history = -1.0, None, []
+    for epoch in range(f.epochs):
+        rng = np.random.default_rng([seed, epoch])
+        draws = balanced_draws(y, len(y), rng, f.balanced_sampler)
+        head.train()
+        losses = []
+        for start in range(0, len(draws), f.batch_size):
+            d = draws[start : start + f.batch_size]
+            logits = head(x_all[obj[d], view[d]])
+            loss = focal_loss(logits, torch.from_numpy(y[d]), weight, f.focal_gamma)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        pred = head_probs(head, feats[va, -1]).argmax(-1)
+        score = macro_f1(labels[va], pred, net.num_classes)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "val_macro_f1": score,
+                "val_accuracy": float(np.mean(pred == labels[va])),
+            }
+        )
+        if score > best:
+            best, best_state = score, {k: v.clone() for k, v in head.state_dict().items()}
+    log.info(
+        "finetune %s: head best val_macro_f1 %.4f after %d epochs (%s)",
+        member.key,
+        best,
+        f.epochs,
+        " ".join(f"{h['val_macro_f1']:.3f}" for h in history[-5:]),
+    )
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    return {"history": history, "best_val_macro_f1": best}
+
+
+def run_finetune(plan: Plan) -> list[Path]:
+    """Build every member (stage 2) and store it with its test-fold predictions."""
+    f = plan.config.training.finetune
+    paths = []
+    for member in plan.members:
+        out = member_path(plan, member)
+        paths.append(out)
+        if out.exists() and predictions_path(plan, member).exists():
+            continue
+        started = time.perf_counter()
+        net, pre_info = load_net(plan, backbone_path(plan, member))
+        idx, feats = transfer_features(plan, member, net.to(plan.device))
+        net.cpu()  # the small head trains on cached features, on the CPU
+        info = {"pretrain": pre_info, "head": train_head(plan, member, net, idx, feats)}
+        split = plan.transfer_folds[member.fold]
+        pos = {int(i): k for k, i in enumerate(idx)}
+        test_feats = feats[[pos[int(i)] for i in split.test]]
+        if f.unfreeze_epochs:
+            frozen_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            net.to(plan.device)
+            p = plan.config.training.pretrain
+            settings = LoopSettings(
+                epochs=f.unfreeze_epochs,
+                samples_per_epoch=f.unfreeze_samples_per_epoch,
+                batch_size=p.batch_size,
+                lr=f.unfreeze_lr,
+                weight_decay=f.weight_decay,
+                amsgrad=True,
+                focal_gamma=f.focal_gamma,
+                class_weight_power=f.class_weight_power,
+                balanced_sampler=f.balanced_sampler,
+                max_train_frames=p.max_train_frames,
+                min_prefix_frames=p.min_prefix_frames,
+                prefix_probability=p.prefix_probability,
+                augment=p.augment,
+                val_max=None,
+                seed=plan.member_seed(member),
+            )
+            info["unfreeze"] = train_full(
+                net,
+                plan.source,
+                split.train,
+                split.val,
+                plan.normalisation(),
+                settings,
+                plan.run_dir / "members" / f"checkpoint-{member.key}.pt",
+                f"unfreeze {member.key}",
+            )
+            # Keep the unfrozen net only if it beats the frozen one on the same validation fold: on small
+            # confirmed pools unfreezing can wreck the features (seen: macro-F1 0.58 -> 0.37).
+            if info["unfreeze"]["best_val_macro_f1"] > info["head"]["best_val_macro_f1"]:
+                norm = plan.normalisation()
+                inputs = [plan.source.input_for(i, norm, net) for i in split.test]
+                label = f"test features {member.key}"
+                test_feats = prefix_features(net, inputs, f.prefix_frames, label=label)
+                info["kept"] = "unfrozen"
+            else:
+                net.load_state_dict(frozen_state)
+                info["kept"] = "frozen"
+                log.info("unfreeze %s: no validation gain; the frozen-backbone member is kept", member.key)
+            net.cpu()
+        probs = head_probs(net.head, test_feats)
+        info["seconds"] = time.perf_counter() - started
+        save_net(net, out, info)
+        np.savez(
+            predictions_path(plan, member),
+            indices=split.test,
+            probs=probs,
+            labels=plan.source.labels[split.test],
+        )
+        acc = float(np.mean(probs[:, -1].argmax(-1) == plan.source.labels[split.test]))
+        log.info(
+            "member %s: test-fold accuracy %.4f (whole histories), %.0f s", member.key, acc, info["seconds"]
+        )
+    return paths

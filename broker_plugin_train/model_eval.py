@@ -1,0 +1,91 @@
+"""``evaluate --model DIR --data DATASET``: score a saved artifact on any simulator dataset folder.
+
+The artifact is loaded and verified by the service's own loader, inputs go through the service's
+preprocessing with the artifact's normalisation, and the ensemble's mean probability is scored after
+each prefix and on whole histories. Members that share a frozen backbone share one front-end pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from broker_plugin.inference.artifact import load_artifact
+from broker_plugin_train.config import TrainConfig
+from broker_plugin_train.evaluate import scores, write_report
+from broker_plugin_train.objects import ObjectSource
+from broker_plugin_train.plan import training_device
+from broker_plugin_train.prefix import head_probs, prefix_features
+
+
+def _backbone_digest(net: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        if not name.startswith("head."):
+            digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def evaluate_artifact(
+    model: str | Path,
+    data: str | Path,
+    config: TrainConfig,
+    *,
+    pool: str | None = None,
+    limit: int | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """Score the artifact ``model`` on dataset ``data``; with ``out`` also write the report files."""
+    torch.set_num_threads(config.training.threads)
+    art = load_artifact(model, device=training_device(config.training.device))
+    d = config.training.data
+    source = ObjectSource.from_shards(data, bands=d.bands, min_snr=d.min_snr, min_frames=d.min_frames)
+    idx = np.arange(len(source)) if pool is None else np.flatnonzero(source.pools == pool)
+    idx = idx[:limit] if limit else idx
+    first = art.members[0]
+    inputs = [source.input_for(i, art.normalisation, first) for i in idx]
+    prefixes = config.training.evaluate.curve_frames
+    cached: dict[str, np.ndarray] = {}
+    member_probs = []
+    for k, net in enumerate(art.members):
+        key = _backbone_digest(net)
+        if key not in cached:
+            cached[key] = prefix_features(net, inputs, prefixes, label=f"member {k}")
+        member_probs.append(head_probs(net.head, cached[key]))
+    probs = np.mean(member_probs, axis=0)
+    y = source.labels[idx]
+    extra = {
+        "model_id": art.model_id,
+        "data": str(data),
+        "data_hash": source.data_hash,
+        "pool": pool,
+        "members": len(art.members),
+        "single_members": [
+            {k: scores(y, p[:, -1], art.class_names)[k] for k in ("accuracy", "macro_f1")}
+            for p in member_probs
+        ],
+    }
+    if out is not None:
+        return write_report(
+            out,
+            y,
+            probs,
+            prefixes,
+            art.class_names,
+            config.training.evaluate.reliability_bins,
+            extra=extra,
+            name=art.metadata["net"]["name"],
+        )
+    from broker_plugin_train.evaluate import curve, reliability
+
+    return {
+        "classes": art.class_names,
+        "whole_history": scores(y, probs[:, -1], art.class_names),
+        "early_classification": curve(y, probs, prefixes, art.class_names),
+        "reliability": reliability(y, probs[:, -1], config.training.evaluate.reliability_bins),
+        **extra,
+    }

@@ -1,0 +1,141 @@
+"""Frozen-backbone features of every object at growing prefixes, from one front-end pass.
+
+The front end sees each chunk on its own (the property incremental serving relies on), so the tokens of
+an object's whole history are computed once and any prefix of whole chunks is a slice of them: the
+features after ``k`` frames are ``forward_blocks`` over the serving window of the first ``k // chunk``
+tokens. This serves stage 2 (a new head on frozen features: growing-prefix training at the cost of one
+pass) and the early-classification curve. A prefix at least as long as the object is its whole history
+(the last chunk possibly partial), exactly what the service classifies. Nets that pad every window to a
+fixed length (the authors' unmasked net) take the slower route through ``forward`` on each prefix.
+Tested equal to ``net(x, band)`` on collated windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from broker_plugin.inference.preprocess import ModelInput, collate_context
+from broker_plugin_train.augment import serving_window
+from broker_plugin_train.loop import Progress, batch_tensors, net_device
+
+
+def prefix_windows(
+    n_frames: int, prefixes: Sequence[int], chunk_size: int, max_chunks: int
+) -> list[tuple[int, int]]:
+    """Token ranges ``(start, end)`` of the serving window after each prefix (then the whole history)."""
+    n_chunks = -(-n_frames // chunk_size)
+    ends = [n_chunks if p >= n_frames else max(1, p // chunk_size) for p in prefixes] + [n_chunks]
+    return [(max(0, e - max_chunks), e) for e in ends]
+
+
+def _tokens(net: nn.Module, inputs: Sequence[ModelInput]) -> tuple[torch.Tensor, torch.Tensor]:
+    cs = net.chunk_size
+    longest = max(len(i) for i in inputs)
+    n_chunks = -(-longest // cs)
+    x = torch.zeros(len(inputs), n_chunks * cs, *inputs[0].x.shape[1:])
+    band = torch.zeros(len(inputs), n_chunks * cs, dtype=torch.int64)
+    for k, inp in enumerate(inputs):
+        x[k, : len(inp)] = torch.from_numpy(inp.x)
+        band[k, : len(inp)] = torch.from_numpy(inp.band)
+    device = net_device(net)
+    x, band = x.to(device), band.to(device)
+    xc = x.reshape(-1, cs, *x.shape[2:])
+    bc = band.reshape(-1, cs)
+    valid = (bc != 0).any(dim=1)
+    extras: tuple[torch.Tensor, ...] = ()
+    if getattr(net, "uses_context", False):
+        aux, context = collate_context(inputs, frames=n_chunks * cs, stamp=inputs[0].x.shape[-1])
+        extras = (
+            torch.from_numpy(aux).to(device).reshape(-1, cs, *aux.shape[2:])[valid],
+            torch.from_numpy(context).to(device).reshape(-1, cs, context.shape[-1])[valid],
+        )
+    tokens = xc.new_zeros(len(xc), *net.token_shape)
+    tokens[valid] = net.embed_chunks(xc[valid], bc[valid], *extras).to(tokens.dtype)
+    return tokens.view(len(inputs), n_chunks, *net.token_shape), valid.view(len(inputs), n_chunks)
+
+
+@torch.inference_mode()
+def prefix_features(
+    net: nn.Module,
+    inputs: Sequence[ModelInput],
+    prefixes: Sequence[int],
+    batch_size: int = 16,
+    label: str = "features",
+) -> np.ndarray:
+    """Pre-logit features ``(n, len(prefixes) + 1, F)`` after each prefix and for the whole history.
+
+    Parameters
+    ----------
+    net
+        Put in eval mode (BatchNorm uses its frozen running statistics).
+    inputs
+        Preprocessed objects (whole histories).
+    prefixes
+        Frames seen; rounded down to whole chunks below the object's length.
+    batch_size
+        Objects per front-end pass.
+    label
+        Name on the progress line.
+    """
+    net.eval()
+    out: np.ndarray | None = None
+    progress = Progress(len(inputs), label)
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = [inputs[i] for i in idx]
+        if net.pad_window:
+            feats = _slow_prefix_features(net, batch, prefixes)
+        else:
+            tokens, valid = _tokens(net, batch)
+            ranges = [prefix_windows(len(b), prefixes, net.chunk_size, net.max_chunks) for b in batch]
+            feats: list[torch.Tensor | None] = []
+            for v in range(len(prefixes) + 1):
+                if v < len(prefixes) and all(r[v] == r[-1] for r in ranges):
+                    # Every object of the batch is shorter than this prefix: its whole-history window.
+                    feats.append(None)
+                    continue
+                length = max(r[v][1] - r[v][0] for r in ranges)
+                win = tokens.new_zeros(len(batch), length, *net.token_shape)
+                mask = torch.zeros(len(batch), length, dtype=torch.bool, device=win.device)
+                for k, r in enumerate(ranges):
+                    lo, hi = r[v]
+                    win[k, : hi - lo] = tokens[k, lo:hi]
+                    mask[k, : hi - lo] = valid[k, lo:hi]
+                feats.append(net.forward_head(net.forward_blocks(win, mask), mask, pre_logits=True).float())
+            whole = feats[-1]
+            feats = torch.stack([whole if f is None else f for f in feats], dim=1).cpu().numpy()
+        if out is None:
+            out = np.zeros((len(inputs), *feats.shape[1:]), np.float32)
+        out[idx] = feats
+        progress.update(len(idx))
+    assert out is not None  # noqa: S101 - inputs is never empty here
+    return out
+
+
+def _slow_prefix_features(net: nn.Module, batch: Sequence[ModelInput], prefixes: Sequence[int]) -> np.ndarray:
+    feats = []
+    for p in [*prefixes, None]:
+        views = [
+            serving_window(
+                b if p is None or p >= len(b) else b[: max(1, p // net.chunk_size) * net.chunk_size],
+                net.chunk_size,
+                net.max_chunks,
+            )
+            for b in batch
+        ]
+        features = net.forward_features(*batch_tensors(net, views))
+        feats.append(net.forward_head(*features, pre_logits=True).float())
+    return torch.stack(feats, dim=1).cpu().numpy()
+
+
+@torch.inference_mode()
+def head_probs(head: nn.Module, features: np.ndarray) -> np.ndarray:
+    """Softmax of ``head`` (eval mode) over features ``(..., F)``."""
+    head.eval()
+    flat = torch.from_numpy(features.reshape(-1, features.shape[-1])).to(net_device(head))
+    return head(flat).float().softmax(-1).cpu().numpy().reshape(*features.shape[:-1], -1)
