@@ -42,9 +42,15 @@ dead letter with a precise reason, and no single message can stop the service.
   (:mod:`broker_plugin.kafka.deadletter`), so they are never refused for their size.
 
 What does stop the service: the infrastructure failures above, outputs that Kafka does not accept
-(nothing is committed, so a restart redelivers), preparation processes that cannot start, and
-SIGTERM/SIGINT, on which it finishes the queued batches, publishes, commits, stops the preparation
-processes and closes.
+(nothing is committed, so a restart redelivers), preparation processes that cannot start, no broker
+answering within ``kafka.startup_timeout_s`` of starting
+(:class:`~broker_plugin.exceptions.KafkaUnreachableError`), and SIGTERM/SIGINT, on which it finishes the
+queued batches, publishes, commits, stops the preparation processes and closes.
+
+Brokers that stop answering later do not stop it: the consumer thread tracks the connection
+(:meth:`AlertConsumer.check_connection <broker_plugin.kafka.consumer.AlertConsumer.check_connection>`),
+readiness fails at once and liveness after ``kafka.unreachable_timeout_s``, so the orchestrator
+restarts a pod whose network stays broken; librdkafka reconnects by itself when they come back.
 """
 
 from __future__ import annotations
