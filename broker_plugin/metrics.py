@@ -32,7 +32,10 @@ REJECTION_REASONS: tuple[str, ...] = tuple(
         {
             cls.reason
             for cls in vars(exceptions).values()
-            if isinstance(cls, type) and issubclass(cls, exceptions.BrokerPluginError)
+            if isinstance(cls, type)
+            and issubclass(cls, exceptions.BrokerPluginError)
+            # An unreachable Kafka stops nothing but the start-up or a replay: no message is rejected for it.
+            and cls is not exceptions.KafkaUnreachableError
         }
         | {"internal_error"}
     )
