@@ -1,6 +1,8 @@
 """Command line: ``python -m broker_plugin <command>``.
 
-Settings are built once here (environment, ``.env``) and passed down; nothing else reads them.
+Settings are built once here (environment, ``.env``) and passed down; nothing else reads them. Exit
+status: 0 done, 1 the environment failed (e.g. no Kafka broker answered: one ``error:`` line, no
+traceback), 2 bad arguments or configuration.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from broker_plugin import __version__
 from broker_plugin.config import Settings
+from broker_plugin.exceptions import BrokerPluginError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         kafka = settings.kafka
         if args.bootstrap_servers:
             kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
-        sent = replay(args.path, args.topic, kafka, rate=args.rate, key_by_object=args.key_by_object)
+        try:
+            sent = replay(args.path, args.topic, kafka, rate=args.rate, key_by_object=args.key_by_object)
+        except BrokerPluginError as exc:  # Kafka unreachable or deliveries failed: the message says why
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"replayed {sent} alerts into {args.topic}")
         return 0
     if args.command == "inspect":

@@ -138,6 +138,32 @@ class KafkaSettings(BaseModel):
             "(broker default 1048588) [bytes]."
         ),
     )
+    startup_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "run exits with status 1 and one error line naming the bootstrap servers when no Kafka broker"
+            " answers within this long of starting [s]."
+        ),
+    )
+    unreachable_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description=(
+            "/healthz (liveness) fails once the Kafka brokers have not answered for this long, so the"
+            " orchestrator restarts a pod whose network is broken; /readyz fails as soon as they stop"
+            " answering [s]."
+        ),
+    )
+    probe_interval_s: float = Field(
+        10.0,
+        ge=0.5,
+        description=(
+            "While no message arrives, or the brokers are unreachable, how often the consumer thread asks"
+            " them for metadata to know they answer (each probe waits at most 5 s, or this long if"
+            " shorter) [s]."
+        ),
+    )
 
     @field_validator("input_topics", mode="before")
     @classmethod

@@ -172,3 +172,9 @@ class StateUrlError(BrokerPluginError):
     """The state-store URL names an unknown scheme or a file that is not a state database."""
 
     reason = "bad_state_url"
+
+
+class KafkaUnreachableError(BrokerPluginError):
+    """No Kafka broker answered at the configured bootstrap servers (address, network or security)."""
+
+    reason = "kafka_unreachable"

@@ -109,7 +109,7 @@ def build_service(
     each with a preparer built by ``make_preparer`` (a module-level callable) from ``parts.prepare``.
     """
     metrics = ServiceMetrics(class_names=parts.predictor.class_names)
-    health = Health()
+    health = Health(unreachable_after_s=settings.kafka.unreachable_timeout_s)
     server = None
     if settings.metrics.enabled:
         server = MetricsServer(metrics, health, settings.metrics.host, settings.metrics.port).start()

@@ -6,8 +6,11 @@ alert rules see zero-valued series before the first event. Metrics live in a reg
 :class:`ServiceMetrics` instance (not module globals), so several services can run in one process (the
 tests and the demo do).
 
-``/metrics`` serves the registry, ``/healthz`` answers 200 while the consume loop has run recently
-(liveness), ``/readyz`` 200 once the model is loaded and partitions are assigned (readiness).
+``/metrics`` serves the registry. ``/healthz`` (liveness) answers 200 while the consume loop has run
+recently and the Kafka brokers have not been unreachable for longer than ``kafka.unreachable_timeout_s``
+(a pod whose network is broken gets restarted); ``/readyz`` (readiness) answers 200 while the model is
+loaded, the consumer group has given this instance its assignment and the brokers answer, and 503 as soon
+as they stop answering. ``broker_plugin_kafka_connected`` shows the same connection state (1/0).
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ REJECTION_REASONS: tuple[str, ...] = tuple(
         {
             cls.reason
             for cls in vars(exceptions).values()
-            if isinstance(cls, type) and issubclass(cls, exceptions.BrokerPluginError)
+            if isinstance(cls, type)
+            and issubclass(cls, exceptions.BrokerPluginError)
+            # An unreachable Kafka stops nothing but the start-up or a replay: no message is rejected for it.
+            and cls is not exceptions.KafkaUnreachableError
         }
         | {"internal_error"}
     )
@@ -141,6 +147,13 @@ class ServiceMetrics:
         self.objects_tracked = Gauge(
             "objects_tracked", "Objects in the state store.", namespace=ns, registry=r
         )
+        self.kafka_connected = Gauge(
+            "kafka_connected",
+            "1 while the Kafka brokers answer the consumer (messages or metadata probes), 0 from when they"
+            " are reported down or a probe gets no answer.",
+            namespace=ns,
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "consumer_lag_messages",
             "Messages behind the partition end.",
@@ -236,12 +249,26 @@ class ServiceMetrics:
 
 
 class Health:
-    """Liveness and readiness, fed by the service loop (thread-safe)."""
+    """Liveness and readiness, fed by the service loop (thread-safe).
 
-    def __init__(self, stale_after_s: float = 60.0) -> None:
+    Parameters
+    ----------
+    stale_after_s
+        Liveness fails when the consume loop has not beaten for this long [s].
+    unreachable_after_s
+        Liveness fails when the Kafka brokers have been unreachable for this long [s] (readiness fails at
+        once).
+    """
+
+    def __init__(self, stale_after_s: float = 60.0, unreachable_after_s: float = 120.0) -> None:
         self._stale_after_s = stale_after_s
+        self._unreachable_after_s = unreachable_after_s
         self._last_beat = time.monotonic()
-        self._ready = False
+        self._serving = False
+        self._assigned = False
+        self._connected = False
+        # Unreachable since when; None while connected or never checked (start-up has its own timeout).
+        self._unreachable_since: float | None = None
         self._lock = threading.Lock()
 
     def beat(self) -> None:
@@ -249,22 +276,41 @@ class Health:
         with self._lock:
             self._last_beat = time.monotonic()
 
-    def set_ready(self, ready: bool) -> None:
-        """Model loaded and partitions assigned (or not)."""
+    def set_serving(self, serving: bool) -> None:
+        """The model is loaded and the consume loop runs (or not)."""
         with self._lock:
-            self._ready = ready
+            self._serving = serving
+
+    def set_assigned(self, assigned: bool) -> None:
+        """The consumer group has given this instance its assignment (or taken it away)."""
+        with self._lock:
+            self._assigned = assigned
+
+    def set_connected(self, connected: bool) -> None:
+        """The Kafka brokers answer (or not)."""
+        with self._lock:
+            if connected:
+                self._unreachable_since = None
+            elif self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+            self._connected = connected
+
+    def _fresh(self, now: float) -> bool:
+        return now - self._last_beat < self._stale_after_s
 
     @property
     def alive(self) -> bool:
-        """Whether the loop has beaten recently."""
+        """Whether the loop has beaten recently and the brokers have not been unreachable for too long."""
+        now = time.monotonic()
         with self._lock:
-            return time.monotonic() - self._last_beat < self._stale_after_s
+            since = self._unreachable_since
+            return self._fresh(now) and (since is None or now - since < self._unreachable_after_s)
 
     @property
     def ready(self) -> bool:
-        """Whether the service can do useful work."""
+        """Whether the service can do useful work: serving, assigned, connected, the loop alive."""
         with self._lock:
-            return self._ready and time.monotonic() - self._last_beat < self._stale_after_s
+            return self._serving and self._assigned and self._connected and self._fresh(time.monotonic())
 
 
 class MetricsServer:

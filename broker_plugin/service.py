@@ -42,9 +42,15 @@ dead letter with a precise reason, and no single message can stop the service.
   (:mod:`broker_plugin.kafka.deadletter`), so they are never refused for their size.
 
 What does stop the service: the infrastructure failures above, outputs that Kafka does not accept
-(nothing is committed, so a restart redelivers), preparation processes that cannot start, and
-SIGTERM/SIGINT, on which it finishes the queued batches, publishes, commits, stops the preparation
-processes and closes.
+(nothing is committed, so a restart redelivers), preparation processes that cannot start, no broker
+answering within ``kafka.startup_timeout_s`` of starting
+(:class:`~broker_plugin.exceptions.KafkaUnreachableError`), and SIGTERM/SIGINT, on which it finishes the
+queued batches, publishes, commits, stops the preparation processes and closes.
+
+Brokers that stop answering later do not stop it: the consumer thread tracks the connection
+(:meth:`AlertConsumer.check_connection <broker_plugin.kafka.consumer.AlertConsumer.check_connection>`),
+readiness fails at once and liveness after ``kafka.unreachable_timeout_s``, so the orchestrator
+restarts a pod whose network stays broken; librdkafka reconnects by itself when they come back.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 
 from broker_plugin import __version__
 from broker_plugin.config import Settings
-from broker_plugin.exceptions import BrokerPluginError, MessageTooLargeError
+from broker_plugin.exceptions import BrokerPluginError, KafkaUnreachableError, MessageTooLargeError
 from broker_plugin.kafka.consumer import AlertConsumer, Offsets
 from broker_plugin.kafka.deadletter import build_dead_letter
 from broker_plugin.kafka.producer import DeliveryError, OutputProducer
@@ -92,7 +98,7 @@ _SQLITE_DATA_ERRORS = (
 
 
 def _is_infrastructure(exc: BaseException) -> bool:
-    if isinstance(exc, KafkaException | DeliveryError | StateStoreClosedError):
+    if isinstance(exc, KafkaException | DeliveryError | KafkaUnreachableError | StateStoreClosedError):
         return True
     if isinstance(exc, sqlite3.Error):
         return not isinstance(exc, _SQLITE_DATA_ERRORS)
@@ -290,6 +296,7 @@ class Service:
         self._producer = OutputProducer(self._kafka, client_id)
         self._consumer = AlertConsumer(self._kafka, client_id, on_revoke=self._on_revoke)
         self._next_expiry = self._next_count = time.monotonic()
+        self._kafka_up: bool | None = None  # last connection state seen by the consumer thread
 
     # ---- consumer thread -------------------------------------------------------------------------------
 
@@ -307,6 +314,8 @@ class Service:
 
         Raises
         ------
+        KafkaUnreachableError
+            No Kafka broker answered within ``kafka.startup_timeout_s`` of starting.
         BaseException
             A fatal error of the worker (e.g. outputs could not be delivered), after shutting down.
         """
@@ -314,22 +323,28 @@ class Service:
         worker.start()
         wait_s = self._service.batch_max_wait_ms / 1000.0
         try:
+            if not self._consumer.wait_for_broker(self._kafka.startup_timeout_s, self._stop.is_set):
+                return  # stopped while waiting
             if self._preparation is not None:
                 self._preparation.start()
             self._consumer.subscribe()
-            # Ready once in the group with the model loaded (and the preparation processes up), partitions
-            # or not: a replica beyond the partition count is a warm standby, and a rollout must not wait
-            # for it to get a partition.
-            self._health.set_ready(True)
+            # Ready (readiness) once the group has given this instance its assignment, while the brokers
+            # answer. An empty assignment counts: a replica beyond the partition count is a warm standby,
+            # and a rollout must not wait for it to get a partition.
+            self._health.set_serving(True)
+            received = False
             while not self._stop.is_set() and self._worker_error is None:
                 self._health.beat()
+                self._watch_connection(received)
                 self._commit_ready()
                 if self._queue.full:
                     self._pause()
                     self._consumer.poll_batch(1, 0.05)  # paused: returns nothing, keeps the membership alive
+                    received = False
                     continue
                 self._resume_if_drained()
                 messages = self._consumer.poll_batch(self._service.batch_max_size, wait_s)
+                received = bool(messages)
                 if messages:
                     self._metrics.alerts_consumed.inc(len(messages))
                     self._queue.put(self._decode(messages), len(messages))
@@ -376,6 +391,23 @@ class Service:
         finally:
             self._metrics.preparation_seconds.labels(stage="decode").inc(time.perf_counter() - start)
         batch.inbound.extend(inbound)
+
+    def _watch_connection(self, received: bool) -> None:
+        """Probe the brokers when due; report the connection and the assignment to health and metrics."""
+        up = self._consumer.check_connection(self._kafka.probe_interval_s, received)
+        if up != self._kafka_up:
+            if up and self._kafka_up is not None:
+                log.info("Kafka brokers at %s answer again", self._kafka.bootstrap_servers)
+            elif not up:
+                log.warning(
+                    "Kafka brokers at %s do not answer (%s): not ready; /healthz fails after %g s",
+                    self._kafka.bootstrap_servers, self._consumer.connection.last_error or "no answer",
+                    self._kafka.unreachable_timeout_s,
+                )  # fmt: skip
+            self._kafka_up = up
+        self._health.set_connected(up)
+        self._health.set_assigned(self._consumer.joined)
+        self._metrics.kafka_connected.set(1 if up else 0)
 
     def _pause(self) -> None:
         if not self._consumer.paused:
@@ -430,7 +462,8 @@ class Service:
         if worker.is_alive() or self._worker_error is not None:
             self._drop_queued()
         self._commit_ready()
-        self._health.set_ready(False)
+        self._health.set_serving(False)
+        self._health.set_assigned(False)
         if self._preparation is not None:
             # After a clean stop the worker took every result: nothing is left to wait for.
             self._preparation.close(wait=not worker.is_alive())

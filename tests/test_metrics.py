@@ -1,3 +1,4 @@
+import time
 import urllib.error
 import urllib.request
 
@@ -52,9 +53,35 @@ def test_health_endpoints_follow_the_loop(served) -> None:
     _, health, url = served
     assert get(f"{url}/healthz")[0] == 200
     assert get(f"{url}/readyz")[0] == 503
-    health.set_ready(True)
+    health.set_serving(True)
+    health.set_connected(True)
+    assert get(f"{url}/readyz")[0] == 503, "ready before the group gave an assignment"
+    health.set_assigned(True)
     assert get(f"{url}/readyz")[0] == 200
+    health.set_connected(False)
+    assert get(f"{url}/readyz") == (503, "not ready\n")
+    assert get(f"{url}/healthz")[0] == 200, "liveness waits for unreachable_after_s"
     assert get(f"{url}/nope")[0] == 404
+
+
+def test_unreachable_brokers_fail_readiness_at_once_and_liveness_after_the_timeout() -> None:
+    health = Health(unreachable_after_s=0.3)
+    health.set_serving(True)
+    health.set_assigned(True)
+    health.set_connected(True)
+    assert health.alive and health.ready
+    health.set_connected(False)
+    assert health.alive and not health.ready
+    time.sleep(0.2)
+    health.set_connected(False)  # still down: counted from the first report
+    time.sleep(0.15)
+    assert not health.alive
+    health.set_connected(True)
+    assert health.alive and health.ready
+
+
+def test_kafka_connected_gauge_is_created_at_zero() -> None:
+    assert b"broker_plugin_kafka_connected 0.0" in ServiceMetrics().exposition()
 
 
 def test_stalled_loop_fails_liveness() -> None:

@@ -5,7 +5,8 @@ with Confluent framing (0x00 + schema id of their writer version), no key, and a
 header [ms], like Rubin's own producer; ZTF alerts go one container file per message, like ZTF's. The
 alerts are sent in time order (``midpointMjdTai``, across all files), at ``--rate`` alerts/s or as fast as
 possible (optionally keyed by object, see :func:`replay`). The whole archive is held in memory to sort
-it: split very large archives.
+it: split very large archives. Before anything is read, the brokers must answer within a few seconds, or
+:class:`~broker_plugin.exceptions.KafkaUnreachableError` names the servers (exit status 1).
 """
 
 from __future__ import annotations
@@ -77,16 +78,33 @@ def collect_messages(path: Path, decoder: AlertDecoder) -> tuple[list[ReplayMess
 
 
 def replay(
-    path: Path, topic: str, settings: KafkaSettings, rate: float = 0.0, key_by_object: bool = False
+    path: Path,
+    topic: str,
+    settings: KafkaSettings,
+    rate: float = 0.0,
+    key_by_object: bool = False,
+    connect_timeout_s: float = 5.0,
 ) -> int:
     """Send the alerts under ``path`` to ``topic``; return how many were sent.
 
     Like the surveys, messages carry no key and spread over the partitions, so a fast replay can
     deliver one object's alerts out of order (live, visits are at least ~30 s apart). ``key_by_object``
     keys them by ``diaObjectId``: one partition per object, in order.
+
+    Raises
+    ------
+    KafkaUnreachableError
+        No broker answered within ``connect_timeout_s`` [s] (checked before the archive is read).
+    DeliveryError
+        Messages stayed undelivered; the message names the servers and the first error.
     """
-    messages, unreadable = collect_messages(path, AlertDecoder(RubinSchemaStore()))
     producer = OutputProducer(settings, client_id="broker-plugin-replay")
+    producer.check_reachable(
+        connect_timeout_s,
+        "--bootstrap-servers (or BROKER_PLUGIN_KAFKA__BOOTSTRAP_SERVERS), the network and the security"
+        " settings",
+    )
+    messages, unreadable = collect_messages(path, AlertDecoder(RubinSchemaStore()))
     start = time.monotonic()
     too_large = 0
     for i, message in enumerate(messages):

@@ -7,7 +7,7 @@ import signal
 import threading
 
 from broker_plugin.config import Settings
-from broker_plugin.exceptions import StateUrlError
+from broker_plugin.exceptions import KafkaUnreachableError, StateUrlError
 from broker_plugin.factory import build_parts, build_service
 from broker_plugin.service import Service
 
@@ -33,7 +33,15 @@ class _StopSignal:
 
 
 def run_service(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; exit status 0 on a clean stop, 1 after a fatal error, 2: bad state URL."""
+    """Run until SIGTERM/SIGINT.
+
+    Returns
+    -------
+    int
+        Exit status: 0 after a clean stop; 1 after a fatal error, or when no Kafka broker answered within
+        ``kafka.startup_timeout_s`` (one error line naming the servers, no traceback: an environment
+        problem); 2 for a bad state URL.
+    """
     stop = _StopSignal()
     try:
         parts = build_parts(settings)
@@ -53,6 +61,9 @@ def run_service(settings: Settings) -> int:
     )  # fmt: skip
     try:
         service.run()
+    except KafkaUnreachableError as exc:
+        log.error("%s", exc)
+        return 1
     except Exception:
         log.exception("service stopped on a fatal error")
         return 1

@@ -4,4 +4,6 @@
 - :mod:`.consumer`: the alert consumer (batches, pause/resume, commits, lag).
 - :mod:`.producer`: classifications and dead letters, delivery tracked; transactions optional.
 - :mod:`.embedded`: a Kafka-compatible broker (Tansu) started locally, for the demo and the tests.
+- :mod:`.connection`: whether the brokers answer (error callbacks and probes).
+- :mod:`.clientlog`: librdkafka's log lines and errors, repeats rate-limited.
 """

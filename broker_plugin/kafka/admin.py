@@ -8,10 +8,12 @@ import uuid
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from broker_plugin.kafka.config import admin_config
+
 
 def create_topics(bootstrap: str, topics: list[str], partitions: int = 4) -> None:
     """Create topics (existing ones are left as they are)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(admin_config(bootstrap))
     futures = admin.create_topics(
         [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics]
     )
@@ -30,8 +32,8 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
 
 def read_topic(bootstrap: str, topic: str, idle_s: float = 1.0) -> list[Message]:
     """Every committed message of ``topic``, from the start, until ``idle_s`` passes without one."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+    consumer = Consumer(admin_config(bootstrap) | {
+        "group.id": f"reader-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "fetch.wait.max.ms": 20, "isolation.level": "read_committed",
     })  # fmt: skip
     try:
@@ -50,7 +52,7 @@ def read_topic(bootstrap: str, topic: str, idle_s: float = 1.0) -> list[Message]
 
 def committed_total(bootstrap: str, group: str, topic: str) -> int:
     """Sum over partitions of the group's committed offsets on ``topic`` (messages done)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer(admin_config(bootstrap) | {"group.id": group, "enable.auto.commit": False})
     try:
         parts = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
         return sum(max(0, tp.offset) for tp in consumer.committed(parts, timeout=10))

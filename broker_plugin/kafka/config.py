@@ -1,14 +1,37 @@
-"""librdkafka configuration dictionaries built from :class:`~broker_plugin.config.KafkaSettings`."""
+"""librdkafka configuration dictionaries built from :class:`~broker_plugin.config.KafkaSettings`.
+
+Every client logs through a :class:`~broker_plugin.kafka.clientlog.RateLimitedLog` (its ``logger``) and
+reports errors to an ``error_cb``: a :class:`~broker_plugin.kafka.connection.ConnectionMonitor`'s when the
+caller keeps one, else one that logs them, rate-limited too.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from confluent_kafka import KafkaError
+
 from broker_plugin.config import KafkaSettings
+from broker_plugin.kafka.clientlog import RateLimitedLog
+from broker_plugin.kafka.connection import ConnectionMonitor
+
+ErrorCallback = Callable[[KafkaError], None]
 
 
-def _common(settings: KafkaSettings) -> dict[str, Any]:
-    config: dict[str, Any] = {
+def client_hooks(error_cb: ErrorCallback | None = None) -> dict[str, Any]:
+    """``logger`` (rate-limited) and ``error_cb`` (``error_cb``, or one that logs) of one client."""
+    log = RateLimitedLog()
+    return {"logger": log, "error_cb": error_cb or ConnectionMonitor(log).on_error}
+
+
+def admin_config(bootstrap_servers: str) -> dict[str, Any]:
+    """Settings of the administrative helpers' clients (topics, reading back, offsets)."""
+    return {"bootstrap.servers": bootstrap_servers} | client_hooks()
+
+
+def _common(settings: KafkaSettings, error_cb: ErrorCallback | None) -> dict[str, Any]:
+    config: dict[str, Any] = client_hooks(error_cb) | {
         "bootstrap.servers": settings.bootstrap_servers,
         "security.protocol": settings.security_protocol.lower(),
         # Idle connections closed by the broker are normal; librdkafka's notice about each is noise.
@@ -23,9 +46,11 @@ def _common(settings: KafkaSettings) -> dict[str, Any]:
     return config
 
 
-def consumer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
+def consumer_config(
+    settings: KafkaSettings, client_id: str, error_cb: ErrorCallback | None = None
+) -> dict[str, Any]:
     """Consumer settings: manual commits only after outputs are delivered (at-least-once)."""
-    return _common(settings) | {
+    return _common(settings, error_cb) | {
         "group.id": settings.group_id,
         "client.id": client_id,
         "enable.auto.commit": False,
@@ -42,9 +67,11 @@ def consumer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
     }
 
 
-def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
+def producer_config(
+    settings: KafkaSettings, client_id: str, error_cb: ErrorCallback | None = None
+) -> dict[str, Any]:
     """Producer settings: idempotent (no duplicates from retries), or transactional when configured."""
-    config = _common(settings) | {
+    config = _common(settings, error_cb) | {
         "client.id": client_id,
         "enable.idempotence": True,
         "acks": "all",

@@ -1,16 +1,26 @@
-"""The alert consumer: batches of messages, pause/resume for backpressure, explicit commits, lag."""
+"""The alert consumer: batches, pause/resume for backpressure, commits, lag, and whether brokers answer.
+
+The connection state (:mod:`.connection`) comes from the consumer's error callback and from metadata
+probes made by the polling thread between polls (:meth:`AlertConsumer.check_connection`).
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from broker_plugin.config import KafkaSettings
+from broker_plugin.exceptions import KafkaUnreachableError
 from broker_plugin.kafka.config import consumer_config
+from broker_plugin.kafka.connection import ConnectionMonitor, unreachable_message
 
 log = logging.getLogger(__name__)
+
+#: Longest one connection probe waits for the brokers [s].
+PROBE_TIMEOUT_S = 5.0
 
 #: (topic, partition) -> next offset to read (what Kafka stores as the committed offset).
 Offsets = dict[tuple[str, int], int]
@@ -37,16 +47,30 @@ class AlertConsumer:
         on_assign: Callable[[list[tuple[str, int]]], None] | None = None,
         on_revoke: Callable[[list[tuple[str, int]]], None] | None = None,
     ) -> None:
-        self._consumer = Consumer(consumer_config(settings, client_id))
+        self.connection = ConnectionMonitor()
+        self._consumer = Consumer(consumer_config(settings, client_id, self.connection.on_error))
+        self._bootstrap = settings.bootstrap_servers
         self._topics = list(settings.input_topics)
+        # A probe asks for one input topic's metadata (small on a shared cluster); patterns name none.
+        self._probe_topic = next((t for t in self._topics if not t.startswith("^")), None)
         self._on_assign, self._on_revoke = on_assign, on_revoke
         self._assigned: set[tuple[str, int]] = set()
+        self._joined = False
         self._paused = False
+        self._next_probe = 0.0
 
     @property
     def assignment(self) -> set[tuple[str, int]]:
         """Partitions currently assigned to this member."""
         return set(self._assigned)
+
+    @property
+    def joined(self) -> bool:
+        """Whether the group has given this member its assignment and not taken it away since.
+
+        The assignment may be empty: a warm standby when the group has more members than partitions.
+        """
+        return self._joined
 
     @property
     def paused(self) -> bool:
@@ -56,11 +80,12 @@ class AlertConsumer:
     def subscribe(self) -> None:
         """Join the group on the configured topics (entries starting with ^ are patterns)."""
         self._consumer.subscribe(
-            self._topics, on_assign=self._assigned_cb, on_revoke=self._revoked_cb, on_lost=self._revoked_cb
+            self._topics, on_assign=self._assigned_cb, on_revoke=self._revoked_cb, on_lost=self._lost_cb
         )
 
     def _assigned_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gained = [(p.topic, p.partition) for p in partitions]
+        self._joined = True
         self._assigned.update(gained)
         if self._paused and partitions:
             consumer.pause(partitions)  # new partitions join the paused state
@@ -75,6 +100,85 @@ class AlertConsumer:
         if self._on_revoke:
             self._on_revoke(lost)
         self._assigned.difference_update(lost)
+
+    def _lost_cb(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The membership is gone (e.g. the session timed out while the brokers were unreachable): no
+        # assignment until the group takes this member back.
+        self._joined = False
+        self._revoked_cb(consumer, partitions)
+
+    def probe(self, timeout_s: float) -> bool:
+        """Ask the brokers for metadata; whether they answered within ``timeout_s`` [s].
+
+        The outcome is recorded in :attr:`connection`.
+        """
+        try:
+            self._consumer.list_topics(self._probe_topic, timeout=timeout_s)
+        except KafkaException as exc:
+            self.connection.failed(str(exc.args[0]))
+            return False
+        self.connection.answered()
+        return True
+
+    def wait_for_broker(self, timeout_s: float, stopping: Callable[[], bool]) -> bool:
+        """Probe until the brokers answer; call before :meth:`subscribe`.
+
+        Parameters
+        ----------
+        timeout_s
+            How long to try [s].
+        stopping
+            Whether to give up (a stop was requested); checked between probes of at most 1 s.
+
+        Returns
+        -------
+        bool
+            ``True`` once they answered, ``False`` if ``stopping`` said so first.
+
+        Raises
+        ------
+        KafkaUnreachableError
+            No broker answered within ``timeout_s``; the message names the bootstrap servers and the
+            setting.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KafkaUnreachableError(
+                    unreachable_message(
+                        self._bootstrap, timeout_s, self.connection.last_error,
+                        "BROKER_PLUGIN_KAFKA__BOOTSTRAP_SERVERS, the network and the security settings"
+                        " (BROKER_PLUGIN_KAFKA__STARTUP_TIMEOUT_S sets how long to wait)",
+                    )
+                )  # fmt: skip
+            if self.probe(min(1.0, left)):
+                return True
+            # Serve the error callbacks (the polls of the service loop do it later): they say why, e.g.
+            # "Connection refused", where the probe only says it failed. Not subscribed yet: no message.
+            self._consumer.poll(0)
+        return False
+
+    def check_connection(self, interval_s: float, received: bool) -> bool:
+        """Whether the brokers answer, probing when due (from the polling thread, between polls).
+
+        A probe is due every ``interval_s`` while no message arrives or the brokers are unreachable, and at
+        once after a connection error while they were reachable.
+
+        Parameters
+        ----------
+        interval_s
+            Probe interval [s].
+        received
+            Whether the last poll returned messages (the brokers answered it).
+        """
+        now = time.monotonic()
+        if received and self.connection.connected:
+            self._next_probe = now + interval_s
+        elif now >= self._next_probe or self.connection.suspect:
+            self._next_probe = now + interval_s
+            self.probe(min(PROBE_TIMEOUT_S, interval_s))
+        return self.connection.connected
 
     def poll_batch(self, max_messages: int, timeout_s: float) -> list[Message]:
         """Up to ``max_messages`` alert messages (waiting at most ``timeout_s``); errors are logged.
@@ -136,4 +240,5 @@ class AlertConsumer:
 
     def close(self) -> None:
         """Leave the group (triggers a revoke, hence a final flush and commit)."""
+        self._joined = False
         self._consumer.close()

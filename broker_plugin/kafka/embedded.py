@@ -68,21 +68,36 @@ class EmbeddedBroker:
 
     def start(self) -> EmbeddedBroker:
         """Start the broker and wait until it answers as our cluster."""
-        binary = tansu_binary()
         for _attempt in range(3):
-            port = _free_port()
-            self.bootstrap_servers = f"127.0.0.1:{port}"
-            self._process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
-                [str(binary), "broker", "--cluster-id", self.cluster_id,
-                 "--listener-url", f"tcp://127.0.0.1:{port}",
-                 "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
-                 "--storage-engine", "memory://tansu/", "--silent"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            self._spawn(_free_port())
             if self._wait_ready():
                 return self
             self.stop()
         raise EmbeddedBrokerError("the embedded Kafka broker did not start")
+
+    def restart(self) -> EmbeddedBroker:
+        """Stop the broker and start it again on the same port, as the same cluster.
+
+        Clients reconnect by themselves, but everything the broker held (topics, messages, consumer
+        groups) is gone: Tansu keeps it all in memory.
+        """
+        port = int(self.bootstrap_servers.rsplit(":", 1)[1])
+        self.stop()
+        self._spawn(port)
+        if not self._wait_ready():
+            self.stop()
+            raise EmbeddedBrokerError(f"the embedded Kafka broker did not restart on port {port}")
+        return self
+
+    def _spawn(self, port: int) -> None:
+        self.bootstrap_servers = f"127.0.0.1:{port}"
+        self._process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+            [str(tansu_binary()), "broker", "--cluster-id", self.cluster_id,
+             "--listener-url", f"tcp://127.0.0.1:{port}",
+             "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
+             "--storage-engine", "memory://tansu/", "--silent"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self._timeout

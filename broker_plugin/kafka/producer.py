@@ -8,8 +8,9 @@ import threading
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from broker_plugin.config import KafkaSettings
-from broker_plugin.exceptions import BrokerPluginError
+from broker_plugin.exceptions import BrokerPluginError, KafkaUnreachableError
 from broker_plugin.kafka.config import producer_config
+from broker_plugin.kafka.connection import ConnectionMonitor, unreachable_message
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,40 @@ class OutputProducer:
     """
 
     def __init__(self, settings: KafkaSettings, client_id: str) -> None:
-        self._producer = Producer(producer_config(settings, client_id))
+        # Its errors name the brokers and what librdkafka last reported (e.g. "Connection refused").
+        self._connection = ConnectionMonitor()
+        self._producer = Producer(producer_config(settings, client_id, self._connection.on_error))
+        self._bootstrap = settings.bootstrap_servers
         self.transactional = settings.transactional_id is not None
         self._failures: list[KafkaError] = []
         self._lock = threading.Lock()
         if self.transactional:
             self._producer.init_transactions(30)
+
+    def check_reachable(self, timeout_s: float, check: str) -> None:
+        """Ask the brokers for metadata, waiting at most ``timeout_s``.
+
+        Parameters
+        ----------
+        timeout_s
+            How long to wait [s].
+        check
+            What the user should check, ending the error message (e.g. the option naming the servers).
+
+        Raises
+        ------
+        KafkaUnreachableError
+            No broker answered; the message names the bootstrap servers and librdkafka's last error.
+        """
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            self._producer.poll(0)  # serve the error callbacks: they say why the connection failed
+            self._connection.failed(str(exc.args[0]))
+            raise KafkaUnreachableError(
+                unreachable_message(self._bootstrap, timeout_s, self._connection.last_error, check)
+            ) from None
+        self._connection.answered()
 
     def _delivered(self, error: KafkaError | None, message: object) -> None:
         del message
@@ -71,7 +100,14 @@ class OutputProducer:
         with self._lock:
             failures, self._failures = self._failures, []
         if remaining or failures:
-            raise DeliveryError(f"{remaining} messages undelivered, {len(failures)} failed: {failures[:3]}")
+            if failures:
+                first = f"{failures[0].name()}: {failures[0].str()}"
+            else:  # nothing failed outright: the client's own errors say why nothing was delivered
+                first = self._connection.last_error or "none reported by the Kafka client"
+            raise DeliveryError(
+                f"{remaining} messages undelivered after {timeout_s:g} s and {len(failures)} failed,"
+                f" producing to {self._bootstrap}; first error: {first}"
+            )
 
     def begin(self) -> None:
         """Start a transaction (transactional mode only)."""

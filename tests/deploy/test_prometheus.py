@@ -44,7 +44,7 @@ def test_promtool_check_config() -> None:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", RULES)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_promtool_rule_unit_tests() -> None:
@@ -72,6 +72,7 @@ def test_rules_cover_the_required_alerts() -> None:
         "BrokerPluginNoClassifications",
         "BrokerPluginLatencyP99OverBudget",
         "BrokerPluginInternalErrors",
+        "BrokerPluginKafkaDisconnected",
     } <= names
 
 
@@ -191,7 +192,7 @@ def test_real_prometheus_scrapes_the_plugin(tmp_path: Path, plugin_endpoint: Met
         def rules_evaluated() -> list[dict]:
             rules = [r for g in _api(base, "rules")["groups"] for r in g["rules"]]
             evaluated = all(r.get("lastEvaluation", "0001").startswith("2") for r in rules)
-            return rules if len(rules) == 7 and evaluated else []
+            return rules if len(rules) == 8 and evaluated else []
 
         rules = _wait(rules_evaluated)
         assert all(rule["health"] == "ok" for rule in rules), rules
