@@ -37,7 +37,7 @@ _HEADER = """\
 # Copy to `.env` in the working directory of `python -m broker_plugin run`, or pass it to a container
 # (`docker run --env-file`, compose `env_file:`), and change what you need. Nested settings are joined by
 # a double underscore. Lines starting with `#BROKER_PLUGIN_` are unset by default; secrets are left blank:
-# take them from your secret store (Kubernetes: the Secret of deploy/k8s/secret.example.yaml), never commit them.
+# take them from your secret store (Kubernetes: deploy/k8s/secret.example.yaml), never commit them.
 """
 
 

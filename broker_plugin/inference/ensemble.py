@@ -27,7 +27,8 @@ What the stacked form does differently, and why (each an exact rewrite up to flo
   runs for all members at once: the first layer is one matrix product with the members' weights side
   by side (the input is shared), the second one batched product; its output is written, broadcast over
   the token grid, into the last ``context_channels`` channels of the channels-last tokens (the members
-  concatenate it after the image channels: the same token, in the working layout);
+  concatenate it after the image channels: the same token, in the working layout), or, for
+  ``context_merge == "add"``, added to the image channels at every grid pixel;
 - nets with ``time_encoding == "continuous"`` add no index encoding (their time is in the context);
   the copy of the tokens into the contiguous working buffer stays, without the addition;
 - the key projection (1x1) and the score convolution (5x5) compose into one 5x5 convolution;
@@ -619,6 +620,7 @@ class StackedConvEntion(EnsembleForward):
                 [m.encoder for m in members], chunk=self.chunk_size, masked=self.masked
             )
             self.context: _Context | None = None
+            self.context_added: bool = members[0].context_added
             if members[0].context_encoder is not None:
                 self.context = _Context([m.context_encoder for m in members])
             self.blocks = nn.ModuleList(
@@ -665,6 +667,8 @@ class StackedConvEntion(EnsembleForward):
             return image
         assert context is not None  # noqa: S101 - embed_chunks checked it
         vector = self.context(context, band, (band != 0) if self.masked else None)  # (M, N, out)
+        if self.context_added:  # projected to the image channels, added at every grid pixel
+            return image + vector[:, :, None, None].to(image.dtype)
         # Channels-last tokens: the context vector is the last channels of every grid pixel.
         m, n, hh, ww, ci = image.shape
         tokens = image.new_empty(m, n, hh, ww, ci + vector.shape[-1])

@@ -157,8 +157,9 @@ def test_random_ensembles_stacked_equal_reference(name, overrides, count, prefix
         ("convention-triplet-small", {}, EVERY),  # the shipped configuration: every input
         ("convention-triplet-small", {"masked": False}, EDGES),  # context nets padded to 99 frames too
         pytest.param("convention-triplet", TINY, EDGES, marks=pytest.mark.slow),
+        ("convention-triplet-lean", {}, EVERY),  # the context added to the image channels
     ],
-    ids=["triplet-small", "triplet-small-unmasked", "triplet"],
+    ids=["triplet-small", "triplet-small-unmasked", "triplet", "triplet-lean"],
 )
 def test_context_ensembles_stacked_equal_reference(name, overrides, prefixes):
     worst = run_prefixes(make_members(name, count=3, **overrides), prefixes, count=1)
@@ -200,8 +201,9 @@ CONVENTION_NETS = [
     ("convention-paper", TINY),
     ("convention-fixed", TINY),
     *(("convention-triplet-small", flags) for flags in CONTEXT_FLAGS),
+    ("convention-triplet-lean", {}),
 ]
-CONVENTION_IDS = ["paper", "fixed", *(f"triplet-small-{i}" for i in CONTEXT_IDS)]
+CONVENTION_IDS = ["paper", "fixed", *(f"triplet-small-{i}" for i in CONTEXT_IDS), "triplet-lean"]
 
 
 @pytest.mark.parametrize("conv_mode", ["members", "grouped"])

@@ -50,6 +50,8 @@ NARROW = {"features": 32, "hidden": 16}
         ("convention-triplet", TINY, EDGES, 1),
         ("convention-triplet-small", {"planes": 1, "photometry": False}, EDGES, 1),
         ("convention-triplet-small", {"time_encoding": "index"}, EDGES, 1),
+        pytest.param("convention-triplet-lean", {}, EVERY, 1, marks=pytest.mark.slow),
+        ("convention-triplet-lean", {}, EDGES, 2),
         ("cnn-gru", {}, EDGES, 1),
         ("cnn-lstm", {}, [1, 99, 100, 150], 1),
         # The recurrent baselines given the ablation's inputs (one token per frame: chunk_size 1).

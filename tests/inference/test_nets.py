@@ -292,3 +292,21 @@ def test_baseline_refuses_unknown_planes_and_time_encoding():
         create_net("cnn-gru", planes=2)
     with pytest.raises(ValueError, match="time_encoding"):
         create_net("cnn-lstm", time_encoding="days")
+
+
+def test_lean_triplet_adds_the_context_to_the_image_channels():
+    """Same inputs as convention-triplet-small; the blocks and head keep the 8 image channels."""
+    lean, wide = create_net("convention-triplet-lean"), create_net("convention-triplet-small")
+    assert lean.config.context_columns() == wide.config.context_columns()
+    assert lean.token_shape == (8, 9, 9) and wide.token_shape == (24, 9, 9)
+    assert lean.context_encoder.net[-1].out_features == 8
+    assert n_params(lean) < n_params(wide)
+    torch.manual_seed(0)
+    x, band = torch.randn(2, 7, 32, 32), torch.randint(1, 6, (2, 7))
+    aux, ctx = context_args(lean.eval(), 2, 7)
+    with torch.inference_mode():
+        base = lean(x, band, aux, ctx)
+        moved = lean(x, band, aux, ctx + 1.0)  # the context reaches the output through the addition
+    assert base.shape == (2, 4) and not torch.allclose(base, moved)
+    with pytest.raises(ValueError, match="context_merge"):
+        create_net("convention-triplet-small", context_merge="sum")
