@@ -174,8 +174,8 @@ def check_command(argv: Sequence[str]) -> TrainConfig:
 
     Raises
     ------
-    SystemExit
-        For an override the config refuses (argparse's message on stderr, as the child would).
+    ConfigError
+        For an override the config refuses (the same lines the child would print).
     """
     from broker_plugin.inference import create_net
     from broker_plugin_train.__main__ import parse
