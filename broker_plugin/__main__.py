@@ -30,6 +30,7 @@ from broker_plugin.cli import (
 )
 from broker_plugin.config import Settings, settings_error_lines, settings_rows
 from broker_plugin.exceptions import BrokerPluginError
+from broker_plugin.progress import logs_above_bars
 
 _DESCRIPTION = (
     "The ConvEntion alert-broker plugin: classifies the image time series of Rubin and ZTF alerts (AGN,"
@@ -170,7 +171,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if args.bootstrap_servers:
             kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
         try:
-            sent = replay(args.path, args.topic, kafka, rate=args.rate, key_by_object=args.key_by_object)
+            with logs_above_bars():
+                sent = replay(args.path, args.topic, kafka, rate=args.rate, key_by_object=args.key_by_object)
         except BrokerPluginError as exc:  # Kafka unreachable or deliveries failed: the message says why
             print_error(str(exc))
             return RUNTIME_FAILURE
@@ -183,7 +185,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "classify":
         from broker_plugin.commands.classify import classify_path
 
-        return classify_path(args.path, settings, sys.stdout, state_url=args.state)
+        with logs_above_bars():
+            return classify_path(args.path, settings, sys.stdout, state_url=args.state)
     from broker_plugin.commands.demo import run_demo
 
     return run_demo(settings, sys.stdout)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import TextIO, TypeVar
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 T = TypeVar("T")
 
@@ -65,3 +67,8 @@ def progress(
         dynamic_ncols=True,
         smoothing=0.1,
     )
+
+
+def logs_above_bars() -> AbstractContextManager[None]:
+    """While active, the root logger's console lines print above the progress bars, not through them."""
+    return logging_redirect_tqdm()

@@ -34,6 +34,7 @@ from broker_plugin.cli import (
     program_name,
     report_user_error,
 )
+from broker_plugin.progress import logs_above_bars
 from broker_plugin_train.config import TrainConfig, bundled_configs, load_config
 
 Stage = Callable[[TrainConfig, argparse.Namespace], int]
@@ -189,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
     try:
         config = load_config(args.config, seed_overrides(args, args.overrides))
-        return int(args.func(config, args))
+        with logs_above_bars():
+            return int(args.func(config, args))
     except UserError as exc:
         return report_user_error(exc, debug=args.debug)
 

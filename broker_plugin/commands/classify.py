@@ -101,7 +101,12 @@ def _time(item: Inbound) -> float:
 
 
 def _classify(
-    path: Path, parts: Parts, settings: Settings, out: TextIO, err: TextIO | None, show: bool | None
+    path: Path,
+    parts: Parts,
+    settings: Settings,
+    out: TextIO,
+    err: TextIO | None = None,
+    show: bool | None = None,
 ) -> int:
     inbound: list[Inbound] = []
     problems = 0
