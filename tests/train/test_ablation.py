@@ -119,9 +119,7 @@ def test_dry_run_checks_and_prints_every_command_and_trains_nothing(
     assert not root.exists()
 
 
-def test_a_bad_override_stops_the_ablation_before_any_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-):
+def test_a_bad_override_stops_the_ablation_before_any_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     argv = ["ablation", "--config", ABLATION, f"--training.run_dir={tmp_path}", "--training.pretrain.epoch=1"]
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.splitlines()
