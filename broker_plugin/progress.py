@@ -41,7 +41,8 @@ def progress(
     desc
         Label in front of the bar.
     unit
-        What one item is called (the rate reads ``<unit>/s``).
+        What one item is called: the rate reads ``<unit>/s``, or ``s/<unit>`` below one a second (so a
+        leading space, ``" alerts"``, suits fast items and a bare singular, ``"member"``, slow ones).
     enabled
         True shows the bar whatever ``file`` is, False never; None shows it only when ``file`` is a
         terminal.

@@ -190,7 +190,7 @@ def execute(commands: Sequence[tuple[AblationRun, list[str]]], jobs: int, poll_s
     """Run the commands, ``jobs`` at a time, each logging to its run's log; return the failed runs' names."""
     pending, failed = list(commands), []
     running: list[tuple[AblationRun, subprocess.Popen[bytes], IO[bytes]]] = []
-    bar = progress(total=len(commands), desc="ablation", unit=" runs")
+    bar = progress(total=len(commands), desc="ablation", unit="run")
     while pending or running:
         while pending and len(running) < jobs:
             run, argv = pending.pop(0)

@@ -52,7 +52,7 @@ def evaluate_artifact(
     prefixes = config.training.evaluate.curve_frames
     cached: dict[str, np.ndarray] = {}
     member_probs = []
-    for k, net in enumerate(progress(art.members, desc="evaluate", unit=" members")):
+    for k, net in enumerate(progress(art.members, desc="evaluate", unit="member")):
         key = _backbone_digest(net)
         if key not in cached:
             cached[key] = prefix_features(net, inputs, prefixes, label=f"member {k}")

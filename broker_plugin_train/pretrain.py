@@ -30,7 +30,7 @@ def run_pretrain(plan: Plan) -> list[Path]:
     p = t.pretrain
     norm = plan.normalisation()
     done: dict[str, Path] = {}
-    for member in progress(plan.members, desc="pretrain", unit=" members"):
+    for member in progress(plan.members, desc="pretrain", unit="member"):
         key = plan.backbone_key(member)
         out = backbone_path(plan, member)
         if key in done or out.exists():

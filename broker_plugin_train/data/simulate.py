@@ -117,9 +117,9 @@ def simulate(config: SimulationConfig, out_dir: str | Path, workers: int | None 
     if n_workers > 1:
         with ProcessPoolExecutor(n_workers) as pool:
             shards_made = pool.map(_make_shard, jobs)  # in order, as each finishes
-            results = list(progress(shards_made, total=len(jobs), desc="simulate", unit=" shards"))
+            results = list(progress(shards_made, total=len(jobs), desc="simulate", unit="shard"))
     else:
-        results = [_make_shard(job) for job in progress(jobs, desc="simulate", unit=" shards")]
+        results = [_make_shard(job) for job in progress(jobs, desc="simulate", unit="shard")]
     log.info("simulated %d objects in %.1f s", len(entries), time.perf_counter() - started)
     counts: dict[str, int] = {}
     for e in entries:
