@@ -8,11 +8,25 @@ the environment.
 from __future__ import annotations
 
 import importlib.resources
+import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+#: Prefix of every environment variable the settings read.
+ENV_PREFIX = "BROKER_PLUGIN_"
+#: Joins a section and its field in a variable's name (``BROKER_PLUGIN_MODEL__MIN_FRAMES``).
+ENV_NESTED_DELIMITER = "__"
 
 
 class SchemaRegistrySettings(BaseModel):
@@ -321,8 +335,8 @@ class Settings(BaseSettings):
     """All settings of the plugin."""
 
     model_config = SettingsConfigDict(
-        env_prefix="BROKER_PLUGIN_",
-        env_nested_delimiter="__",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
         env_file=".env",
         extra="ignore",
     )
@@ -343,16 +357,23 @@ class Settings(BaseSettings):
         default_factory=LimitsSettings, description="Resource bounds against hostile input."
     )
 
+    @field_validator("log_level", mode="after")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        # Checked here, so a typo is a settings error naming the variable, not a crash in logging.
+        names = sorted(logging.getLevelNamesMapping())
+        if value.upper() not in names:
+            raise ValueError(f"unknown log level (one of {', '.join(names)})")
+        return value.upper()
 
-def settings_rows(
-    model: type[BaseModel] = Settings, prefix: str = "BROKER_PLUGIN_"
-) -> list[tuple[str, str, str]]:
+
+def settings_rows(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> list[tuple[str, str, str]]:
     """``(environment variable, default, description)`` for every leaf setting, for docs and env files."""
     rows: list[tuple[str, str, str]] = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows += settings_rows(annotation, f"{prefix}{name.upper()}__")
+            rows += settings_rows(annotation, f"{prefix}{name.upper()}{ENV_NESTED_DELIMITER}")
             continue
         default = field.get_default(call_default_factory=True)
         shown = "(unset)" if default is None else str(default)
@@ -365,3 +386,67 @@ def settings_markdown() -> str:
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     lines += [f"| `{var}` | `{default}` | {text} |" for var, default, text in settings_rows()]
     return "\n".join(lines)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> tuple[list[str], bool]:
+    """The setting names along ``loc`` (a validation error's location) and whether the last is secret."""
+    names: list[str] = []
+    model: type[BaseModel] | None = Settings
+    secret = False
+    for part in loc:
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        if field is None:
+            break
+        names.append(part)
+        annotation = field.annotation
+        secret = "SecretStr" in repr(annotation)
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return names, secret
+
+
+def env_variable(*names: str) -> str:
+    """The environment variable of the setting at ``names``.
+
+    ``env_variable("model", "min_frames")`` is ``BROKER_PLUGIN_MODEL__MIN_FRAMES``.
+    """
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(name.upper() for name in names)
+
+
+def _shown(value: Any, secret: bool) -> str:
+    return "'**********'" if secret else repr(value)
+
+
+def settings_error_lines(exc: ValidationError | SettingsError) -> list[str]:
+    """One line per invalid setting: its environment variable, the value given and what is wrong.
+
+    The same lines serve values from a ``.env`` file, whose keys are the variables' names. A secret's
+    value is never shown.
+
+    Parameters
+    ----------
+    exc
+        What ``Settings()`` raised.
+
+    Returns
+    -------
+    list of str
+        E.g. ``BROKER_PLUGIN_MODEL__MIN_FRAMES='abc': Input should be a valid integer, ...``.
+    """
+    if isinstance(exc, SettingsError):  # a value pydantic-settings could not even parse (JSON of a section)
+        return [f"invalid settings (environment or .env): {exc}"]
+    lines = []
+    for error in exc.errors():
+        names, secret = _field_path(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        if not names:
+            lines.append(f"invalid settings (environment or .env): {message}")
+        elif isinstance(value, dict):  # a whole section is refused: name the variables that were set in it
+            given = ", ".join(
+                f"{env_variable(*names, str(k))}={_shown(v, _field_path((*names, str(k)))[1])}"
+                for k, v in value.items()
+            )
+            lines.append(f"{given or env_variable(*names) + '__*'}: {message}")
+        else:
+            lines.append(f"{env_variable(*names)}={_shown(value, secret)}: {message}")
+    return lines

@@ -1,4 +1,4 @@
-"""``python -m broker_plugin_train <stage> --config FILE``: build the model offline.
+"""Offline model building: ``broker-plugin-train <stage> --config FILE`` (``python -m broker_plugin_train``).
 
 Stages are subcommands; each reads the sections of the TOML config it needs. Implemented: ``simulate``
 (the labelled image-time-series dataset, optionally ``--preview`` PNGs) and ``alerts`` (the simulated
@@ -10,6 +10,10 @@ objects as Rubin alert files plus a truth table). ``pretrain``, ``finetune``, ``
 ``--seed N`` means the seed of what the stage makes: ``simulation.seed`` for ``simulate`` and
 ``alerts``, ``training.seed`` (folds, initialisation, sampling, augmentation) for every model-building
 stage, where it is shorthand for ``--training.seed=N`` and wins over it.
+
+A missing config file, a malformed override or an invalid value is one ``error:`` line naming the
+dotted key, exit status 2 (``--debug`` adds the traceback). Progress bars with rate and ETA go to stderr
+when it is a terminal.
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from broker_plugin_train.config import TrainConfig, load_config
+from broker_plugin.cli import (
+    UserError,
+    add_debug_option,
+    definition_list,
+    help_paragraphs,
+    program_name,
+    report_user_error,
+)
+from broker_plugin.progress import logs_above_bars
+from broker_plugin_train.config import TrainConfig, bundled_configs, load_config
 
 Stage = Callable[[TrainConfig, argparse.Namespace], int]
 #: The config key ``--seed`` sets for the model-building stages.
@@ -69,17 +82,48 @@ def run_alerts(config: TrainConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def overrides_help() -> str:
+    """How to change config values on the command line, and the bundled configs (help epilog)."""
+    names = ", ".join(sorted(bundled_configs()))
+    usage = (
+        "Config overrides: any value of the config can be set after the stage's options as"
+        " --dotted.key=value, the key as in the TOML file (sections joined by dots) and the value in TOML"
+        " syntax (a bare word is a string). They are applied on top of the file, in order, and validated"
+        " like it: an unknown key or a bad value is one error line naming the key. For example:"
+    )
+    example = [("--training.pretrain.epochs=3 --simulation.seed=7", ""),
+               ('--training.finetune.prefix_frames="[6, 24]" --training.net.name=cnn-gru', "")]  # fmt: skip
+    config = (
+        f"--config takes a TOML file or the name of a bundled config: {names} (e.g. --config default;"
+        " the files are in broker_plugin_train/configs/)."
+    )
+    return "\n".join([help_paragraphs(usage), definition_list(example), "", help_paragraphs(config)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (one subcommand per stage)."""
+    raw = argparse.RawDescriptionHelpFormatter
+    epilog = overrides_help()
     parser = argparse.ArgumentParser(
-        prog="python -m broker_plugin_train", description=__doc__.splitlines()[0]
+        prog=program_name("broker_plugin_train", "broker-plugin-train"),
+        description=help_paragraphs(__doc__),
+        epilog=epilog,
+        formatter_class=raw,
     )
-    sub = parser.add_subparsers(dest="stage", required=True)
+    add_debug_option(parser, top=True)
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    configs = ", ".join(sorted(bundled_configs()))
 
     def stage(name: str, func: Stage, help_: str, *, seed_key: str | None = None) -> argparse.ArgumentParser:
         """Add stage ``name``; ``seed_key``: the config key ``--seed`` overrides (None: the stage's own)."""
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("--config", required=True, help="TOML config file (see broker_plugin_train/configs/).")
+        description = help_paragraphs(f"{help_[0].upper()}{help_[1:]}.")
+        p = sub.add_parser(name, help=help_, description=description, epilog=epilog, formatter_class=raw)
+        p.add_argument(
+            "--config",
+            required=True,
+            metavar="FILE_OR_NAME",
+            help=f"TOML config file, or the name of a bundled config ({configs}).",
+        )
         if seed_key is None:
             seed_help = "Override the config's simulation seed (simulation.seed)."
         else:
@@ -89,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.add_argument("--seed", type=int, default=None, help=seed_help)
         p.add_argument("--out", default=None, help="Output folder (default: from the config).")
+        add_debug_option(p, top=False)
         p.set_defaults(func=func, seed_key=seed_key)
         return p
 
@@ -120,22 +165,35 @@ def seed_overrides(args: argparse.Namespace, overrides: Sequence[str]) -> list[s
 
 
 def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
-    """Parse a command line: the stage's arguments and its validated config (overrides applied)."""
-    parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
+    """Parse a command line: the stage's arguments and its validated config (overrides applied).
+
+    Raises
+    ------
+    ConfigError
+        The config file is missing or invalid, or an override is malformed or sets an invalid value.
+    SystemExit
+        Arguments argparse refuses (its usage and message on stderr, status 2), or ``--help``.
+    """
+    args = _arguments(argv)
+    return args, load_config(args.config, seed_overrides(args, args.overrides))
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    args, overrides = build_parser().parse_known_args(argv)
     args.overrides = list(overrides)  # as given (``ablation`` hands them on to its runs)
-    try:
-        config = load_config(args.config, seed_overrides(args, overrides))
-    except ValueError as exc:
-        parser.error(str(exc))
-    return args, config
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point."""
+    """Entry point: run the stage; a user error is one line and exit status 2 (see the module docstring)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args, config = parse(argv)
-    return int(args.func(config, args))
+    args = _arguments(argv)
+    try:
+        config = load_config(args.config, seed_overrides(args, args.overrides))
+        with logs_above_bars():
+            return int(args.func(config, args))
+    except UserError as exc:
+        return report_user_error(exc, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from broker_plugin.progress import progress
 from broker_plugin_train.config import TrainConfig
 
 log = logging.getLogger("train")
@@ -174,8 +175,8 @@ def check_command(argv: Sequence[str]) -> TrainConfig:
 
     Raises
     ------
-    SystemExit
-        For an override the config refuses (argparse's message on stderr, as the child would).
+    ConfigError
+        For an override the config refuses (the same lines the child would print).
     """
     from broker_plugin.inference import create_net
     from broker_plugin_train.__main__ import parse
@@ -189,6 +190,7 @@ def execute(commands: Sequence[tuple[AblationRun, list[str]]], jobs: int, poll_s
     """Run the commands, ``jobs`` at a time, each logging to its run's log; return the failed runs' names."""
     pending, failed = list(commands), []
     running: list[tuple[AblationRun, subprocess.Popen[bytes], IO[bytes]]] = []
+    bar = progress(total=len(commands), desc="ablation", unit="run")
     while pending or running:
         while pending and len(running) < jobs:
             run, argv = pending.pop(0)
@@ -206,8 +208,10 @@ def execute(commands: Sequence[tuple[AblationRun, list[str]]], jobs: int, poll_s
             running.remove(item)
             handle.close()
             log.info("ablation: %s finished with exit status %d", run.name, proc.returncode)
+            bar.update(1)
             if proc.returncode:
                 failed.append(run.name)
+    bar.close()
     return failed
 
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from broker_plugin.progress import progress
 from broker_plugin.records import BANDS
 from broker_plugin_train.config import CLASSES
 from broker_plugin_train.data.shards import Sequence as SimSequence
 from broker_plugin_train.evaluate import mean_std, scores, write_report
-from broker_plugin_train.loop import Progress
 from broker_plugin_train.objects import detections
 from broker_plugin_train.plan import Plan
 
@@ -61,13 +61,11 @@ def lc_features(plan: Plan, indices: np.ndarray, frames: int | None, label: str)
     source = plan.source
     data = source._objects
     assert isinstance(data, ShardDataset)  # noqa: S101 - simulator datasets only
-    progress = Progress(len(indices), label)
     out = []
-    for i in indices:
+    for i in progress(indices, desc=label, unit=" objects", leave=False):
         # Source indices skip the objects with fewer than training.data.min_frames alerts.
         seq = data[source.row(int(i))]
         out.append(extract(_view(seq, frames, plan.config.training.data.bands, source.min_snr)))
-        progress.update(1)
     return np.stack(out)
 
 

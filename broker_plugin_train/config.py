@@ -13,12 +13,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from broker_plugin.cli import UserError
 from broker_plugin_train.recipe_config import TrainingSection
 
 #: The four classes of the paper, in the order of the model's outputs.
 CLASSES: tuple[str, ...] = ("AGN", "SNIa", "Variable", "SNOther")
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or override that cannot be used: one line per problem (exit status 2 in ``__main__``).
+
+    A ``ValueError`` too, as a bad value is.
+    """
 
 
 class _Strict(BaseModel):
@@ -332,19 +340,27 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
     Raises
     ------
-    ValueError
-        For an argument that is not ``--key=value``.
+    ConfigError
+        For an argument that is not ``--key=value``, or a key below a value that is not a table.
     """
     for item in overrides:
         key, sep, value = item.removeprefix("--").partition("=")
         if not item.startswith("--") or not sep or not key:
-            raise ValueError(f"expected --dotted.key=value, got {item!r}")
-        *parents, leaf = key.replace("-", "_").split(".")
+            raise ConfigError(f"expected --dotted.key=value (e.g. --training.seed=7), got {item!r}")
+        *parents, leaf = override_key(item).split(".")
         node = data
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(f"{item}: {where} is a value, not a section with keys")
         node[leaf] = _parse_value(value)
     return data
+
+
+def override_key(item: str) -> str:
+    """The dotted key an override ``--dotted.key=value`` sets (dashes read as underscores)."""
+    return item.removeprefix("--").partition("=")[0].replace("-", "_")
 
 
 def bundled_configs() -> dict[str, Path]:
@@ -362,7 +378,7 @@ def config_path(path: str | Path) -> Path:
 
     Raises
     ------
-    ValueError
+    ConfigError
         Neither a file nor a bundled config (the message lists the bundled ones).
     """
     if Path(path).is_file():
@@ -372,7 +388,7 @@ def config_path(path: str | Path) -> Path:
     if name in bundled and (Path(path).parent == Path() or Path(path).parent.name == "configs"):
         return bundled[name]
     names = ", ".join(sorted(bundled))
-    raise ValueError(f"config file {path} not found (give a path, or a bundled config: {names})")
+    raise ConfigError(f"config file {path} not found (give a path, or a bundled config: {names})")
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -389,7 +405,54 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     -------
     TrainConfig
         The validated configuration (defaults fill what the file leaves out).
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or not TOML, an override is malformed, or a value is invalid: one line per
+        problem, naming the dotted key.
     """
-    with config_path(path).open("rb") as handle:
-        data = tomllib.load(handle)
-    return TrainConfig.model_validate(apply_overrides(data, overrides))
+    file = config_path(path)
+    try:
+        with file.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {file}: {exc}") from exc
+    try:
+        return TrainConfig.model_validate(apply_overrides(data, overrides))
+    except ValidationError as exc:
+        raise ConfigError(*config_error_lines(exc, file, overrides)) from exc
+
+
+def config_error_lines(exc: ValidationError, file: Path, overrides: Sequence[str] = ()) -> list[str]:
+    """One line per invalid value: its dotted key, the value and what is wrong, and where it was set.
+
+    A value an override set is named as that override (``--training.pretrain.epochs='abc': ...``), one
+    from the file as ``training.pretrain.epochs='abc' in FILE: ...``.
+    """
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        # The last override that set this key, a section above it or a key below it (it wins).
+        item = next(
+            (
+                item
+                for item in reversed(overrides)
+                if (k := override_key(item)) == key or key.startswith(f"{k}.") or k.startswith(f"{key}.")
+            ),
+            None,
+        )
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (a typo? see the bundled configs for every key)"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) or error["type"] == "missing" else f"={value!r}"
+        if item is None:
+            where = f"{key or 'the config'}{shown} in {file}"
+        elif override_key(item) == key:
+            where = f"--{key}{shown}"
+        else:
+            where = f"{key}{shown} (set by {item})"
+        lines.append(f"{where}: {message}")
+    return lines

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from broker_plugin.progress import progress
 from broker_plugin_train.config import CLASSES
 from broker_plugin_train.evaluate import mean_std, scores
 from broker_plugin_train.finetune import predictions_path
@@ -29,7 +30,7 @@ def run_ensemble(plan: Plan) -> dict[str, Any]:
     """Average each fold's members; store predictions and the fold statistics."""
     indices, labels, folds, probs = [], [], [], []
     single, per_fold = [], []
-    for f in range(plan.config.training.data.folds):
+    for f in progress(range(plan.config.training.data.folds), desc="ensemble", unit="fold"):
         member_probs = []
         for m in (m for m in plan.members if m.fold == f):
             with np.load(predictions_path(plan, m)) as stored:

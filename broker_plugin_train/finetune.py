@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from broker_plugin.progress import progress
 from broker_plugin_train.loop import LoopSettings, macro_f1, train_full
 from broker_plugin_train.plan import Member, Plan
 from broker_plugin_train.prefix import head_probs, prefix_features
@@ -84,7 +85,7 @@ def train_head(plan: Plan, member: Member, net: torch.nn.Module, idx: np.ndarray
     opt = torch.optim.AdamW(head.parameters(), lr=f.lr, weight_decay=f.weight_decay, amsgrad=True)
     x_all = torch.from_numpy(feats)
     best, best_state, history = -1.0, None, []
-    for epoch in range(f.epochs):
+    for epoch in progress(range(f.epochs), desc=f"head {member.key}", unit="epoch", leave=False):
         rng = np.random.default_rng([seed, epoch])
         draws = balanced_draws(y, len(y), rng, f.balanced_sampler)
         head.train()
@@ -125,7 +126,7 @@ def run_finetune(plan: Plan) -> list[Path]:
     """Build every member (stage 2) and store it with its test-fold predictions."""
     f = plan.config.training.finetune
     paths = []
-    for member in plan.members:
+    for member in progress(plan.members, desc="finetune", unit="member"):
         out = member_path(plan, member)
         paths.append(out)
         if out.exists() and predictions_path(plan, member).exists():

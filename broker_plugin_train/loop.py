@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, collate, collate_context
+from broker_plugin.progress import progress
 from broker_plugin_train.augment import random_view, serving_window
 from broker_plugin_train.objects import ObjectSource
 from broker_plugin_train.sampling import balanced_class_weights, balanced_draws, focal_loss
@@ -73,8 +73,8 @@ def scheduled_lr(settings: LoopSettings, step: int, total_steps: int) -> float:
     warmup = int(settings.warmup_fraction * total_steps)
     if step < warmup:
         return settings.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    done = (step - warmup) / max(1, total_steps - warmup)
+    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
 
 def net_device(net: nn.Module) -> torch.device:
@@ -97,29 +97,6 @@ def batch_tensors(net: nn.Module, inputs: Sequence[ModelInput]) -> tuple[torch.T
         arrays += collate_context(inputs, frames=chunks * cs, stamp=stamp)
     device = net_device(net)
     return tuple(torch.from_numpy(a).to(device) for a in arrays)
-
-
-class Progress:
-    """A dependency-free progress line on stderr (every ~10 % and at the end)."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.done, self.start = total, label, 0, time.perf_counter()
-        self._next = 0.1
-
-    def update(self, n: int, extra: str = "") -> None:
-        """Count ``n`` more items."""
-        self.done += n
-        frac = self.done / max(self.total, 1)
-        if frac >= self._next or self.done >= self.total:
-            elapsed = time.perf_counter() - self.start
-            eta = elapsed / max(frac, 1e-9) - elapsed
-            bar = "#" * int(20 * frac)
-            print(
-                f"  {self.label} [{bar:<20}] {self.done}/{self.total} {elapsed:.0f}s eta {eta:.0f}s {extra}",
-                file=sys.stderr,
-                flush=True,
-            )
-            self._next = math.floor(frac * 10 + 1) / 10
 
 
 @torch.inference_mode()
@@ -288,7 +265,8 @@ def train_full(
         draws = train_idx[balanced_draws(y_train, per_epoch, rng, s.balanced_sampler)]
         net.train()
         losses = []
-        progress = Progress(len(draws), f"{label} epoch {epoch + 1}/{s.epochs}")
+        desc = f"{label} epoch {epoch + 1}/{s.epochs}"
+        bar = progress(total=len(draws), desc=desc, unit=" draws", leave=False)
         for step, start in enumerate(range(0, len(draws), s.batch_size)):
             for group in opt.param_groups:
                 group["lr"] = scheduled_lr(s, epoch * steps_per_epoch + step, s.epochs * steps_per_epoch)
@@ -314,7 +292,9 @@ def train_full(
             loss.backward()
             opt.step()
             losses.append(loss.item())
-            progress.update(len(batch), f"loss {np.mean(losses[-20:]):.4f}")
+            bar.set_postfix_str(f"loss {np.mean(losses[-20:]):.4f}", refresh=False)
+            bar.update(len(batch))
+        bar.close()
         val_feats = pooled_features(net, val_inputs)  # eval mode
         with torch.inference_mode():
             pred = net.head(torch.from_numpy(val_feats).to(device)).argmax(1).cpu().numpy()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from broker_plugin.inference.artifact import load_artifact
+from broker_plugin.progress import progress
 from broker_plugin_train.config import TrainConfig
 from broker_plugin_train.evaluate import scores, write_report
 from broker_plugin_train.objects import ObjectSource
@@ -51,7 +52,7 @@ def evaluate_artifact(
     prefixes = config.training.evaluate.curve_frames
     cached: dict[str, np.ndarray] = {}
     member_probs = []
-    for k, net in enumerate(art.members):
+    for k, net in enumerate(progress(art.members, desc="evaluate", unit="member")):
         key = _backbone_digest(net)
         if key not in cached:
             cached[key] = prefix_features(net, inputs, prefixes, label=f"member {k}")

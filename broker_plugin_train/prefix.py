@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from broker_plugin.inference.preprocess import ModelInput, collate_context
+from broker_plugin.progress import progress
 from broker_plugin_train.augment import serving_window
-from broker_plugin_train.loop import Progress, batch_tensors, net_device
+from broker_plugin_train.loop import batch_tensors, net_device
 
 
 def prefix_windows(
@@ -83,7 +84,7 @@ def prefix_features(
     """
     net.eval()
     out: np.ndarray | None = None
-    progress = Progress(len(inputs), label)
+    bar = progress(total=len(inputs), desc=label, unit=" objects", leave=False)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -112,7 +113,8 @@ def prefix_features(
         if out is None:
             out = np.zeros((len(inputs), *feats.shape[1:]), np.float32)
         out[idx] = feats
-        progress.update(len(idx))
+        bar.update(len(idx))
+    bar.close()
     assert out is not None  # noqa: S101 - inputs is never empty here
     return out
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
+from broker_plugin.progress import progress
 from broker_plugin_train.loop import LoopSettings, load_checkpoint, save_checkpoint, train_full
 from broker_plugin_train.plan import Member, Plan
 
@@ -29,7 +30,7 @@ def run_pretrain(plan: Plan) -> list[Path]:
     p = t.pretrain
     norm = plan.normalisation()
     done: dict[str, Path] = {}
-    for member in plan.members:
+    for member in progress(plan.members, desc="pretrain", unit="member"):
         key = plan.backbone_key(member)
         out = backbone_path(plan, member)
         if key in done or out.exists():

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from broker_plugin.config import Settings
+from broker_plugin.config import Settings, env_variable, settings_error_lines
 
 
 def test_nested_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,3 +29,17 @@ def test_every_field_is_described() -> None:
                 walk(annotation)
 
     walk(Settings)
+
+
+def test_invalid_settings_are_named_by_their_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_PLUGIN_MODEL__MIN_FRAMES", "abc")
+    monkeypatch.setenv("BROKER_PLUGIN_LIMITS__MIN_CUTOUT_PIXEL_SCALE_ARCSEC", "100")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    assert settings_error_lines(caught.value) == [
+        "BROKER_PLUGIN_MODEL__MIN_FRAMES='abc': Input should be a valid integer, unable to parse string as an"
+        " integer",
+        "BROKER_PLUGIN_LIMITS__MIN_CUTOUT_PIXEL_SCALE_ARCSEC='100':"
+        " min_cutout_pixel_scale_arcsec must be below max_cutout_pixel_scale_arcsec",
+    ]
+    assert env_variable("kafka", "bootstrap_servers") == "BROKER_PLUGIN_KAFKA__BOOTSTRAP_SERVERS"

@@ -16,13 +16,14 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 from broker_plugin.commands.replay import replay
+from broker_plugin.commands.run import open_parts
 from broker_plugin.config import Settings
-from broker_plugin.factory import build_parts, build_service
+from broker_plugin.factory import Parts, build_service
 from broker_plugin.kafka.admin import committed_total, create_topics, read_topic
 from broker_plugin.kafka.embedded import EmbeddedBroker
 from broker_plugin.serde.classifications import decode_classification
@@ -53,48 +54,59 @@ def demo_settings(settings: Settings, bootstrap: str, state_dir: Path) -> Settin
 
 
 def run_demo(settings: Settings, out: TextIO, data: Path = DEMO_DATA) -> int:
-    """Run the demo; exit status 0 when every alert was processed."""
+    """Run the demo; exit status 0 when every alert was processed.
+
+    Raises
+    ------
+    UserError
+        The model artifact cannot be loaded (checked before the broker starts).
+    """
     truth = _truth(data)
-    if not settings.model.artifact.is_dir():
-        out.write(
-            f"no model artifact at {settings.model.artifact}: train the default one with\n"
-            "  python -m broker_plugin_train all --config broker_plugin_train/configs/default.toml\n"
-            "or point BROKER_PLUGIN_MODEL__ARTIFACT at an artifact directory.\n"
-        )
-        return 2
-    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory(prefix="broker-plugin-demo-") as tmp:
-        config = demo_settings(settings, broker.bootstrap_servers, Path(tmp))
-        kafka = config.kafka
-        create_topics(
-            kafka.bootstrap_servers, [kafka.input_topics[0], kafka.output_topic, kafka.dead_letter_topic]
-        )
-        out.write(f"embedded Kafka-compatible broker (Tansu) at {broker.bootstrap_servers}\n")
-        parts = build_parts(config)
-        service, server, metrics = build_service(config, parts)
-        out.write(f"model {parts.model.name} ({parts.model.version}, {parts.model.ensemble_size} members)\n")
-        if server is not None:
-            out.write(f"metrics at http://127.0.0.1:{server.port}/metrics (also /healthz, /readyz)\n")
-        thread = threading.Thread(target=service.run, daemon=True)
-        thread.start()
-        start = time.monotonic()
-        sent = replay(data, kafka.input_topics[0], kafka)
-        out.write(f"replayed {sent} simulated Rubin alerts of {len(truth)} objects from {data}\n")
-        done = False
-        while time.monotonic() - start < _TIMEOUT_S and not done:
-            time.sleep(0.25)
-            done = committed_total(kafka.bootstrap_servers, kafka.group_id, kafka.input_topics[0]) >= sent
-        elapsed = time.monotonic() - start
-        outputs = [
-            decode_classification(m.value()) for m in read_topic(kafka.bootstrap_servers, kafka.output_topic)
-        ]
-        dead = read_topic(kafka.bootstrap_servers, kafka.dead_letter_topic)
-        service.stop()
-        thread.join(timeout=60)
-        if server is not None:
-            server.stop()
-        parts.close()
-    _summary(out, sent, outputs, dead, truth, elapsed, done, metrics.exposition().decode())
+    with tempfile.TemporaryDirectory(prefix="broker-plugin-demo-") as tmp:
+        # The parts need no broker: a bad model fails here, before anything starts.
+        parts = open_parts(demo_settings(settings, settings.kafka.bootstrap_servers, Path(tmp)))
+        try:
+            with EmbeddedBroker() as broker:
+                result = _run(demo_settings(settings, broker.bootstrap_servers, Path(tmp)), parts, out, data)
+        finally:
+            parts.close()
+    sent, outputs, dead, elapsed, done, exposition = result
+    _summary(out, sent, outputs, dead, truth, elapsed, done, exposition)
     return 0 if done else 1
+
+
+def _run(
+    config: Settings, parts: Parts, out: TextIO, data: Path
+) -> tuple[int, list[Any], list[Any], float, bool, str]:
+    """Replay the alerts into the running broker and wait until the service has committed them all."""
+    kafka = config.kafka
+    topics = [kafka.input_topics[0], kafka.output_topic, kafka.dead_letter_topic]
+    create_topics(kafka.bootstrap_servers, topics)
+    out.write(f"embedded Kafka-compatible broker (Tansu) at {kafka.bootstrap_servers}\n")
+    service, server, metrics = build_service(config, parts)
+    out.write(f"model {parts.model.name} ({parts.model.version}, {parts.model.ensemble_size} members)\n")
+    if server is not None:
+        out.write(f"metrics at http://127.0.0.1:{server.port}/metrics (also /healthz, /readyz)\n")
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    sent = replay(data, kafka.input_topics[0], kafka)
+    objects = len(_truth(data))
+    out.write(f"replayed {sent} simulated Rubin alerts of {objects} objects from {data}\n")
+    done = False
+    while time.monotonic() - start < _TIMEOUT_S and not done:
+        time.sleep(0.25)
+        done = committed_total(kafka.bootstrap_servers, kafka.group_id, kafka.input_topics[0]) >= sent
+    elapsed = time.monotonic() - start
+    outputs = [
+        decode_classification(m.value()) for m in read_topic(kafka.bootstrap_servers, kafka.output_topic)
+    ]
+    dead = read_topic(kafka.bootstrap_servers, kafka.dead_letter_topic)
+    service.stop()
+    thread.join(timeout=60)
+    if server is not None:
+        server.stop()
+    return sent, outputs, dead, elapsed, done, metrics.exposition().decode()
 
 
 def _summary(out: TextIO, sent: int, outputs: list, dead: list, truth: dict[str, str], elapsed: float,

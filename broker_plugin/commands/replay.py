@@ -6,7 +6,8 @@ header [ms], like Rubin's own producer; ZTF alerts go one container file per mes
 alerts are sent in time order (``midpointMjdTai``, across all files), at ``--rate`` alerts/s or as fast as
 possible (optionally keyed by object, see :func:`replay`). The whole archive is held in memory to sort
 it: split very large archives. Before anything is read, the brokers must answer within a few seconds, or
-:class:`~broker_plugin.exceptions.KafkaUnreachableError` names the servers (exit status 1).
+:class:`~broker_plugin.exceptions.KafkaUnreachableError` names the servers (exit status 1). On a terminal,
+progress bars on stderr count the alerts read, then the alerts produced (rate and ETA).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from confluent_kafka import KafkaError, KafkaException
 
 from broker_plugin.config import KafkaSettings
 from broker_plugin.exceptions import AlertDecodeError, BrokerPluginError
 from broker_plugin.kafka.producer import OutputProducer
+from broker_plugin.progress import progress
 from broker_plugin.serde.alerts import CONTAINER_MAGIC, AlertDecoder, iter_container, record_to_alert
 from broker_plugin.serde.files import iter_alert_payloads
 from broker_plugin.serde.rubin import encode_rubin_message
@@ -39,12 +42,20 @@ class ReplayMessage:
     diaObjectId: int | str = 0
 
 
-def collect_messages(path: Path, decoder: AlertDecoder) -> tuple[list[ReplayMessage], int]:
-    """Every alert under ``path`` as a message value, in time order, and the count of unreadable files."""
+def collect_messages(
+    path: Path, decoder: AlertDecoder, show_progress: bool | None = None, err: TextIO | None = None
+) -> tuple[list[ReplayMessage], int]:
+    """Every alert under ``path`` as a message value, in time order, and the count of unreadable files.
+
+    ``show_progress`` (None: when ``err``, default stderr, is a terminal) counts the files read on ``err``.
+    """
     rubin_versions = set(bundled_rubin_versions())
     messages: list[ReplayMessage] = []
     unreadable = 0
-    for name, raw in iter_alert_payloads(path):
+    files = progress(
+        iter_alert_payloads(path), desc="reading the archive", unit=" files", enabled=show_progress, file=err
+    )
+    for name, raw in files:
         if not isinstance(raw, bytes):
             unreadable += 1
             log.warning("skipping %s: %s", name, raw)
@@ -73,6 +84,8 @@ def collect_messages(path: Path, decoder: AlertDecoder) -> tuple[list[ReplayMess
         except Exception:  # a bug met by one file: skip it, keep the archive
             unreadable += 1
             log.exception("skipping %s: unexpected error", name)
+        files.set_postfix_str(f"{len(messages)} alerts", refresh=False)
+    files.close()
     messages.sort(key=lambda m: m.midpointMjdTai)
     return messages, unreadable
 
@@ -84,12 +97,15 @@ def replay(
     rate: float = 0.0,
     key_by_object: bool = False,
     connect_timeout_s: float = 5.0,
+    show_progress: bool | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Send the alerts under ``path`` to ``topic``; return how many were sent.
 
     Like the surveys, messages carry no key and spread over the partitions, so a fast replay can
     deliver one object's alerts out of order (live, visits are at least ~30 s apart). ``key_by_object``
-    keys them by ``diaObjectId``: one partition per object, in order.
+    keys them by ``diaObjectId``: one partition per object, in order. ``show_progress`` forces the
+    progress bars on ``err`` (default stderr) on or off; None shows them when it is a terminal.
 
     Raises
     ------
@@ -104,10 +120,13 @@ def replay(
         "--bootstrap-servers (or BROKER_PLUGIN_KAFKA__BOOTSTRAP_SERVERS), the network and the security"
         " settings",
     )
-    messages, unreadable = collect_messages(path, AlertDecoder(RubinSchemaStore()))
+    messages, unreadable = collect_messages(path, AlertDecoder(RubinSchemaStore()), show_progress, err)
     start = time.monotonic()
     too_large = 0
-    for i, message in enumerate(messages):
+    producing = progress(
+        messages, desc=f"producing to {topic}", unit=" alerts", enabled=show_progress, file=err
+    )
+    for i, message in enumerate(producing):
         if rate > 0:
             delay = start + i / rate - time.monotonic()
             if delay > 0:
@@ -121,6 +140,7 @@ def replay(
                 raise
             too_large += 1
             log.warning("skipping an alert of %d bytes: larger than max_produce_bytes", len(message.value))
+    producing.close()
     producer.flush()
     sent = len(messages) - too_large
     log.info("replayed %d alerts into %s (%d unreadable files skipped)", sent, topic, unreadable)

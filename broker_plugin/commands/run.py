@@ -6,10 +6,13 @@ import logging
 import signal
 import threading
 
-from broker_plugin.config import Settings
+from broker_plugin.cli import UserError, artifact_error
+from broker_plugin.config import Settings, env_variable
 from broker_plugin.exceptions import KafkaUnreachableError, StateUrlError
-from broker_plugin.factory import build_parts, build_service
+from broker_plugin.factory import Parts, build_parts, build_service
+from broker_plugin.inference.errors import ArtifactError
 from broker_plugin.service import Service
+from broker_plugin.state.factory import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +43,15 @@ def run_service(settings: Settings) -> int:
     int
         Exit status: 0 after a clean stop; 1 after a fatal error, or when no Kafka broker answered within
         ``kafka.startup_timeout_s`` (one error line naming the servers, no traceback: an environment
-        problem); 2 for a bad state URL.
+        problem).
+
+    Raises
+    ------
+    UserError
+        The model artifact cannot be loaded or the state URL is bad (exit status 2 in ``__main__``).
     """
     stop = _StopSignal()
-    try:
-        parts = build_parts(settings)
-    except StateUrlError as exc:
-        log.error("cannot open the state store: %s", exc)  # a configuration error: no traceback
-        return 2
+    parts = open_parts(settings)
     service, server, _metrics = build_service(settings, parts)
     stop.service = service
     if stop.requested.is_set():
@@ -72,3 +76,20 @@ def run_service(settings: Settings) -> int:
             server.stop()
         parts.close()
     return 0
+
+
+def open_parts(settings: Settings) -> Parts:
+    """:func:`build_parts`, with the user's mistakes (model artifact, state URL) as :class:`UserError`.
+
+    Raises
+    ------
+    UserError
+        One line naming the setting's environment variable, its value and the reason.
+    """
+    try:
+        return build_parts(settings)
+    except ArtifactError as exc:
+        raise artifact_error(settings.model.artifact, exc, env_variable("model", "artifact")) from exc
+    except StateUrlError as exc:
+        url = redact_url(settings.state.url)
+        raise UserError(f"{env_variable('state', 'url')}={url}: {exc}") from exc

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from broker_plugin.progress import progress
 from broker_plugin.records import BANDS
 from broker_plugin_train.config import CLASSES, SimulationConfig
 from broker_plugin_train.data import shards
@@ -115,9 +116,10 @@ def simulate(config: SimulationConfig, out_dir: str | Path, workers: int | None 
     n_workers = min(workers or config.workers, len(jobs))
     if n_workers > 1:
         with ProcessPoolExecutor(n_workers) as pool:
-            results = list(pool.map(_make_shard, jobs))
+            shards_made = pool.map(_make_shard, jobs)  # in order, as each finishes
+            results = list(progress(shards_made, total=len(jobs), desc="simulate", unit="shard"))
     else:
-        results = [_make_shard(job) for job in jobs]
+        results = [_make_shard(job) for job in progress(jobs, desc="simulate", unit="shard")]
     log.info("simulated %d objects in %.1f s", len(entries), time.perf_counter() - started)
     counts: dict[str, int] = {}
     for e in entries:

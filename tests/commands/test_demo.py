@@ -21,3 +21,16 @@ def test_demo_processes_every_bundled_alert(service_settings: Settings) -> None:
     assert "dead letters:            0" in text
     assert "metrics at http://127.0.0.1:" in text
     assert "accuracy, last output per object:" in text and "latency (produce -> publish): p50" in text
+
+
+def test_demo_refuses_a_missing_model_before_starting_anything(settings: Settings, tmp_path) -> None:
+    from broker_plugin.cli import UserError
+
+    missing = tmp_path / "no-model"
+    config = settings.model_copy(update={"model": settings.model.model_copy(update={"artifact": missing})})
+    out = io.StringIO()
+    with pytest.raises(UserError) as caught:
+        run_demo(config, out)
+    assert out.getvalue() == ""
+    (line,) = caught.value.lines
+    assert line.startswith(f"no model artifact at {missing} (BROKER_PLUGIN_MODEL__ARTIFACT): ")

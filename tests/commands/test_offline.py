@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from broker_plugin.cli import UserError
 from broker_plugin.commands.classify import classify_path
 from broker_plugin.commands.inspect import run_inspect
 from broker_plugin.commands.offline import json_line
@@ -133,7 +134,7 @@ def test_classify_reports_bad_files_and_classifies_the_rest(
         ("other", "database of something else"),
     ],
 )
-def test_classify_with_a_bad_state_says_so_on_one_line_and_exits_2(
+def test_classify_with_a_bad_state_is_one_user_error_line(
     service_settings: Settings, tmp_path: Path, state: str, says: str
 ) -> None:
     (tmp_path / "notes").write_text("these are my notes, not a database\n" * 50)
@@ -143,11 +144,12 @@ def test_classify_with_a_bad_state_says_so_on_one_line_and_exits_2(
         conn.execute("CREATE TABLE invoices (id INTEGER)")
     (tmp_path / "a.avro").write_bytes(rubin_message())
     url = state if "://" in state else str(tmp_path / state)
-    out, err = io.StringIO(), io.StringIO()
-    assert classify_path(tmp_path / "a.avro", service_settings, out, state_url=url, err=err) == 2
+    out = io.StringIO()
+    with pytest.raises(UserError) as caught:
+        classify_path(tmp_path / "a.avro", service_settings, out, state_url=url)
     assert out.getvalue() == ""
-    (line,) = err.getvalue().splitlines()
-    assert line.startswith("error: --state ") and says in line
+    (line,) = caught.value.lines  # __main__ prints it as "error: <line>", exit status 2
+    assert line.startswith("--state ") and says in line
     if state == "notes":
         assert (tmp_path / "notes").read_text().startswith("these are my notes")  # untouched
 

@@ -48,3 +48,16 @@ def test_replay_into_a_real_broker(kafka_bootstrap: str, tmp_path: Path) -> None
     assert len(messages) == 4
     assert all(m.key() is None and dict(m.headers())["producer_timestamp"] for m in messages)
     assert io.BytesIO(messages[0].value()).read(1) == b"\x00"
+
+
+def test_reading_the_archive_shows_progress_only_when_asked(tmp_path: Path) -> None:
+    from broker_plugin.commands.demo import DEMO_DATA
+
+    decoder = AlertDecoder(RubinSchemaStore())
+    quiet = io.StringIO()  # not a terminal: no bar by default
+    messages, _ = collect_messages(DEMO_DATA, decoder, err=quiet)
+    assert len(messages) == 96 and quiet.getvalue() == ""
+    shown = io.StringIO()
+    collect_messages(DEMO_DATA, decoder, show_progress=True, err=shown)
+    final = shown.getvalue().split("\r")[-1]
+    assert final.startswith("reading the archive:") and " files/s, 96 alerts]" in final
