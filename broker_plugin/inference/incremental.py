@@ -284,80 +284,6 @@ class IncrementalEngine:
         new_tokens = ens.to_cache(tok).float().cpu().numpy()
         return probs, self._advance(caches, chunk_x, chunk_b, new_tokens, chunk_aux, chunk_ctx, frames)
 
-    @torch.inference_mode()
-    def steps(
-        self,
-        caches: Sequence[ObjectCache],
-        frames: Sequence[tuple[np.ndarray, np.ndarray, FrameExtras | None]],
-        *,
-        windows_per_pass: int = 128,
-    ) -> tuple[list[np.ndarray], list[ObjectCache]]:
-        """Append each object's new frames in order and classify after *each* frame, batched.
-
-        The same numbers as calling :meth:`step` once per frame (within float rounding), in far fewer
-        passes: the chunk tokens of every (object, frame) are embedded in one pass (a chunk depends on
-        its own frames and their times only, known before any token), then every frame's window (the
-        cached tokens, the chunks completed earlier in the batch, the frame's own chunk) goes through
-        the blocks and head with the others, ``windows_per_pass`` windows at a time. One object's
-        alerts in a micro-batch used to be one pass each, most of them a handful of windows wide.
-
-        Parameters
-        ----------
-        caches
-            One cache per object (distinct objects).
-        frames
-            Per object: its new frames ``(K, H, W)``, band ids ``(K,)`` and their planes, times and
-            photometry (required by ``uses_context`` nets), in time order.
-        windows_per_pass
-            Windows classified together (bounds the memory of one pass).
-
-        Returns
-        -------
-        tuple
-            Per object, member probabilities ``(members, K, classes)`` after each new frame; and the
-            updated caches.
-        """
-        if len(frames) != len(caches):
-            raise InferenceInputError(f"{len(caches)} caches but {len(frames)} frame sequences")
-        if any(c.model_id != self.model_id for c in caches):
-            raise CacheError(f"a cache does not belong to model {self.model_id!r}; rebuild it")
-        plan = _StepPlan(self, caches, frames)
-        ens = self.ensemble
-        rows = len(plan.rows_band)
-        new = np.zeros((len(self.members), 0, *self.token_shape), np.float32)
-        if rows:
-            cx = torch.from_numpy(np.stack(plan.rows_x)).to(self.device)
-            cb = torch.from_numpy(np.stack(plan.rows_band)).to(self.device)
-            extras = ()
-            if self.uses_context:
-                extras = (self._tensor(np.stack(plan.rows_aux)), self._tensor(np.stack(plan.rows_ctx)))
-            new = ens.to_cache(ens.embed_chunks(cx, cb, *extras)).float().cpu().numpy()
-        # One table of tokens (a zero row for padding, every cache's, the new ones); windows index it.
-        pad = np.zeros((len(self.members), 1, *self.token_shape), np.float32)
-        table = np.concatenate([pad, *(c.tokens for c in caches), new], axis=1)
-        parts: list[np.ndarray] = []
-        for lo in range(0, len(plan.windows), windows_per_pass):
-            part = plan.windows[lo : lo + windows_per_pass]
-            width = self.max_chunks if self._pad_token is not None else max(len(w) for w in part)
-            index = np.zeros((len(part), width), np.int64)
-            for a, refs in enumerate(part):
-                index[a, : len(refs)] = refs
-            lengths = torch.from_numpy(np.array([len(w) for w in part])).to(self.device)
-            w = ens.to_work(torch.from_numpy(table[:, index]).to(self.device))
-            valid = torch.arange(width, device=self.device)[None, :] < lengths[:, None]
-            if self._pad_token is not None:
-                shape = (1, len(part), width) + (1,) * len(self.token_shape)
-                w = torch.where(valid.view(shape), w, self._pad_token[:, None, None].to(w.dtype))
-            mask = None if self._pad_token is not None else valid
-            parts.append(ens.classify(w, mask).float().softmax(dim=-1).cpu().numpy())
-        probs = np.concatenate(parts, axis=1) if parts else np.zeros((len(self.members), 0, 0), np.float32)
-        out_probs, out_caches = [], []
-        for i, c in enumerate(caches):
-            lo, hi = plan.alerts[i]
-            out_probs.append(probs[:, lo:hi])
-            out_caches.append(plan.final_cache(i, c, table))
-        return out_probs, out_caches
-
     def _advance(
         self,
         caches: Sequence[ObjectCache],
@@ -411,13 +337,6 @@ class FrameExtras:
     presence: np.ndarray
 
     @classmethod
-    def of(cls, inp: ModelInput) -> FrameExtras:
-        """Every frame of ``inp`` (which must carry its context)."""
-        if not inp.has_context:
-            raise InferenceInputError("new frames were preprocessed without planes, times and photometry")
-        return cls(inp.aux, np.asarray(inp.mjd, np.float64), inp.photometry, inp.presence)  # type: ignore[arg-type]
-
-    @classmethod
     def pick(cls, inputs: Sequence[ModelInput], k: int) -> FrameExtras:
         """The ``k``-th frame of each input (which must carry its context)."""
         if not all(i.has_context for i in inputs):
@@ -431,102 +350,8 @@ class FrameExtras:
 
     def context_after(self, cache: ObjectCache, i: int) -> np.ndarray:
         """The context vector of frame ``i`` following the frames ``cache`` has consumed."""
-        return self.context_at(i, cache.first_mjd, cache.last_mjd)
-
-    def context_at(self, i: int, first_mjd: float, last_mjd: float) -> np.ndarray:
-        """The context vector of frame ``i``, the object's first and previous frames at the times given.
-
-        NaN ``first_mjd``: frame ``i`` is the object's first.
-        """
         mjd = self.mjd[i : i + 1]
-        first = first_mjd if math.isfinite(first_mjd) else float(mjd[0])
-        return context_features(mjd, first, last_mjd, self.photometry[i : i + 1], self.presence[i : i + 1])[0]
-
-
-class _StepPlan:
-    """What :meth:`IncrementalEngine.steps` computes, laid out before any torch work.
-
-    Walking each object's new frames in order (as :meth:`IncrementalEngine.step` would, one at a time)
-    gives every frame's chunk input (its row) and its window: references into the token table of
-    ``steps`` (0: padding; ``1 + offset``: a cached token; ``base + row``: a token embedded now).
-    """
-
-    def __init__(
-        self,
-        engine: IncrementalEngine,
-        caches: Sequence[ObjectCache],
-        frames: Sequence[tuple[np.ndarray, np.ndarray, FrameExtras | None]],
-    ) -> None:
-        self.engine = engine
-        chunk, stamp, top = engine.chunk, engine.stamp, engine.max_chunks
-        self.rows_x: list[np.ndarray] = []
-        self.rows_band: list[np.ndarray] = []
-        self.rows_aux: list[np.ndarray] = []
-        self.rows_ctx: list[np.ndarray] = []
-        self.windows: list[list[int]] = []
-        self.alerts: list[tuple[int, int]] = []
-        self._finals: list[tuple[list[int], int, float, float, int]] = []
-        base = 1 + sum(c.tokens.shape[1] for c in caches)
-        offset = 1
-        for c, (x, band, extras) in zip(caches, frames, strict=True):
-            k_new = len(band)
-            if x.shape != (k_new, stamp, stamp):
-                raise InferenceInputError(f"expected {k_new} frames of {stamp}x{stamp}, got {x.shape}")
-            if engine.uses_context and (extras is None or len(extras.mjd) != k_new):
-                raise InferenceInputError("this model needs each new frame's planes, time and photometry")
-            refs = list(range(offset, offset + c.tokens.shape[1]))
-            offset += c.tokens.shape[1]
-            pending = len(c.pending_band)
-            px, pb = np.zeros((chunk, stamp, stamp), np.float32), np.zeros(chunk, np.int64)
-            px[:pending], pb[:pending] = c.pending_x, c.pending_band
-            pa = pc = None
-            if engine.uses_context:
-                pa = np.zeros((chunk, 2, stamp, stamp), np.float32)
-                pc = np.zeros((chunk, CONTEXT_FEATURES), np.float32)
-                pa[:pending], pc[:pending] = c.pending_aux, c.pending_context
-            first, last = c.first_mjd, c.last_mjd
-            start = len(self.windows)
-            for k in range(k_new):
-                px[pending], pb[pending] = x[k], band[k]
-                if pa is not None and pc is not None and extras is not None:
-                    pa[pending], pc[pending] = extras.aux[k], extras.context_at(k, first, last)
-                old = len(refs) if pending + 1 == chunk else min(len(refs), top - 1)
-                length = min(old + 1, top)
-                row = len(self.rows_band)
-                self.rows_x.append(px.copy())
-                self.rows_band.append(pb.copy())
-                if pa is not None and pc is not None:
-                    self.rows_aux.append(pa.copy())
-                    self.rows_ctx.append(pc.copy())
-                history = refs[len(refs) - (length - 1) :] if length > 1 else []
-                self.windows.append([*history, base + row])
-                pending += 1
-                if pending == chunk:  # the chunk is complete: its token joins the window's history
-                    refs = [*refs, base + row][-top:]
-                    pending = 0
-                    px[:], pb[:] = 0, 0
-                    if pa is not None and pc is not None:
-                        pa[:], pc[:] = 0, 0
-                if extras is not None:
-                    last = float(extras.mjd[k])
-                    first = first if math.isfinite(first) else last
-            self.alerts.append((start, len(self.windows)))
-            last_row = len(self.rows_band) - 1
-            self._finals.append((refs, pending, first, last, last_row))
-
-    def final_cache(self, i: int, cache: ObjectCache, table: np.ndarray) -> ObjectCache:
-        """Object ``i``'s cache after all its new frames (``table``: the tokens ``steps`` indexed)."""
-        refs, pending, first, last, last_row = self._finals[i]
-        lo, hi = self.alerts[i]
-        if hi == lo:
-            return cache
-        tokens = table[:, refs] if refs else table[:, :0]
-        x, band = self.rows_x[last_row], self.rows_band[last_row]
-        pending_aux, pending_ctx = cache.pending_aux[:0], cache.pending_context[:0]
-        if self.engine.uses_context:
-            pending_aux = self.rows_aux[last_row][:pending].copy()
-            pending_ctx = self.rows_ctx[last_row][:pending].copy()
-        return ObjectCache(
-            cache.model_id, cache.n_frames + (hi - lo), np.ascontiguousarray(tokens), x[:pending].copy(),
-            band[:pending].copy(), pending_aux, pending_ctx, first, last,
-        )  # fmt: skip
+        first = cache.first_mjd if math.isfinite(cache.first_mjd) else float(mjd[0])
+        return context_features(
+            mjd, first, cache.last_mjd, self.photometry[i : i + 1], self.presence[i : i + 1]
+        )[0]

@@ -227,20 +227,18 @@ class Predictor:
         """
         current = [c if c is not None else self.engine.empty_cache() for c in caches]
         steps: list[list[Prediction]] = [[] for _ in current]
-        active = [i for i, n in enumerate(new) if len(n)]
-        for batch in self._batches(active):
-            frames = [
-                (new[i].x, new[i].band, FrameExtras.of(new[i]) if self.uses_context else None) for i in batch
-            ]
-            with self._autocast():
-                probs, updated = self.engine.steps(
-                    [current[i] for i in batch], frames, windows_per_pass=2 * self.max_batch_size
-                )
-            for j, i in enumerate(batch):
-                start = current[i].n_frames
-                for k in range(len(new[i])):  # the k-th prediction saw the first k + 1 new frames only
-                    n = start + k + 1
+        rounds = max((len(n) for n in new), default=0)
+        for k in range(rounds):  # the k-th new frame of every object that has one, batched
+            active = [i for i, n in enumerate(new) if len(n) > k]
+            for batch in self._batches(active):
+                x = np.stack([new[i].x[k] for i in batch])
+                band = np.stack([new[i].band[k] for i in batch])
+                extras = FrameExtras.pick([new[i] for i in batch], k) if self.uses_context else None
+                with self._autocast():
+                    probs, updated = self.engine.step([current[i] for i in batch], x, band, extras)
+                for j, i in enumerate(batch):
+                    current[i] = updated[j]
+                    n = updated[j].n_frames
                     window = n - window_start(n, self.chunk_size, self.max_chunks)
-                    steps[i].append(self._summarise(probs[j][:, k], window))
-                current[i] = updated[j]
+                    steps[i].append(self._summarise(probs[:, j], window))
         return list(zip(steps, current, strict=True))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from broker_plugin.inference.errors import CacheError
-from broker_plugin.inference.incremental import FrameExtras, IncrementalEngine, ObjectCache
+from broker_plugin.inference.incremental import IncrementalEngine, ObjectCache
 from broker_plugin.inference.predictor import Predictor
 from broker_plugin.inference.preprocess import FluxNormalisation
 
@@ -109,49 +109,3 @@ def test_engine_refuses_training_mode(tiny_paper):
     tiny_paper[0].train()
     with pytest.raises(ValueError, match="eval"):
         IncrementalEngine(tiny_paper, model_id="m", device=torch.device("cpu"))
-
-
-@pytest.mark.parametrize(
-    ("name", "overrides"),
-    [
-        ("convention-paper", TINY),
-        ("convention-triplet-lean", {}),
-        ("convention-triplet-small", {}),
-        ("cnn-gru", {**RNN_CONTEXT, **NARROW}),
-    ],
-    ids=["paper", "triplet-lean", "triplet-small", "cnn-gru-context"],
-)
-def test_many_frames_per_object_in_one_call_equal_one_frame_at_a_time(name, overrides):
-    """``update_steps`` with several new frames per object (chunk completions, the window's roll, none)
-    gives, after every frame, what feeding the frames one call at a time gives, and the same caches."""
-    members = make_members(name, count=2, **overrides)
-    predictor = Predictor(members, model_id="m1", normalisation=FluxNormalisation(), device="cpu")
-    make = make_context_input if predictor.uses_context else make_input
-    history = [0, 2, 97, 40, 5]
-    new = [5, 0, 7, 1, 130]
-    inputs = [
-        make(h + k, members[0].band_offset, seed=s) for s, (h, k) in enumerate(zip(history, new, strict=True))
-    ]
-    start = [
-        predictor.update([None], [inp[:h]])[0][1] if h else None
-        for inp, h in zip(inputs, history, strict=True)
-    ]
-    batched = predictor.update_steps(start, [inp[h:] for inp, h in zip(inputs, history, strict=True)])
-    for (steps, cache), inp, h, k, c in zip(batched, inputs, history, new, start, strict=True):
-        assert len(steps) == k
-        one = c if c is not None else predictor.engine.empty_cache()
-        for j in range(k):  # the reference: the engine's one-frame step
-            frame = inp[h + j : h + j + 1]
-            extras = FrameExtras.pick([frame], 0) if predictor.uses_context else None
-            probs, (one,) = predictor.engine.step([one], frame.x, frame.band, extras)
-            np.testing.assert_allclose(steps[j].probabilities, probs[:, 0].mean(axis=0), atol=1e-5)
-            np.testing.assert_allclose(steps[j].spread, probs[:, 0].std(axis=0), atol=1e-5)
-        if k:
-            assert cache.n_frames == one.n_frames and cache.to_bytes() != b""
-            np.testing.assert_allclose(cache.tokens, one.tokens, atol=1e-5)
-            np.testing.assert_array_equal(cache.pending_band, one.pending_band)
-            np.testing.assert_allclose(cache.pending_context, one.pending_context, atol=0)
-            assert (cache.first_mjd, cache.last_mjd) == (
-                one.first_mjd,
-                one.last_mjd,
-            ) or not predictor.uses_context
