@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -388,6 +389,11 @@ def settings_markdown() -> str:
     return "\n".join(lines)
 
 
+def is_secret(annotation: object) -> bool:
+    """Whether a field of this annotation holds a secret (``SecretStr``, optional or not)."""
+    return annotation is SecretStr or SecretStr in typing.get_args(annotation)
+
+
 def _field_path(loc: tuple[int | str, ...]) -> tuple[list[str], bool]:
     """The setting names along ``loc`` (a validation error's location) and whether the last is secret."""
     names: list[str] = []
@@ -399,7 +405,7 @@ def _field_path(loc: tuple[int | str, ...]) -> tuple[list[str], bool]:
             break
         names.append(part)
         annotation = field.annotation
-        secret = "SecretStr" in repr(annotation)
+        secret = is_secret(annotation)
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return names, secret
 

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
-import typing
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from broker_plugin.config import Settings, settings_rows
+from broker_plugin.config import Settings, is_secret, settings_rows
 
 ENV_FILE = Path(__file__).resolve().parent / "broker-plugin.env.example"
 PREFIX = "BROKER_PLUGIN_"
@@ -39,10 +38,6 @@ _HEADER = """\
 # a double underscore. Lines starting with `#BROKER_PLUGIN_` are unset by default; secrets are left blank:
 # take them from your secret store (Kubernetes: deploy/k8s/secret.example.yaml), never commit them.
 """
-
-
-def _is_secret(annotation: object) -> bool:
-    return annotation is SecretStr or SecretStr in typing.get_args(annotation)
 
 
 def _leaves(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, FieldInfo, str | None]]:
@@ -58,7 +53,7 @@ def _leaves(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, FieldInf
 
 def _value(field: FieldInfo) -> str | None:
     """The default as the environment spells it; ``None`` when unset or secret."""
-    if _is_secret(field.annotation):
+    if is_secret(field.annotation):
         return None
     default = field.get_default(call_default_factory=True)
     if default is None:
@@ -85,7 +80,7 @@ def render() -> str:
         if leaf_section != section:
             section = leaf_section
             out.append(f"\n# ---- {section or 'general'}\n")
-        secret = " (secret)" if _is_secret(field.annotation) else ""
+        secret = " (secret)" if is_secret(field.annotation) else ""
         for line in textwrap.wrap(description + secret, width=106) or [""]:
             out.append(f"# {line}\n")
         value = _value(field)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from confluent_kafka import KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from broker_plugin.kafka.clientlog import RateLimitedLog
 
@@ -75,6 +75,26 @@ class ConnectionMonitor:
                 self._suspect = True
         if code not in _LOGGED_BY_LIBRDKAFKA:
             self._log.log(logging.WARNING, "Kafka client error %s: %s", error.name(), error.str())
+
+    def probe(
+        self, client: Consumer | Producer, timeout_s: float, topic: str | None = None, *, serve: bool = False
+    ) -> bool:
+        """Ask the brokers for metadata through ``client``; whether they answered within ``timeout_s`` [s].
+
+        The outcome is recorded here. ``serve``: after a failure, serve the client's error callbacks at
+        once, so :attr:`last_error` says why (e.g. "Connection refused") where the probe only says it
+        timed out; only for a client that cannot hand out a message when polled (a producer, or a
+        consumer not subscribed yet).
+        """
+        try:
+            client.list_topics(topic, timeout=timeout_s)
+        except KafkaException as exc:
+            if serve:
+                client.poll(0)
+            self.failed(str(exc.args[0]))
+            return False
+        self.answered()
+        return True
 
     def answered(self) -> None:
         """A probe got an answer: the brokers are reachable."""

@@ -112,13 +112,7 @@ class AlertConsumer:
 
         The outcome is recorded in :attr:`connection`.
         """
-        try:
-            self._consumer.list_topics(self._probe_topic, timeout=timeout_s)
-        except KafkaException as exc:
-            self.connection.failed(str(exc.args[0]))
-            return False
-        self.connection.answered()
-        return True
+        return self.connection.probe(self._consumer, timeout_s, self._probe_topic)
 
     def wait_for_broker(self, timeout_s: float, stopping: Callable[[], bool]) -> bool:
         """Probe until the brokers answer; call before :meth:`subscribe`.
@@ -152,11 +146,9 @@ class AlertConsumer:
                         " (BROKER_PLUGIN_KAFKA__STARTUP_TIMEOUT_S sets how long to wait)",
                     )
                 )  # fmt: skip
-            if self.probe(min(1.0, left)):
+            # Not subscribed yet, so polling to serve the error callbacks hands out no message.
+            if self.connection.probe(self._consumer, min(1.0, left), self._probe_topic, serve=True):
                 return True
-            # Serve the error callbacks (the polls of the service loop do it later): they say why, e.g.
-            # "Connection refused", where the probe only says it failed. Not subscribed yet: no message.
-            self._consumer.poll(0)
         return False
 
     def check_connection(self, interval_s: float, received: bool) -> bool:

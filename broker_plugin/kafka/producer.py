@@ -58,15 +58,10 @@ class OutputProducer:
         KafkaUnreachableError
             No broker answered; the message names the bootstrap servers and librdkafka's last error.
         """
-        try:
-            self._producer.list_topics(timeout=timeout_s)
-        except KafkaException as exc:
-            self._producer.poll(0)  # serve the error callbacks: they say why the connection failed
-            self._connection.failed(str(exc.args[0]))
+        if not self._connection.probe(self._producer, timeout_s, serve=True):
             raise KafkaUnreachableError(
                 unreachable_message(self._bootstrap, timeout_s, self._connection.last_error, check)
-            ) from None
-        self._connection.answered()
+            )
 
     def _delivered(self, error: KafkaError | None, message: object) -> None:
         del message
