@@ -80,6 +80,9 @@ class Alert:
         ``cutoutDifference``; ``None`` if absent, not bytes or over ``max_cutout_bytes``. Unlike the
         difference, a cutout the decoder or the normaliser cannot use costs the frame that plane, never
         the alert.
+    history
+        The photometry of the object's earlier epochs the alert carried, ``None`` when the decoder read
+        none (a malformed history costs the alert its history, never the alert).
     """
 
     survey: Survey
@@ -96,6 +99,7 @@ class Alert:
     ztf: ZtfCutoutContext | None = None
     cutoutScience: bytes | None = field(default=None, repr=False)
     cutoutTemplate: bytes | None = field(default=None, repr=False)
+    history: PhotometryHistory | None = field(default=None, repr=False)
 
 
 class StampFlag(enum.IntFlag):
@@ -112,6 +116,74 @@ class StampFlag(enum.IntFlag):
     SIGN_FLIPPED = 8
     #: The cutout's pixels are coarser than the frame's: the frame oversamples it (interpolated).
     UPSAMPLED = 16
+
+
+@dataclass(frozen=True, slots=True)
+class PhotometryHistory:
+    """The photometry an alert carries about its object's earlier epochs, as arrays (any order).
+
+    Rubin: the ``prvDiaSources`` (detections) and ``prvDiaForcedSources`` (forced PSF photometry at the
+    object's position on every visit, detected or not, over the last 12 months). ZTF: ``prv_candidates``
+    detections and non-detection limits (a limit is written as flux 0 with the limit's 1-sigma error), and
+    the forced photometry ``fp_hists`` where the schema has it. The alert's own detection is not in it.
+
+    Attributes
+    ----------
+    midpointMjdTai
+        ``(n,)`` float64 exposure mid-points [MJD, TAI].
+    band
+        ``(n,)`` int8 index into :data:`BANDS`.
+    psfFlux, psfFluxErr
+        ``(n,)`` float64 PSF flux on the difference image and its 1-sigma error [nJy].
+    detected
+        ``(n,)`` bool: the epoch was a detection (``prvDiaSources`` / a ZTF candidate), not only forced.
+    """
+
+    midpointMjdTai: np.ndarray
+    band: np.ndarray
+    psfFlux: np.ndarray
+    psfFluxErr: np.ndarray
+    detected: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.midpointMjdTai)
+
+    @classmethod
+    def empty(cls) -> PhotometryHistory:
+        """A history with no epoch."""
+        return cls(np.zeros(0), np.zeros(0, np.int8), np.zeros(0), np.zeros(0), np.zeros(0, bool))
+
+    @classmethod
+    def from_points(
+        cls,
+        mjd: np.ndarray | list[float],
+        band: np.ndarray | list[int],
+        flux: np.ndarray | list[float],
+        flux_err: np.ndarray | list[float],
+        detected: np.ndarray | list[bool],
+    ) -> PhotometryHistory:
+        """Build a history keeping only the well-formed points.
+
+        A point is kept when its time is finite and in :data:`MJD_RANGE`, its band index valid, its flux
+        finite and within :data:`MAX_PIXEL_FLUX_NJY` and its error finite, positive and within it too;
+        the others are dropped (a history is side information: a bad point never rejects an alert).
+        """
+        mjd_a = np.asarray(mjd, np.float64).ravel()
+        band_a = np.asarray(band, np.int64).ravel()
+        flux_a = np.asarray(flux, np.float64).ravel()
+        err_a = np.asarray(flux_err, np.float64).ravel()
+        det_a = np.asarray(detected, bool).ravel()
+        n = len(mjd_a)
+        if not len(band_a) == len(flux_a) == len(err_a) == len(det_a) == n:
+            raise ValueError("history arrays differ in length")
+        with np.errstate(invalid="ignore"):
+            keep = (
+                np.isfinite(mjd_a) & (mjd_a >= MJD_RANGE[0]) & (mjd_a <= MJD_RANGE[1])
+                & (band_a >= 0) & (band_a < len(BANDS))
+                & np.isfinite(flux_a) & (np.abs(flux_a) <= MAX_PIXEL_FLUX_NJY)
+                & np.isfinite(err_a) & (err_a > 0) & (err_a <= MAX_PIXEL_FLUX_NJY)
+            )  # fmt: skip
+        return cls(mjd_a[keep], band_a[keep].astype(np.int8), flux_a[keep], err_a[keep], det_a[keep])
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +212,10 @@ class Frame:
         The template (reference) cutout, likewise.
     psfFlux, psfFluxErr
         The alert's PSF flux on the difference image and its error [nJy]; ``None`` when absent.
+    history
+        The photometry of earlier epochs the alert carried (:class:`PhotometryHistory`), ``None`` when it
+        carried none or the frame was read back from the state store (a history is only used for the
+        output of the alert that brought it, never stored).
     """
 
     data: np.ndarray
@@ -155,6 +231,7 @@ class Frame:
     templateMask: np.ndarray | None = field(default=None, repr=False)
     psfFlux: float | None = None
     psfFluxErr: float | None = None
+    history: PhotometryHistory | None = field(default=None, repr=False, compare=False)
 
 
 #: Largest difference flux a frame pixel may hold [nJy] (AB magnitude about 1.4 in one pixel): brighter than
