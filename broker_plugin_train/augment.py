@@ -6,6 +6,10 @@ prefix (the first ``k`` frames). The view always ends in the window serving woul
 shortened to ``max_frames`` (a cost cap: it looks like a rolled window). Flips and quarter turns are the
 same for every frame of the sequence (the authors' augmentation, spec 8 item 2, without their +-15
 degree resampling, which interpolates masked pixels); evaluation never augments (spec 8 item 9).
+
+The photometric history is randomised too (:func:`history_view`), for what differs between surveys and
+brokers: how far before the first alert forced photometry reaches, forced epochs lost, and streams that
+relay only the earlier detections.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ import dataclasses
 import numpy as np
 
 from broker_plugin.inference.preprocess import ModelInput, window_start
+from broker_plugin.records import PhotometryHistory
+
+#: Probability that a training history keeps only the detections (a stream without forced photometry).
+DETECTIONS_ONLY_PROBABILITY = 0.1
+#: Largest fraction of forced (undetected) epochs a training history loses at random.
+MAX_FORCED_DROPOUT = 0.3
 
 
 def serving_window(inp: ModelInput, chunk_size: int, max_chunks: int) -> ModelInput:
@@ -52,3 +62,29 @@ def random_view(
     # The science and template planes turn with the difference: one sky, one orientation.
     aux = None if aux is None else np.ascontiguousarray(aux)
     return dataclasses.replace(inp, x=np.ascontiguousarray(x), aux=aux)
+
+
+def history_view(
+    history: PhotometryHistory, frame_mjd: np.ndarray, rng: np.random.Generator
+) -> PhotometryHistory:
+    """Return a random training view of an object's photometric history (see module docstring).
+
+    The precovery reach before the first frame (``frame_mjd[0]``) shrinks to a uniform 0..100 % of
+    what ``history`` holds; each undetected epoch is dropped with a probability drawn uniformly up to
+    :data:`MAX_FORCED_DROPOUT`; with :data:`DETECTIONS_ONLY_PROBABILITY` only the detections stay.
+    Detections are never dropped: every alert carries its own.
+    """
+    t = history.midpointMjdTai
+    if not len(t) or not len(frame_mjd):
+        return history
+    first = float(frame_mjd[0])
+    reach = max(0.0, first - float(t.min()))
+    keep = t >= first - reach * rng.random()
+    forced = ~history.detected
+    if rng.random() < DETECTIONS_ONLY_PROBABILITY:
+        keep &= ~forced
+    else:
+        keep &= ~(forced & (rng.random(len(t)) < rng.random() * MAX_FORCED_DROPOUT))
+    return PhotometryHistory(
+        t[keep], history.band[keep], history.psfFlux[keep], history.psfFluxErr[keep], history.detected[keep]
+    )

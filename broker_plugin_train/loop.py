@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from broker_plugin.inference.history import collate_history
 from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, collate, collate_context
 from broker_plugin.progress import progress
 from broker_plugin_train.augment import random_view, serving_window
@@ -85,8 +86,9 @@ def net_device(net: nn.Module) -> torch.device:
 def batch_tensors(net: nn.Module, inputs: Sequence[ModelInput]) -> tuple[torch.Tensor, ...]:
     """Collate windows for ``net`` on its device: padded to its fixed window, or to whole chunks.
 
-    Returns ``(x, band)``, plus ``(aux, context)`` for nets with ``uses_context``: the arguments of
-    ``net(...)`` and ``net.forward_features(...)``.
+    Returns ``(x, band)``, plus ``(aux, context)`` for nets with ``uses_context``, plus the history rows
+    of each window's last frame for nets with ``uses_history``: the arguments of ``net(...)``
+    (:func:`head_input` splits them for ``forward_features`` and ``forward_head``).
     """
     cs = net.chunk_size
     longest = max(len(i) for i in inputs)
@@ -95,8 +97,18 @@ def batch_tensors(net: nn.Module, inputs: Sequence[ModelInput]) -> tuple[torch.T
     arrays = collate(inputs, frames=chunks * cs, stamp=stamp)
     if getattr(net, "uses_context", False):
         arrays += collate_context(inputs, frames=chunks * cs, stamp=stamp)
+    if getattr(net, "uses_history", False):
+        if not getattr(net, "uses_context", False):
+            raise ValueError("a history net without context has no place in forward's arguments")
+        arrays += (collate_history(inputs),)
     device = net_device(net)
     return tuple(torch.from_numpy(a).to(device) for a in arrays)
+
+
+def head_input(net: nn.Module, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The head's input (``pre_logits``) for :func:`batch_tensors`' output."""
+    head = {"history": tensors[4]} if getattr(net, "uses_history", False) else {}
+    return net.forward_head(*net.forward_features(*tensors[:4]), pre_logits=True, **head)
 
 
 @torch.inference_mode()
@@ -107,7 +119,7 @@ def pooled_features(net: nn.Module, inputs: Sequence[ModelInput], batch_size: in
     out = []
     for start in range(0, len(windows), batch_size):
         tensors = batch_tensors(net, windows[start : start + batch_size])
-        out.append(net.forward_head(*net.forward_features(*tensors), pre_logits=True).float().cpu().numpy())
+        out.append(head_input(net, tensors).float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -273,7 +285,7 @@ def train_full(
             batch = draws[start : start + s.batch_size]
             views = [
                 random_view(
-                    source.input_for(i, norm, net),
+                    source.input_for(i, norm, net, rng),
                     rng,
                     chunk_size=net.chunk_size,
                     max_chunks=net.max_chunks,

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from broker_plugin.inference.history import history_features
 from broker_plugin.inference.preprocess import (
     FluxNormalisation,
     FrameContext,
@@ -29,8 +30,14 @@ from broker_plugin.inference.preprocess import (
     arrays_to_input,
     fit_flux_normalisation,
 )
-from broker_plugin.records import BANDS
+from broker_plugin.records import BANDS, PhotometryHistory
+from broker_plugin_train.augment import history_view
 from broker_plugin_train.data.shards import ShardDataset
+
+#: Days before an object's first alert its history reaches back (Rubin's precovery forced photometry).
+PRECOVERY_DAYS = 30.0
+#: Signal-to-noise that makes an epoch a detection when the source serves every epoch (no ``min_snr``).
+DETECTION_SNR = 5.0
 
 
 @dataclass(frozen=True)
@@ -48,12 +55,16 @@ class RawObject:
     context
         The frames' times, photometry and science/template planes, or None (real alerts decoded
         without them, or a difference-only dataset with no times).
+    history
+        The photometry of every epoch of the object (detected or not, all of its history and future:
+        each output reads only the epochs up to its own time), or None.
     """
 
     flux: np.ndarray
     masks: np.ndarray
     bands: tuple[str, ...]
     context: FrameContext | None = None
+    history: PhotometryHistory | None = None
 
     def subset(self, keep: np.ndarray) -> RawObject:
         """The frames where ``keep`` is True (time order kept)."""
@@ -66,7 +77,7 @@ class RawObject:
                 *(None if a is None else np.asarray(a)[keep] for a in planes),
             )  # fmt: skip
         bands = tuple(b for b, k in zip(self.bands, keep, strict=True) if k)
-        return RawObject(self.flux[keep], self.masks[keep], bands, context)
+        return RawObject(self.flux[keep], self.masks[keep], bands, context, self.history)
 
 
 def detections(psf_flux: np.ndarray, psf_flux_err: np.ndarray, min_snr: float) -> np.ndarray:
@@ -152,10 +163,30 @@ class ObjectSource:
         return len(self.labels)
 
     def raw(self, i: int) -> RawObject:
-        """Return object ``i``'s frames (band-filtered, the alert view when ``min_snr`` is set)."""
+        """Return object ``i``'s frames (band-filtered, the alert view when ``min_snr`` is set).
+
+        Its ``history`` holds every non-blank epoch in the source's bands from :data:`PRECOVERY_DAYS`
+        before the first served frame on, detected or not, as the alerts carry it.
+        """
         raw = self._unfiltered(i)
         keep = self._keep(raw)
-        return raw if keep.all() else raw.subset(keep)
+        served = raw if keep.all() else raw.subset(keep)
+        if raw.context is None or not len(served.bands):
+            return served
+        c = raw.context
+        band_index = np.array([BANDS.index(b) for b in raw.bands], np.int64)
+        in_bands = np.ones(len(band_index), bool)
+        if self.bands is not None:
+            in_bands = np.array([b in self.bands for b in raw.bands], dtype=bool)
+        assert served.context is not None  # noqa: S101 - a subset keeps the context
+        start = float(served.context.mjd[0]) - PRECOVERY_DAYS
+        window = in_bands & (np.asarray(c.mjd) >= start)
+        detected = detections(c.psf_flux, c.psf_flux_err, self.min_snr or DETECTION_SNR)
+        history = PhotometryHistory.from_points(
+            np.asarray(c.mjd)[window], band_index[window], np.asarray(c.psf_flux)[window],
+            np.asarray(c.psf_flux_err)[window], detected[window],
+        )  # fmt: skip
+        return RawObject(served.flux, served.masks, served.bands, served.context, history)
 
     def _unfiltered(self, i: int) -> RawObject:
         """Object ``i``'s frames, all of them (views into the shards, nothing copied)."""
@@ -182,27 +213,50 @@ class ObjectSource:
         return keep
 
     def model_input(
-        self, i: int, norm: FluxNormalisation, band_offset: int, *, with_context: bool = False
+        self,
+        i: int,
+        norm: FluxNormalisation,
+        band_offset: int,
+        *,
+        with_context: bool = False,
+        with_history: bool = False,
+        rng: np.random.Generator | None = None,
     ) -> ModelInput:
         """Return object ``i`` preprocessed as the service would (empty frames dropped).
 
-        ``with_context`` adds the planes, times and photometry (nets with ``uses_context``).
+        ``with_context`` adds the planes, times and photometry (nets with ``uses_context``);
+        ``with_history`` the photometric history rows of the output at each frame (``uses_history``),
+        randomised by :func:`~broker_plugin_train.augment.history_view` when ``rng`` is given (training
+        draws; evaluation gives none).
         """
         raw = self.raw(i)
-        if with_context and raw.context is None:
+        if (with_context or with_history) and raw.context is None:
             raise ValueError(f"object {self.ids[int(i)]} has no times, photometry or planes")
+        rows = None
+        if with_history:
+            assert raw.context is not None and raw.history is not None  # noqa: S101 - checked above
+            points = raw.history if rng is None else history_view(raw.history, raw.context.mjd, rng)
+            rows = np.stack([history_features(points, float(t)) for t in raw.context.mjd])
         return arrays_to_input(
             raw.flux, raw.bands, norm, band_offset=band_offset, masks=raw.masks, stamp=raw.flux.shape[-1],
-            context=raw.context if with_context else None,
+            context=raw.context if with_context else None, history=rows,
         )  # fmt: skip
 
     def row(self, i: int) -> int:
         """The dataset row of object ``i`` (objects below ``min_frames`` are not served)."""
         return int(self._rows[int(i)])
 
-    def input_for(self, i: int, norm: FluxNormalisation, net: nn.Module) -> ModelInput:
-        """Object ``i`` preprocessed for ``net``: its ``band_offset``, with context if it uses it."""
-        return self.model_input(i, norm, net.band_offset, with_context=getattr(net, "uses_context", False))
+    def input_for(
+        self, i: int, norm: FluxNormalisation, net: nn.Module, rng: np.random.Generator | None = None
+    ) -> ModelInput:
+        """Object ``i`` preprocessed for ``net``: its ``band_offset``, context and history if it uses them.
+
+        ``rng`` randomises the history (training draws only).
+        """
+        return self.model_input(
+            i, norm, net.band_offset, with_context=getattr(net, "uses_context", False),
+            with_history=getattr(net, "uses_history", False), rng=rng,
+        )  # fmt: skip
 
     def iter_stamps(self, indices: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
         """Yield ``(data, mask, band)`` per frame of the objects ``indices`` (normalisation fitting)."""

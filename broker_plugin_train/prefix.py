@@ -21,7 +21,7 @@ from torch import nn
 from broker_plugin.inference.preprocess import ModelInput, collate_context
 from broker_plugin.progress import progress
 from broker_plugin_train.augment import serving_window
-from broker_plugin_train.loop import batch_tensors, net_device
+from broker_plugin_train.loop import batch_tensors, head_input, net_device
 
 
 def prefix_windows(
@@ -107,7 +107,16 @@ def prefix_features(
                     lo, hi = r[v]
                     win[k, : hi - lo] = tokens[k, lo:hi]
                     mask[k, : hi - lo] = valid[k, lo:hi]
-                feats.append(net.forward_head(net.forward_blocks(win, mask), mask, pre_logits=True).float())
+                head = {}
+                if getattr(net, "uses_history", False):
+                    # The rows of the window's last frame: the output after this prefix.
+                    ends = [
+                        min(r[v][1] * net.chunk_size, len(b)) - 1 for r, b in zip(ranges, batch, strict=True)
+                    ]
+                    rows = np.stack([b.history[e] for b, e in zip(batch, ends, strict=True)])  # type: ignore[index]
+                    head["history"] = torch.from_numpy(rows).to(win.device)
+                blocks = net.forward_blocks(win, mask)
+                feats.append(net.forward_head(blocks, mask, pre_logits=True, **head).float())
             whole = feats[-1]
             feats = torch.stack([whole if f is None else f for f in feats], dim=1).cpu().numpy()
         if out is None:
@@ -130,8 +139,7 @@ def _slow_prefix_features(net: nn.Module, batch: Sequence[ModelInput], prefixes:
             )
             for b in batch
         ]
-        features = net.forward_features(*batch_tensors(net, views))
-        feats.append(net.forward_head(*features, pre_logits=True).float())
+        feats.append(head_input(net, batch_tensors(net, views)).float())
     return torch.stack(feats, dim=1).cpu().numpy()
 
 

@@ -92,6 +92,8 @@ class EnsembleForward(nn.Module):
         One member's token in the cache layout (the members' own layout).
     uses_context
         Whether the members take the frames' planes and context (see ``nets``).
+    uses_history
+        Whether the members' heads read the object's photometric history rows (see ``nets``).
     work_perm
         Permutation of the token axes from the cache layout to the layout ``classify`` takes and
         ``embed_chunks`` returns (identity for :class:`MemberLoop`).
@@ -107,6 +109,7 @@ class EnsembleForward(nn.Module):
     token_shape: tuple[int, ...]
     work_perm: tuple[int, ...]
     uses_context: bool = False
+    uses_history: bool = False
 
     def embed_chunks(
         self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
@@ -121,12 +124,22 @@ class EnsembleForward(nn.Module):
         """Return the token ``(M, *work)`` of an all-padding chunk for the paper net, else None."""
         raise NotImplementedError
 
-    def classify(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Return logits ``(M, B, classes)`` for token windows ``(M, B, L, *work)``, ``mask`` ``(B, L)``."""
+    def classify(
+        self, tokens: torch.Tensor, mask: torch.Tensor | None, history: Tensor | None = None
+    ) -> torch.Tensor:
+        """Return logits ``(M, B, classes)`` for token windows ``(M, B, L, *work)``, ``mask`` ``(B, L)``.
+
+        ``history`` ``(B, P, F)``: the objects' photometric history rows, for ``uses_history`` members.
+        """
         raise NotImplementedError
 
     def forward(
-        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
+        self,
+        x: torch.Tensor,
+        band: torch.Tensor,
+        aux: Tensor | None = None,
+        context: Tensor | None = None,
+        history: Tensor | None = None,
     ) -> torch.Tensor:
         """Return logits ``(M, B, classes)`` for frames ``x`` ``(B, T, H, W)`` and band ids ``(B, T)``."""
         raise NotImplementedError
@@ -157,6 +170,7 @@ def _shared_attributes(members: Sequence[nn.Module]) -> dict[str, object]:
         "pad_window": first.pad_window, "stamp": first.config.stamp, "band_offset": first.band_offset,
         "num_classes": first.num_classes, "token_shape": tuple(first.token_shape),
         "uses_context": bool(getattr(first, "uses_context", False)),
+        "uses_history": bool(getattr(first, "uses_history", False)),
     }  # fmt: skip
 
 
@@ -203,18 +217,27 @@ class MemberLoop(EnsembleForward):
             self._pad = self.embed_chunks(*_padding_chunk(self, device))[:, 0]
         return self._pad
 
-    def classify(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
+    def classify(  # noqa: D102
+        self, tokens: torch.Tensor, mask: torch.Tensor | None, history: Tensor | None = None
+    ) -> torch.Tensor:
+        head = {"history": history} if self.uses_history else {}
         return torch.stack(
             [
-                m.forward_head(m.forward_blocks(t, mask), mask).float()
+                m.forward_head(m.forward_blocks(t, mask), mask, **head).float()
                 for m, t in zip(self.members, tokens, strict=True)
             ]
         )
 
     def forward(  # noqa: D102
-        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
+        self,
+        x: torch.Tensor,
+        band: torch.Tensor,
+        aux: Tensor | None = None,
+        context: Tensor | None = None,
+        history: Tensor | None = None,
     ) -> torch.Tensor:
-        return torch.stack([m(x, band, aux, context).float() for m in self.members])
+        head = {"history": history} if self.uses_history else {}
+        return torch.stack([m(x, band, aux, context, **head).float() for m in self.members])
 
 
 def _bn_fold(bn: Sequence[nn.modules.batchnorm._BatchNorm]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,6 +429,44 @@ class _Context(nn.Module):
         hidden = torch.addmm(self.b1, features, self.w1).relu_()
         m = self.w2.shape[0]
         return torch.baddbmm(self.b2, hidden.view(len(features), m, -1).transpose(0, 1), self.w2)
+
+
+class _History(nn.Module):
+    """The members' history encoders stacked: the first layer one matrix product (the rows are shared).
+
+    Parameters
+    ----------
+    encoders
+        The members' :class:`~broker_plugin.inference.layers.HistoryEncoder`.
+    """
+
+    def __init__(self, encoders: Sequence[nn.Module]) -> None:
+        super().__init__()
+        first = [e.point[0] for e in encoders]
+        self.hidden = first[0].out_features
+        self.register_buffer("w1", torch.cat([ln.weight for ln in first]).t().contiguous(), persistent=False)
+        self.register_buffer("b1", torch.cat([ln.bias for ln in first]), persistent=False)
+        second, out = [e.point[2] for e in encoders], [e.out[0] for e in encoders]
+        self.register_buffer(
+            "w2", torch.stack([ln.weight.t() for ln in second]).contiguous(), persistent=False
+        )
+        self.register_buffer("b2", torch.stack([ln.bias for ln in second])[:, None], persistent=False)
+        self.register_buffer("w3", torch.stack([ln.weight.t() for ln in out]).contiguous(), persistent=False)
+        self.register_buffer("b3", torch.stack([ln.bias for ln in out])[:, None], persistent=False)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """Encode rows ``(B, P, F)`` for every member: ``(M, B, out)``."""
+        b, p, f = rows.shape
+        m = self.w2.shape[0]
+        rows = rows.float()
+        valid = (rows[..., 0] > 0).view(1, b, p, 1)
+        h = torch.addmm(self.b1, rows.reshape(b * p, f), self.w1).relu_()  # (B P, M hidden)
+        h = h.view(b * p, m, self.hidden).transpose(0, 1)  # (M, B P, hidden)
+        h = torch.baddbmm(self.b2, h, self.w2).relu_().view(m, b, p, self.hidden)
+        h = h.masked_fill(~valid, 0.0)
+        count = valid.sum(dim=2).clamp(min=1).to(h.dtype)
+        pooled = torch.cat((h.sum(dim=2) / count, h.amax(dim=2)), dim=-1)
+        return torch.baddbmm(self.b3, pooled, self.w3).relu_()
 
 
 class _Block(nn.Module):
@@ -632,10 +693,18 @@ class StackedConvEntion(EnsembleForward):
                 "pos", members[0].pos[:, None, None, :].float().contiguous(), persistent=False
             )
             lin1, lin2 = [m.head[1] for m in members], [m.head[4] for m in members]
-            hidden = lin1[0].out_features
+            hidden, image = lin1[0].out_features, c * h * w
             # The pooled vector is flattened (h, w, C) here, (C, h, w) in the members.
-            w1 = torch.stack([ln.weight.view(hidden, c, h, w).permute(0, 2, 3, 1).flatten(1) for ln in lin1])
+            w1 = torch.stack([
+                ln.weight[:, :image].reshape(hidden, c, h, w).permute(0, 2, 3, 1).flatten(1) for ln in lin1
+            ])  # fmt: skip
             self.register_buffer("head_w1", w1.transpose(1, 2).contiguous(), persistent=False)
+            # The history vector's columns of the first head layer (empty without history).
+            w1h = torch.stack([ln.weight[:, image:] for ln in lin1])
+            self.register_buffer("head_w1_history", w1h.transpose(1, 2).contiguous(), persistent=False)
+            self.history: _History | None = None
+            if members[0].history_encoder is not None:
+                self.history = _History([m.history_encoder for m in members])
             self.register_buffer("head_b1", torch.stack([ln.bias for ln in lin1])[:, None], persistent=False)
             self.register_buffer("head_w2", torch.stack([ln.weight.t() for ln in lin2]).contiguous(),
                                  persistent=False)  # fmt: skip
@@ -679,17 +748,29 @@ class StackedConvEntion(EnsembleForward):
     def pad_tokens(self) -> torch.Tensor | None:  # noqa: D102
         return self.pad if self.pad_window else None
 
-    def classify(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
+    def classify(  # noqa: D102
+        self, tokens: torch.Tensor, mask: torch.Tensor | None, history: Tensor | None = None
+    ) -> torch.Tensor:
         m, b, length = tokens.shape[:3]
         if mask is not None and bool(mask.all()):
             mask = None  # no padding: the masked ops would change nothing (and cost a pass each)
+        history_vector = None
+        if self.history is not None:
+            if history is None:
+                raise InferenceInputError("this ensemble needs the objects' photometric history")
+            history_vector = self.history(history)  # (M, B, out): small, all objects at once
         step = max(1, self.chunk_elements // (m * length * math.prod(self.token_shape)))
         return torch.cat([
-            self._classify(tokens[:, i : i + step], None if mask is None else mask[i : i + step])
+            self._classify(
+                tokens[:, i : i + step], None if mask is None else mask[i : i + step],
+                None if history_vector is None else history_vector[:, i : i + step],
+            )
             for i in range(0, b, step)
         ], dim=1)  # fmt: skip
 
-    def _classify(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _classify(
+        self, tokens: torch.Tensor, mask: torch.Tensor | None, history_vector: Tensor | None
+    ) -> torch.Tensor:
         m, b, length, hh, ww, _ = tokens.shape
         # Any token strides in, contiguous out: the index encoding and the copy are one pass (a copy
         # alone without it; the blocks read contiguous tokens, and never write into their input).
@@ -706,11 +787,19 @@ class StackedConvEntion(EnsembleForward):
         if mask is not None:
             x = x.masked_fill_(~mask[None, :, :, None, None, None], torch.finfo(x.dtype).min)
         pooled = x.amax(dim=2).view(m, b, -1)
-        hidden = torch.baddbmm(self.head_b1, pooled, self.head_w1).relu_()
+        hidden = torch.baddbmm(self.head_b1, pooled, self.head_w1)
+        if history_vector is not None:
+            hidden = hidden.baddbmm_(history_vector, self.head_w1_history)
+        hidden = hidden.relu_()
         return torch.baddbmm(self.head_b2, hidden, self.head_w2)
 
     def forward(  # noqa: D102
-        self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
+        self,
+        x: torch.Tensor,
+        band: torch.Tensor,
+        aux: Tensor | None = None,
+        context: Tensor | None = None,
+        history: Tensor | None = None,
     ) -> torch.Tensor:
         cs, mc = self.chunk_size, self.max_chunks
         b, t, h, w = x.shape
@@ -750,7 +839,7 @@ class StackedConvEntion(EnsembleForward):
             if bool(real.any()):
                 picked = (None if ac is None else ac[real], None if cc is None else cc[real])
                 tokens[:, real] = self.embed_chunks(xc[real], bc[real], *picked).to(tokens.dtype)
-        return self.classify(tokens.view(self.n_members, b, length, *work), mask)
+        return self.classify(tokens.view(self.n_members, b, length, *work), mask, history)
 
 
 def can_stack(members: Sequence[nn.Module]) -> bool:

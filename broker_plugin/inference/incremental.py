@@ -159,6 +159,7 @@ class IncrementalEngine:
         self.chunk, self.max_chunks, self.token_shape = ens.chunk_size, ens.max_chunks, ens.token_shape
         self.stamp: int = ens.stamp
         self.uses_context: bool = ens.uses_context
+        self.uses_history: bool = ens.uses_history
         with torch.inference_mode():
             # The paper net always sees max_chunks tokens; an all-padding chunk's token is a constant.
             self._pad_token = ens.pad_tokens()
@@ -215,6 +216,7 @@ class IncrementalEngine:
         x: np.ndarray,
         band: np.ndarray,
         frames: FrameExtras | None = None,
+        history: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[ObjectCache]]:
         """Append one frame per object and classify every object's new window.
 
@@ -226,6 +228,9 @@ class IncrementalEngine:
             ``(N, H, W)`` normalised new frames and ``(N,)`` their band ids.
         frames
             The new frames' planes, times and photometry (required by ``uses_context`` nets).
+        history
+            ``(N, P, F)`` the photometric history rows of each new frame's output (required by
+            ``uses_history`` nets); it enters the head only, so the caches never hold it.
 
         Returns
         -------
@@ -239,6 +244,8 @@ class IncrementalEngine:
             raise CacheError(f"a cache does not belong to model {self.model_id!r}; rebuild it")
         if self.uses_context and (frames is None or len(frames.mjd) != n):
             raise InferenceInputError("this model needs each new frame's planes, time and photometry")
+        if self.uses_history and (history is None or len(history) != n):
+            raise InferenceInputError("this model needs each new frame's photometric history")
         chunk_x = np.zeros((n, self.chunk, self.stamp, self.stamp), np.float32)
         chunk_b = np.zeros((n, self.chunk), np.int64)
         chunk_aux = chunk_ctx = None
@@ -280,7 +287,8 @@ class IncrementalEngine:
             shape = (1, n, width) + (1,) * len(self.token_shape)
             w = torch.where(valid.view(shape), w, self._pad_token[:, None, None].to(w.dtype))
         mask = None if self._pad_token is not None else valid
-        probs = ens.classify(w, mask).float().softmax(dim=-1).cpu().numpy()
+        rows = self._tensor(history) if self.uses_history and history is not None else None
+        probs = ens.classify(w, mask, rows).float().softmax(dim=-1).cpu().numpy()
         new_tokens = ens.to_cache(tok).float().cpu().numpy()
         return probs, self._advance(caches, chunk_x, chunk_b, new_tokens, chunk_aux, chunk_ctx, frames)
 

@@ -135,6 +135,38 @@ class ContextEncoder(nn.Module):
         return self.net(torch.cat((picked, onehot), dim=-1).flatten(1))
 
 
+class HistoryEncoder(nn.Module):
+    """An object's photometric history rows (:mod:`~broker_plugin.inference.history`) to a vector.
+
+    Each epoch's row goes through the same two-layer MLP; the rows' mean and maximum over the valid
+    epochs (a set function: any number of epochs, in any cadence) go through one more layer. Each row
+    holds its own time before the output, so order and spacing are seen without counting epochs.
+
+    Parameters
+    ----------
+    features
+        Columns of a row (column 0 is the valid flag).
+    hidden, out
+        Width of the per-epoch MLP and of the output.
+    """
+
+    def __init__(self, features: int, *, hidden: int, out: int) -> None:
+        super().__init__()
+        self.point = nn.Sequential(
+            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.out = nn.Sequential(nn.Linear(2 * hidden, out), nn.ReLU())
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """Encode ``rows`` ``(B, P, features)`` to ``(B, out)`` (no valid row: both pools are zero)."""
+        valid = rows[..., :1] > 0
+        h = self.point(rows)
+        count = valid.sum(dim=1).clamp(min=1).to(h.dtype)
+        mean = h.masked_fill(~valid, 0.0).sum(dim=1) / count
+        peak = h.masked_fill(~valid, 0.0).amax(dim=1)  # ReLU outputs are >= 0, so 0 is a neutral fill
+        return self.out(torch.cat((mean, peak), dim=-1))
+
+
 class JointNorm(nn.Module):
     """The paper's ``LayerNorm([C, y, x, L])``: one mean and variance per sample over all tokens.
 

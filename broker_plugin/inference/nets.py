@@ -14,7 +14,9 @@ trainer rely on:
 - ``uses_context``: the net also takes each frame's science and template planes ``aux`` and context
   vector ``context`` (:mod:`~broker_plugin.inference.preprocess`); ``embed_chunks``,
   ``forward_features`` and ``forward`` accept them as optional trailing arguments, which nets without
-  ``uses_context`` ignore.
+  ``uses_context`` ignore;
+- ``uses_history``: the head also reads the object's photometric history rows ``history`` ``(B, P, F)``
+  (:mod:`~broker_plugin.inference.history`), an optional argument of ``forward_head`` and ``forward``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from broker_plugin.inference.errors import InferenceInputError, UnknownNetError
-from broker_plugin.inference.layers import ChunkEncoder, ContextEncoder, ConvEntionBlock, sinusoid_table
+from broker_plugin.inference.history import HISTORY_FEATURES
+from broker_plugin.inference.layers import (
+    ChunkEncoder,
+    ContextEncoder,
+    ConvEntionBlock,
+    HistoryEncoder,
+    sinusoid_table,
+)
 from broker_plugin.inference.preprocess import PHOTOMETRY_COLUMNS, PRESENCE_COLUMNS, TIME_COLUMNS
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -108,6 +117,12 @@ class ConvEntionConfig:
         channels (the attention blocks then run on image + context channels), or ``"add"``, projected to
         the image channels and added at every grid pixel (``context_channels`` unused; the blocks keep
         the image token's width, hence its speed).
+    history
+        Give the head the object's photometric history (every earlier epoch's forced photometry the
+        alert carries, encoded by :class:`~broker_plugin.inference.layers.HistoryEncoder`) beside the
+        pooled image features.
+    history_hidden, history_channels
+        The history encoder's per-epoch width and output width.
     """
 
     stamp: int = 32
@@ -128,6 +143,9 @@ class ConvEntionConfig:
     context_channels: int = 16
     context_hidden: int = 64
     context_merge: str = "concat"
+    history: bool = False
+    history_hidden: int = 64
+    history_channels: int = 32
 
     def context_columns(self) -> tuple[int, ...]:
         """The columns of the context vector this configuration reads (empty: no context branch)."""
@@ -180,13 +198,19 @@ class ConvEntion(nn.Module):
         self.blocks = nn.ModuleList(
             ConvEntionBlock(self.token_shape, c.max_chunks, c.heads) for _ in range(c.depth)
         )
+        self.uses_history = c.history
+        self.history_encoder: HistoryEncoder | None = None
+        if c.history:
+            self.history_encoder = HistoryEncoder(
+                HISTORY_FEATURES, hidden=c.history_hidden, out=c.history_channels
+            )
         self.head = self._make_head(c.num_classes)
 
     def _make_head(self, num_classes: int) -> nn.Sequential:
         c = self.config
         return nn.Sequential(
             nn.Dropout(c.dropout),
-            nn.Linear(math.prod(self.token_shape), c.head_hidden),
+            nn.Linear(math.prod(self.token_shape) + (c.history_channels if c.history else 0), c.head_hidden),
             nn.ReLU(),
             nn.Dropout(c.dropout),
             nn.Linear(c.head_hidden, num_classes),
@@ -252,13 +276,24 @@ class ConvEntion(nn.Module):
         return x
 
     def forward_head(
-        self, features: torch.Tensor, mask: torch.Tensor | None, pre_logits: bool = False
+        self,
+        features: torch.Tensor,
+        mask: torch.Tensor | None,
+        pre_logits: bool = False,
+        history: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Max-pool ``features`` over valid tokens and classify; ``pre_logits`` returns the pooled vector."""
+        """Max-pool ``features`` over valid tokens and classify; ``pre_logits`` returns the head's input.
+
+        With ``uses_history``, ``history`` ``(B, P, F)`` is encoded and joins the pooled vector.
+        """
         if mask is not None:
             fill = torch.finfo(features.dtype).min
             features = features.masked_fill(~mask.view(*mask.shape, 1, 1, 1), fill)
         pooled = features.amax(dim=1).flatten(1)
+        if self.history_encoder is not None:
+            if history is None:
+                raise InferenceInputError(f"{self.net_name} needs the object's photometric history")
+            pooled = torch.cat((pooled, self.history_encoder(history.to(pooled.dtype))), dim=1)
         return pooled if pre_logits else self.head(pooled)
 
     def forward_features(
@@ -311,9 +346,10 @@ class ConvEntion(nn.Module):
         band: torch.Tensor,
         aux: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return logits ``(B, num_classes)`` for frames ``x`` ``(B, T, H, W)`` and band ids ``(B, T)``."""
-        return self.forward_head(*self.forward_features(x, band, aux, context))
+        return self.forward_head(*self.forward_features(x, band, aux, context), history=history)
 
 
 def _convention(name: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> ConvEntion:
@@ -377,3 +413,21 @@ def convention_triplet_lean(**overrides: Any) -> ConvEntion:
     """
     defaults = {**_CONTEXT, "channels": (8, 16, 16, 8), "head_hidden": 64, "context_merge": "add"}
     return _convention("convention-triplet-lean", defaults, overrides)
+
+
+@register_net("convention-alert")
+def convention_alert(**overrides: Any) -> ConvEntion:
+    """Return ``convention-triplet`` whose head also reads the object's photometric history.
+
+    Everything an alert carries: the triplet image sequence with times and photometry, and the forced
+    photometry of every earlier epoch (detected or not), encoded per epoch and pooled
+    (:class:`~broker_plugin.inference.layers.HistoryEncoder`) beside the image features.
+    """
+    return _convention("convention-alert", {**_CONTEXT, "history": True}, overrides)
+
+
+@register_net("convention-alert-small")
+def convention_alert_small(**overrides: Any) -> ConvEntion:
+    """Return ``convention-alert`` with ``convention-small``'s front end and head (for a few CPU cores)."""
+    defaults = {**_CONTEXT, "channels": (8, 16, 16, 8), "head_hidden": 64, "history": True}
+    return _convention("convention-alert-small", defaults, overrides)

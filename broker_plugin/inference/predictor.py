@@ -25,6 +25,7 @@ from torch import nn
 
 from broker_plugin.inference.artifact import CLASS_NAMES, load_artifact
 from broker_plugin.inference.errors import InferenceInputError
+from broker_plugin.inference.history import collate_history, frame_history_rows
 from broker_plugin.inference.incremental import FrameExtras, IncrementalEngine, ObjectCache
 from broker_plugin.inference.preprocess import (
     FluxNormalisation,
@@ -110,6 +111,7 @@ class Predictor:
         self.band_offset, self.pad_window = first.band_offset, first.pad_window
         self.stamp: int = first.config.stamp
         self.uses_context: bool = self.engine.uses_context
+        self.uses_history: bool = self.engine.uses_history
 
     @classmethod
     def from_artifact(
@@ -139,6 +141,7 @@ class Predictor:
         return frames_to_input(
             frames, self.normalisation, band_offset=self.band_offset, stamp=self.stamp,
             with_context=self.uses_context, before=before,
+            history=frame_history_rows(frames) if self.uses_history and frames else None,
         )  # fmt: skip
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
@@ -175,6 +178,10 @@ class Predictor:
                     torch.from_numpy(a).to(self.device)
                     for a in collate_context(picked, frames=frames, stamp=self.stamp)
                 ]
+            if self.uses_history:
+                if not self.uses_context:
+                    tensors += [None, None]
+                tensors.append(torch.from_numpy(collate_history(picked)).to(self.device))
             with self._autocast():
                 probs = self.ensemble(*tensors).float().softmax(dim=-1).cpu().numpy()
             for j, i in enumerate(batch):
@@ -234,8 +241,11 @@ class Predictor:
                 x = np.stack([new[i].x[k] for i in batch])
                 band = np.stack([new[i].band[k] for i in batch])
                 extras = FrameExtras.pick([new[i] for i in batch], k) if self.uses_context else None
+                rows = None
+                if self.uses_history:
+                    rows = collate_history([new[i][k : k + 1] for i in batch])
                 with self._autocast():
-                    probs, updated = self.engine.step([current[i] for i in batch], x, band, extras)
+                    probs, updated = self.engine.step([current[i] for i in batch], x, band, extras, rows)
                 for j, i in enumerate(batch):
                     current[i] = updated[j]
                     n = updated[j].n_frames

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -244,6 +244,9 @@ class ModelInput:
     first_mjd, prev_mjd
         The object's first frame time and the time of the frame before ``x[0]`` (NaN: none); a slice
         keeps them right, so a window's context is the whole history's.
+    history
+        ``(n, P, F)`` float32 photometric history rows (:mod:`~broker_plugin.inference.history`) of the
+        output at each frame, or None (nets without ``uses_history``).
     """
 
     x: np.ndarray
@@ -254,6 +257,7 @@ class ModelInput:
     mjd: np.ndarray | None = None
     first_mjd: float = math.nan
     prev_mjd: float = math.nan
+    history: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.band)
@@ -268,6 +272,7 @@ class ModelInput:
         return ModelInput(
             self.x[index], self.band[index], _cut(self.aux, index), _cut(self.photometry, index),
             _cut(self.presence, index), _cut(self.mjd, index), self.first_mjd, prev,
+            _cut(self.history, index),
         )  # fmt: skip
 
     @property
@@ -304,6 +309,7 @@ def arrays_to_input(
     masks: np.ndarray | None = None,
     stamp: int = 32,
     context: FrameContext | None = None,
+    history: np.ndarray | None = None,
 ) -> ModelInput:
     """Preprocess ``flux`` ``(n, stamp, stamp)`` [nJy] in ``bands`` (time order) for a net.
 
@@ -324,6 +330,8 @@ def arrays_to_input(
     context
         Science and template images, times and photometry of the same frames; None builds an input
         without them (enough for nets that do not use them).
+    history
+        ``(n, P, F)`` photometric history rows of the output at each frame (``uses_history`` nets).
     """
     flux = np.asarray(flux, np.float32)
     if flux.ndim != 3 or flux.shape[1:] != (stamp, stamp) or len(bands) != len(flux):
@@ -335,9 +343,14 @@ def arrays_to_input(
     x[~masks[keep]] = 0.0
     if not np.isfinite(x).all():
         raise InferenceInputError("non-finite flux in measured pixels")
+    rows = None
+    if history is not None:
+        if len(history) != len(flux):
+            raise InferenceInputError(f"{len(history)} history row sets for {len(flux)} frames")
+        rows = np.asarray(history, np.float32)[keep]
     if context is None:
-        return ModelInput(x, ids + band_offset)
-    return context.to_input(x, ids + band_offset, keep)
+        return ModelInput(x, ids + band_offset, history=rows)
+    return replace(context.to_input(x, ids + band_offset, keep), history=rows)
 
 
 @dataclass(frozen=True)
@@ -422,18 +435,20 @@ def frames_to_input(
     stamp: int = 32,
     with_context: bool = False,
     before: Sequence[Frame] = (),
+    history: np.ndarray | None = None,
 ) -> ModelInput:
     """Preprocess :class:`~broker_plugin.records.Frame` objects (time order) for a net.
 
     ``with_context`` adds science, template, times and photometry (nets with ``uses_context``);
-    ``before`` are the object's frames preceding ``frames`` (their times set the context's origin).
+    ``before`` are the object's frames preceding ``frames`` (their times set the context's origin);
+    ``history`` the photometric history rows of the output at each frame (``uses_history`` nets).
     """
     if not frames:
         return ModelInput(np.zeros((0, stamp, stamp), np.float32), np.zeros(0, np.int64))
     return arrays_to_input(
         np.stack([f.data for f in frames]), [f.band for f in frames], norm,
         band_offset=band_offset, masks=np.stack([f.mask for f in frames]), stamp=stamp,
-        context=frame_context(frames, before) if with_context else None,
+        context=frame_context(frames, before) if with_context else None, history=history,
     )  # fmt: skip
 
 

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from broker_plugin.inference import create_net
+from broker_plugin.inference.history import history_features
 from broker_plugin.inference.preprocess import ModelInput, normalise_static_image, photometry_features
+from broker_plugin.records import PhotometryHistory
 
 #: The paper architecture with a narrow front end: identical code paths (joint LayerNorm, padding to 99
 #: frames, u = padding) at a fraction of the CPU cost.
@@ -31,7 +33,15 @@ def make_context_input(n: int, band_offset: int = 1, seed: int = 0) -> ModelInpu
     # Irregular cadence: same-night pairs, a few nights, and season gaps.
     gaps = rng.choice([0.02, 1.0, 3.0, 200.0], size=n, p=[0.3, 0.4, 0.25, 0.05]) * rng.uniform(0.5, 1.5, n)
     mjd = 58000.0 + np.cumsum(gaps)
-    return ModelInput(base.x, base.band, aux, phot, presence, mjd, float(mjd[0]))
+    # Forced photometry on more epochs than the frames (the undetected ones too), some after the last frame:
+    # each frame's rows read only the epochs up to its own time.
+    m = 3 * n
+    history = PhotometryHistory.from_points(
+        np.sort(rng.uniform(mjd[0] - 30.0, mjd[-1] + 10.0, m)), rng.integers(0, 6, m),
+        rng.normal(0, 2000, m), rng.uniform(50, 800, m), rng.random(m) < 0.3,
+    )  # fmt: skip
+    rows = np.stack([history_features(history, float(t)) for t in mjd])
+    return ModelInput(base.x, base.band, aux, phot, presence, mjd, float(mjd[0]), history=rows)
 
 
 def make_members(name: str, count: int = 2, **overrides) -> list[torch.nn.Module]:

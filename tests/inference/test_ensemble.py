@@ -11,6 +11,7 @@ from broker_plugin.config import bundled_model_dir
 from broker_plugin.inference.artifact import load_artifact
 from broker_plugin.inference.ensemble import MemberLoop, StackedConvEntion, can_stack, ensemble_forward
 from broker_plugin.inference.errors import InferenceInputError
+from broker_plugin.inference.history import collate_history
 from broker_plugin.inference.incremental import ObjectCache
 from broker_plugin.inference.predictor import Predictor
 from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, collate, collate_context
@@ -158,8 +159,10 @@ def test_random_ensembles_stacked_equal_reference(name, overrides, count, prefix
         ("convention-triplet-small", {"masked": False}, EDGES),  # context nets padded to 99 frames too
         pytest.param("convention-triplet", TINY, EDGES, marks=pytest.mark.slow),
         ("convention-triplet-lean", {}, EVERY),  # the context added to the image channels
+        ("convention-alert-small", {}, EVERY),  # the history branch in the head
+        pytest.param("convention-alert", TINY, EDGES, marks=pytest.mark.slow),
     ],
-    ids=["triplet-small", "triplet-small-unmasked", "triplet", "triplet-lean"],
+    ids=["triplet-small", "triplet-small-unmasked", "triplet", "triplet-lean", "alert-small", "alert"],
 )
 def test_context_ensembles_stacked_equal_reference(name, overrides, prefixes):
     worst = run_prefixes(make_members(name, count=3, **overrides), prefixes, count=1)
@@ -189,6 +192,8 @@ def batch_inputs(members, lengths=(1, 4, 50, 99)):
         return tuple(torch.from_numpy(a) for a in collate(inputs, frames=max(lengths)))
     inputs = [make_context_input(n, offset, seed=n) for n in lengths]
     arrays = (*collate(inputs, frames=max(lengths)), *collate_context(inputs, frames=max(lengths)))
+    if members[0].uses_history:
+        arrays += (collate_history(inputs),)
     return tuple(torch.from_numpy(a) for a in arrays)
 
 
@@ -202,8 +207,15 @@ CONVENTION_NETS = [
     ("convention-fixed", TINY),
     *(("convention-triplet-small", flags) for flags in CONTEXT_FLAGS),
     ("convention-triplet-lean", {}),
+    ("convention-alert-small", {}),
 ]
-CONVENTION_IDS = ["paper", "fixed", *(f"triplet-small-{i}" for i in CONTEXT_IDS), "triplet-lean"]
+CONVENTION_IDS = [
+    "paper",
+    "fixed",
+    *(f"triplet-small-{i}" for i in CONTEXT_IDS),
+    "triplet-lean",
+    "alert-small",
+]
 
 
 @pytest.mark.parametrize("conv_mode", ["members", "grouped"])
@@ -218,7 +230,8 @@ def test_both_convolution_layouts_give_the_reference_numbers(name, overrides, co
         # The 4-frame object: one real chunk, one of 1 real frame and 2 padding frames, one all padding;
         # and the same of the 50-frame object with band ids 0 over real pixels, planes and context,
         # which the masked nets must ignore.
-        chunks = chunked((f[1:3, :9] for f in frames), stacked.chunk_size)
+        history = frames[4][1:3] if members[0].uses_history else None
+        chunks = chunked((f[1:3, :9] for f in frames[:4]), stacked.chunk_size)
         band = chunks[1].clone()
         band[4, 1:], band[5] = 0, 0
         chunks = (chunks[0], band, *chunks[2:])
@@ -228,8 +241,8 @@ def test_both_convolution_layouts_give_the_reference_numbers(name, overrides, co
         windows = stacked.to_cache(tokens).view(len(members), 2, 3, *stacked.token_shape)
         mask = torch.tensor([[True, True, False], [True, True, True]])
         for m in (None, mask):
-            got = stacked.classify(stacked.to_work(windows), m)
-            np.testing.assert_allclose(got, ref.classify(windows, m), atol=TOL)
+            got = stacked.classify(stacked.to_work(windows), m, history)
+            np.testing.assert_allclose(got, ref.classify(windows, m, history), atol=TOL)
 
 
 def test_slicing_objects_for_the_caches_changes_nothing(shipped):
@@ -241,6 +254,8 @@ def test_slicing_objects_for_the_caches_changes_nothing(shipped):
     arrays = collate(inputs, frames=60)
     if shipped[0].uses_context:
         arrays += collate_context(inputs, frames=60)
+    if shipped[0].uses_history:
+        arrays += (collate_history(inputs),)
     tensors = [torch.from_numpy(a) for a in arrays]
     with torch.inference_mode():
         np.testing.assert_allclose(stacked(*tensors), whole(*tensors), atol=1e-5)

@@ -52,6 +52,9 @@ NARROW = {"features": 32, "hidden": 16}
         ("convention-triplet-small", {"time_encoding": "index"}, EDGES, 1),
         pytest.param("convention-triplet-lean", {}, EVERY, 1, marks=pytest.mark.slow),
         ("convention-triplet-lean", {}, EDGES, 2),
+        pytest.param("convention-alert-small", {}, EVERY, 1, marks=pytest.mark.slow),
+        ("convention-alert-small", {}, EDGES, 2),
+        ("convention-alert", TINY, EDGES, 1),
         ("cnn-gru", {}, EDGES, 1),
         ("cnn-lstm", {}, [1, 99, 100, 150], 1),
         # The recurrent baselines given the ablation's inputs (one token per frame: chunk_size 1).

@@ -26,6 +26,7 @@ def _inputs(lengths, seed=0, context=False):
         ("convention-small", {"channels": (4, 8, 8, 8), "head_hidden": 16, "max_chunks": 6}),
         ("cnn-gru", {"features": 16, "hidden": 8, "max_chunks": 12}),
         ("convention-triplet-small", {"channels": (4, 8, 8, 8), "head_hidden": 16, "max_chunks": 6}),
+        ("convention-alert-small", {"channels": (4, 8, 8, 8), "head_hidden": 16, "max_chunks": 6}),
     ],
 )
 def test_prefix_features_equal_the_net_on_each_prefix_window(name, args):
