@@ -1,7 +1,8 @@
 import numpy as np
 
 from broker_plugin.inference.preprocess import ModelInput, window_start
-from broker_plugin_train.augment import random_view, serving_window
+from broker_plugin.records import PhotometryHistory
+from broker_plugin_train.augment import history_view, random_view, serving_window
 
 
 def _inp(n: int) -> ModelInput:
@@ -53,3 +54,24 @@ def test_augmentation_is_the_same_for_every_frame():
     candidates = [np.rot90(inp.x, k, axes=(1, 2)) for k in range(4)]
     candidates += [c[:, :, ::-1] for c in candidates]
     assert any(np.array_equal(v.x, c) for c in candidates)
+
+
+def test_history_views_keep_detections_and_only_shrink():
+    rng = np.random.default_rng(0)
+    mjd = np.sort(rng.uniform(59970.0, 60100.0, 80))
+    detected = rng.random(80) < 0.3
+    history = PhotometryHistory.from_points(
+        mjd, np.ones(80), rng.normal(0, 500, 80), np.full(80, 50.0), detected
+    )
+    frames = np.sort(mjd[detected])
+    sizes, detections_only = [], 0
+    for seed in range(200):
+        view = history_view(history, frames, np.random.default_rng(seed))
+        kept = set(view.midpointMjdTai.tolist())
+        assert kept <= set(mjd.tolist())
+        assert set(mjd[detected].tolist()) <= kept  # every alert carries its own detection
+        assert view.midpointMjdTai.min() >= mjd.min()
+        sizes.append(len(view))
+        detections_only += not (~view.detected).any()
+    assert min(sizes) < len(history) and max(sizes) <= len(history)
+    assert 5 <= detections_only <= 40  # about DETECTIONS_ONLY_PROBABILITY of the draws

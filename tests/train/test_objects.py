@@ -2,9 +2,10 @@
 
 import numpy as np
 
+from broker_plugin.inference.history import HISTORY_FEATURES, HISTORY_POINTS
 from broker_plugin.inference.preprocess import CONTEXT_FEATURES, FluxNormalisation
 from broker_plugin_train.data.shards import ShardDataset
-from broker_plugin_train.objects import ObjectSource, detections
+from broker_plugin_train.objects import PRECOVERY_DAYS, ObjectSource, detections
 
 
 def test_detections_keep_significant_finite_epochs_only():
@@ -43,3 +44,28 @@ def test_inputs_carry_planes_times_and_photometry(small_dataset):
     assert np.isfinite(inp.aux).all() and np.abs(inp.aux).max() > 1.0  # static sky is seen, normalised
     plain = source.model_input(0, FluxNormalisation(), 1)
     assert plain.aux is None and np.array_equal(plain.x, inp.x)
+
+
+def test_history_holds_every_epoch_from_the_precovery_on_and_outputs_read_only_the_past(small_dataset):
+    data = ShardDataset(small_dataset)
+    every = ObjectSource.from_shards(small_dataset)
+    view = ObjectSource.from_shards(small_dataset, min_snr=5.0, min_frames=3)
+    raw = view.raw(0)
+    seq = data[every.ids.index(view.ids[0])]
+    first = raw.context.mjd[0]
+    mjd, flux = np.asarray(seq.mjd), np.asarray(seq.psf_flux)
+    expected = (mjd >= first - PRECOVERY_DAYS) & np.isfinite(flux)
+    np.testing.assert_array_equal(np.sort(raw.history.midpointMjdTai), mjd[expected])
+    assert len(raw.history) > len(raw.bands)  # the undetected epochs too, which raise no alert
+    assert raw.history.detected.sum() == len(raw.bands)  # exactly the alerts are detections
+    inp = view.model_input(0, FluxNormalisation(), 1, with_context=True, with_history=True)
+    assert inp.history.shape == (len(inp), HISTORY_POINTS, HISTORY_FEATURES)
+    for k, t in enumerate(raw.context.mjd):  # the output at frame k reads the epochs up to its time
+        assert inp.history[k, :, 0].sum() == min(HISTORY_POINTS, np.sum(raw.history.midpointMjdTai <= t))
+    # A training draw randomises the history; evaluation never does.
+    drawn = view.model_input(0, FluxNormalisation(), 1, with_history=True, rng=np.random.default_rng(3))
+    again = view.model_input(0, FluxNormalisation(), 1, with_history=True)
+    assert (
+        np.array_equal(again.history, inp.history)
+        and drawn.history[-1, :, 0].sum() <= inp.history[-1, :, 0].sum()
+    )
