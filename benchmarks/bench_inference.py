@@ -43,8 +43,10 @@ from broker_plugin.config import bundled_model_dir
 from broker_plugin.inference import create_net
 from broker_plugin.inference.artifact import load_artifact
 from broker_plugin.inference.ensemble import StackedConvEntion
+from broker_plugin.inference.history import history_features
 from broker_plugin.inference.predictor import Predictor
 from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, photometry_features
+from broker_plugin.records import PhotometryHistory
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -69,7 +71,14 @@ def make_inputs(
         aux = rng.normal(size=(frames, 2, 32, 32)).astype(np.float32) * presence[..., None, None]
         phot = photometry_features(rng.normal(0, 3000, frames), rng.uniform(50, 800, frames))
         mjd = 58000.0 + np.cumsum(rng.choice([0.02, 1.0, 3.0, 200.0], frames, p=[0.3, 0.4, 0.25, 0.05]))
-        inputs.append(ModelInput(x, band, aux, phot, presence, mjd, float(mjd[0])))
+        # Forced photometry on twice as many epochs as alerts: the rows a history net reads per output.
+        m = 2 * frames
+        points = PhotometryHistory.from_points(
+            np.sort(rng.uniform(mjd[0] - 30.0, mjd[-1], m)), rng.integers(0, 6, m), rng.normal(0, 2000, m),
+            rng.uniform(50, 800, m), rng.random(m) < 0.4,
+        )  # fmt: skip
+        rows = np.stack([history_features(points, float(t)) for t in mjd])
+        inputs.append(ModelInput(x, band, aux, phot, presence, mjd, float(mjd[0]), history=rows))
     return inputs
 
 

@@ -99,7 +99,7 @@ class Alert:
     ztf: ZtfCutoutContext | None = None
     cutoutScience: bytes | None = field(default=None, repr=False)
     cutoutTemplate: bytes | None = field(default=None, repr=False)
-    history: PhotometryHistory | None = field(default=None, repr=False)
+    history: PhotometryHistory | None = field(default=None, repr=False, compare=False)
 
 
 class StampFlag(enum.IntFlag):
