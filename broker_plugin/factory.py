@@ -22,9 +22,20 @@ from broker_plugin.state.base import StateStore
 from broker_plugin.state.factory import open_state_store
 
 
-def build_decoder(settings: Settings) -> AlertDecoder:
-    """The alert decoder (bundled schemas, plus the registry if configured) under ``settings.limits``."""
-    return make_decoder(settings.schema_registry, settings.limits)
+def build_decoder(settings: Settings, *, history: bool = True) -> AlertDecoder:
+    """The alert decoder (bundled schemas, plus the registry if configured) under ``settings.limits``.
+
+    ``history``: decode each alert's photometric history (see :func:`uses_history`).
+    """
+    return make_decoder(settings.schema_registry, settings.limits, history=history)
+
+
+def uses_history(predictor: Predictor) -> bool:
+    """Whether the model reads the alerts' photometric history (the decoders skip it when not).
+
+    A predictor that does not say is given the history (reading it costs time, never an alert).
+    """
+    return bool(getattr(predictor, "uses_history", True))
 
 
 def model_stamp_settings(settings: Settings, artifact: Artifact) -> StampSettings:
@@ -86,7 +97,8 @@ def build_parts(settings: Settings) -> Parts:
     )
     info = model_info(settings, artifact)
     stamps = model_stamp_settings(settings, artifact)
-    prepare = PrepareConfig(settings.schema_registry, settings.limits, stamps, info.bands)
+    history = uses_history(predictor)
+    prepare = PrepareConfig(settings.schema_registry, settings.limits, stamps, info.bands, history)
     store = open_state_store(settings.state.url, settings.state.max_frames_per_object)
     normaliser = StampNormaliser(stamps, settings.limits)
     pipeline = Pipeline(
@@ -97,7 +109,8 @@ def build_parts(settings: Settings) -> Parts:
         min_frames=settings.model.min_frames,
         max_frames_per_object=settings.state.max_frames_per_object,
     )
-    return Parts(pipeline, build_decoder(settings), store, predictor, info, prepare, normaliser)
+    decoder = build_decoder(settings, history=history)
+    return Parts(pipeline, decoder, store, predictor, info, prepare, normaliser)
 
 
 def build_service(
@@ -125,6 +138,7 @@ def build_service(
         )
     # Frames the pipeline normalises itself (no preparation processes) are counted as they are made.
     parts.normaliser.watch_missing_planes(metrics.count_missing_plane)
+    parts.decoder.watch_missing_history(lambda reason: metrics.count_missing_plane("history", reason))
     service = Service(
         settings, pipeline=parts.pipeline, decoder=parts.decoder, store=parts.store,
         metrics=metrics, health=health, client_id=client_id, preparation=preparation,

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from broker_plugin import exceptions
+from broker_plugin.serde.history import HistoryMissing
 
 NAMESPACE = "broker_plugin"
 #: Reasons an alert is not turned into a frame (typed errors plus the pipeline's own).
@@ -63,6 +64,8 @@ PLANE_MISSING_REASONS: tuple[str, ...] = tuple(
 PLANE_MISSING_SERIES: tuple[tuple[str, str], ...] = (
     *((plane, reason) for plane in ("science", "template") for reason in PLANE_MISSING_REASONS),
     ("photometry", exceptions.InvalidPhotometryError.reason),
+    # Alerts decoded without their photometric history (the decoder tells why): used all the same.
+    *(("history", reason.value) for reason in HistoryMissing),
 )
 #: Stages of preparation whose time is counted.
 PREPARATION_STAGES: tuple[str, ...] = ("decode", "normalise")

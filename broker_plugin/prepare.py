@@ -53,10 +53,15 @@ log = logging.getLogger(__name__)
 PROCESS_DIED = ("internal_error", "preparation process died")
 
 
-def make_decoder(registry: SchemaRegistrySettings, limits: LimitsSettings) -> AlertDecoder:
-    """The alert decoder (bundled schemas, plus the registry if configured) under ``limits``."""
+def make_decoder(
+    registry: SchemaRegistrySettings, limits: LimitsSettings, *, history: bool = True
+) -> AlertDecoder:
+    """The alert decoder (bundled schemas, plus the registry if configured) under ``limits``.
+
+    ``history``: read each alert's photometric history (only a model that uses it needs it).
+    """
     client = SchemaRegistryClient(registry) if registry.url else None
-    return AlertDecoder(RubinSchemaStore(client), limits)
+    return AlertDecoder(RubinSchemaStore(client), limits, history=history)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +78,15 @@ class PrepareConfig:
         The model's stamp settings (its frame size and pixel scale).
     bands
         The model's bands: alerts in other bands are not normalised (the pipeline ignores them).
+    history
+        Decode each alert's photometric history (the model uses it); False skips it at no cost.
     """
 
     schema_registry: SchemaRegistrySettings
     limits: LimitsSettings
     stamps: StampSettings
     bands: tuple[str, ...]
+    history: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +170,8 @@ class Preparer:
     """
 
     def __init__(self, config: PrepareConfig) -> None:
-        self._decoder = make_decoder(config.schema_registry, config.limits)
+        self._decoder = make_decoder(config.schema_registry, config.limits, history=config.history)
+        self._decoder.watch_missing_history(lambda reason: self._count_missing("history", reason))
         self._normaliser = StampNormaliser(config.stamps, config.limits)
         self._normaliser.watch_missing_planes(self._count_missing)
         self._bands = frozenset(config.bands)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import fastavro
@@ -26,6 +26,7 @@ from broker_plugin.exceptions import (
     WrongMagicByteError,
 )
 from broker_plugin.records import Alert
+from broker_plugin.serde.history import missing_reason
 from broker_plugin.serde.projection import ContainerSchemaCache
 from broker_plugin.serde.rubin import WIRE_HEADER, rubin_record_to_alert
 from broker_plugin.serde.schemas import RubinSchemaStore
@@ -136,6 +137,7 @@ def iter_container(
     max_records: int | None = None,
     max_inflated_bytes: int | None = None,
     skip_history_bytes: bool = True,
+    history: bool = False,
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """Yield ``(record, version)`` from an Avro container file, one record at a time.
 
@@ -163,6 +165,8 @@ def iter_container(
         Most bytes all blocks together may inflate to (one Kafka message: ``max_message_inflated_bytes``).
     skip_history_bytes
         False: let fastavro walk the history value by value (the reference, for tests and benchmarks).
+    history
+        Read the photometric history into each record too (:mod:`.history`; not with ``full``).
 
     Raises
     ------
@@ -203,7 +207,7 @@ def iter_container(
                 if full:
                     record = fastavro.schemaless_reader(buffer, schema.writer, None)
                 else:
-                    record = schema.records.read(buffer, data, skip_bytes=skip_history_bytes)
+                    record = schema.records.read(buffer, data, skip_bytes=skip_history_bytes, history=history)
             except Exception as exc:  # EOFError, ValueError, UnicodeDecodeError, IndexError, ...
                 raise _read_error(exc, "container record") from exc
             yield record, version
@@ -278,11 +282,14 @@ def iter_payload(
         return
     try:
         records = iter_container(
-            io.BytesIO(raw), limits=limits, skip_history_bytes=decoder.skip_history_bytes
+            io.BytesIO(raw),
+            limits=limits,
+            skip_history_bytes=decoder.skip_history_bytes,
+            history=decoder.history,
         )
         for record, version in records:
             try:
-                yield record_to_alert(record, version, limits)
+                yield decoder.alert_of(record, version, limits)
             except AlertDecodeError as exc:
                 yield exc
     except AlertDecodeError as exc:
@@ -301,6 +308,9 @@ class AlertDecoder:
     skip_history_bytes
         Skip history arrays by byte pattern (:mod:`.skipping`); False lets fastavro walk them value by
         value, the reference the fast path is tested and benchmarked against. Same records either way.
+    history
+        Read each alert's photometric history (:attr:`Alert.history <broker_plugin.records.Alert.history>`,
+        see :mod:`.history`); False skips it as bytes, at no cost, and every alert's history is None.
     """
 
     def __init__(
@@ -309,10 +319,35 @@ class AlertDecoder:
         limits: LimitsSettings | None = None,
         *,
         skip_history_bytes: bool = True,
+        history: bool = True,
     ) -> None:
         self._schemas = schemas
         self.limits = limits or _DEFAULT_LIMITS
         self.skip_history_bytes = skip_history_bytes
+        self.history = history
+        self._history_listeners: list[Callable[[str], None]] = []
+
+    def watch_missing_history(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(reason)`` for every alert decoded without its history (history on).
+
+        ``reason`` is a :class:`~.history.HistoryMissing` value; alerts rejected are not told.
+        """
+        self._history_listeners.append(listener)
+
+    def alert_of(self, record: Any, version: str, limits: LimitsSettings | None = None) -> Alert:
+        """:func:`record_to_alert` of a record this decoder read, telling a missing history's reason.
+
+        Raises
+        ------
+        AlertDecodeError
+            As :func:`record_to_alert`.
+        """
+        alert = record_to_alert(record, version, limits or self.limits)
+        if self.history and alert.history is None:
+            reason = missing_reason(record) if isinstance(record, dict) else None
+            for listener in self._history_listeners:
+                listener(str(reason or "absent"))
+        return alert
 
     def decode_rubin_body(self, raw: bytes) -> tuple[dict[str, Any], str]:
         """Read a Confluent-framed Rubin message into ``(record, version)``.
@@ -332,7 +367,9 @@ class AlertDecoder:
         buffer = io.BytesIO(raw)
         buffer.seek(WIRE_HEADER.size)
         try:
-            record = writer.records.read(buffer, raw, skip_bytes=self.skip_history_bytes)
+            record = writer.records.read(
+                buffer, raw, skip_bytes=self.skip_history_bytes, history=self.history
+            )
         except Exception as exc:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
             raise _read_error(exc, f"schema {schema_id} body") from exc
         if buffer.tell() != len(raw):
@@ -362,11 +399,12 @@ class AlertDecoder:
                 max_records=self.limits.max_alerts_per_message,
                 max_inflated_bytes=self.limits.max_message_inflated_bytes,
                 skip_history_bytes=self.skip_history_bytes,
+                history=self.history,
             )
-            return [record_to_alert(record, version, self.limits) for record, version in records]
+            return [self.alert_of(record, version) for record, version in records]
         if raw[0] != 0:
             raise WrongMagicByteError(
                 f"first byte is 0x{raw[0]:02x}: neither Confluent framing (0x00) nor an Avro container"
             )
         record, version = self.decode_rubin_body(raw)
-        return [record_to_alert(record, version, self.limits)]
+        return [self.alert_of(record, version)]

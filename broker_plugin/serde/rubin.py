@@ -17,6 +17,7 @@ from broker_plugin.config import LimitsSettings
 from broker_plugin.exceptions import InvalidPhotometryError, MissingFieldError, UnsupportedAlertError
 from broker_plugin.records import Alert, Survey
 from broker_plugin.serde import fields
+from broker_plugin.serde.history import history_of
 from broker_plugin.serde.schemas import load_bundled_schema, schema_id_of
 
 #: Confluent wire format: magic byte 0x00, then the schema id as a big-endian 4-byte int.
@@ -104,6 +105,7 @@ def rubin_record_to_alert(
         cutoutTemplate=fields.lenient_bytes(
             record.get("cutoutTemplate"), "cutoutTemplate", limits.max_cutout_bytes
         ),
+        history=history_of(record),
     )
 
 

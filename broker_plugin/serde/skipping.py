@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import fastavro
@@ -109,7 +109,7 @@ def standalone(schema: Any, definitions: dict[str, Any], defined: set[str]) -> A
     return copy
 
 
-class _NoMatchError(Exception):
+class NoMatchError(Exception):
     """The bytes do not match the pattern: read the record with fastavro instead."""
 
 
@@ -169,22 +169,24 @@ def item_pattern(schema: Any, definitions: dict[str, Any], depth: int = 0) -> by
     return item_pattern(kind, definitions, depth + 1)  # a primitive with a logical type
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     """A zig-zag varint at ``pos`` and the position after it."""
     shift = value = 0
     for _ in range(10):
         if pos >= len(data):
-            raise _NoMatchError
+            raise NoMatchError
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
             return (value >> 1) ^ -(value & 1), pos
         shift += 7
-    raise _NoMatchError
+    raise NoMatchError
 
 
 Skip = Callable[[bytes, int], int]
+#: Skips one field's value like a :data:`Skip`, putting what it reads into its third argument (a sink).
+Extract = Callable[[bytes, int, Any], int]
 
 
 def _blocks_skipper(item: re.Pattern[bytes]) -> Skip:
@@ -193,19 +195,19 @@ def _blocks_skipper(item: re.Pattern[bytes]) -> Skip:
 
     def skip(data: bytes, pos: int) -> int:
         while True:
-            count, pos = _varint(data, pos)
+            count, pos = read_varint(data, pos)
             if count == 0:
                 return pos
             if count < 0:  # a block that states its byte size: jump, as fastavro does
-                size, pos = _varint(data, pos)
+                size, pos = read_varint(data, pos)
                 if size < 0 or pos + size > len(data):
-                    raise _NoMatchError
+                    raise NoMatchError
                 pos += size
                 continue
             for _ in range(count):  # each item is at least one byte: bounded by the data
                 found = match(data, pos)
                 if found is None:
-                    raise _NoMatchError
+                    raise NoMatchError
                 pos = found.end()
 
     return skip
@@ -230,7 +232,7 @@ def field_skipper(schema: Any, definitions: dict[str, Any]) -> Skip | None:
 
         def skip_union(data: bytes, pos: int) -> int:
             if pos >= len(data) or data[pos] >= 2 * len(branches) or data[pos] & 1:
-                raise _NoMatchError
+                raise NoMatchError
             return branches[data[pos] >> 1](data, pos + 1)  # type: ignore[misc]
 
         return skip_union
@@ -249,7 +251,7 @@ def field_skipper(schema: Any, definitions: dict[str, Any]) -> Skip | None:
     def skip_value(data: bytes, pos: int) -> int:
         found = single.match(data, pos)
         if found is None:
-            raise _NoMatchError
+            raise NoMatchError
         return found.end()
 
     return skip_value
@@ -279,10 +281,12 @@ class SkippingReader:
     Build with :meth:`build`, which returns None where the fast path does not apply.
     """
 
-    def __init__(self, writer: Any, reader: Any, plan: list[Any]) -> None:
+    def __init__(self, writer: Any, reader: Any, plan: list[Any], skipped: list[str | None]) -> None:
         self._writer = writer
         self._reader = reader
         self._plan = plan
+        #: The name of the field each skipping step of the plan skips (None for a read segment).
+        self._skipped = skipped
         #: Records read by fastavro because the pattern did not match (none, for real alerts).
         self.fallbacks = 0
 
@@ -294,6 +298,7 @@ class SkippingReader:
         definitions = definitions_of(writer)
         kept_names = {field["name"] for field in reader["fields"]}
         plan: list[Any] = []
+        skipped: list[str | None] = []
         run: list[dict[str, Any]] = []
         for field in writer["fields"]:
             if field["name"] in kept_names:
@@ -303,14 +308,17 @@ class SkippingReader:
                 continue
             if run:
                 plan.append(cls._segment(run, definitions, len(plan)))
+                skipped.append(None)
                 run = []
             skip = field_skipper(field["type"], definitions)
             if skip is None:
                 return None
             plan.append(skip)
+            skipped.append(field["name"])
         if run:
             plan.append(cls._segment(run, definitions, len(plan)))
-        return cls(writer, reader, plan)
+            skipped.append(None)
+        return cls(writer, reader, plan, skipped)
 
     @staticmethod
     def _segment(fields: list[dict[str, Any]], definitions: dict[str, Any], index: int) -> Any:
@@ -333,23 +341,40 @@ class SkippingReader:
         Exception
             Whatever fastavro raises on bytes that are not a record of the writer schema.
         """
+        return self.read_extracting(buffer, data, None, None)[0]
+
+    def read_extracting(
+        self, buffer: io.BytesIO, data: bytes, extractors: Mapping[str, Extract] | None, sink: Any
+    ) -> tuple[dict[str, Any], bool]:
+        """As :meth:`read`, with ``extractors[name]`` in place of the skip of field ``name``.
+
+        An extractor skips the same bytes as the skip it replaces, putting what it reads into ``sink``.
+
+        Returns
+        -------
+        tuple
+            The record, and whether it was read by fastavro because a pattern did not match (then
+            ``sink`` holds whatever the extractors put into it before, to be discarded).
+        """
         start = buffer.tell()
         record: dict[str, Any] = {}
         try:
             pos = start
-            for step in self._plan:
-                if callable(step):
-                    pos = step(data, pos)
-                else:
+            for step, name in zip(self._plan, self._skipped, strict=True):
+                if not callable(step):
                     buffer.seek(pos)
                     record.update(fastavro.schemaless_reader(buffer, step, None))
                     pos = buffer.tell()
+                elif extractors is not None and name in extractors:
+                    pos = extractors[name](data, pos, sink)
+                else:
+                    pos = step(data, pos)
             buffer.seek(pos)
-            return record
-        except _NoMatchError:
+            return record, False
+        except NoMatchError:
             self.fallbacks += 1
             buffer.seek(start)
-            return fastavro.schemaless_reader(buffer, self._writer, self._reader)
+            return fastavro.schemaless_reader(buffer, self._writer, self._reader), True
 
 
 class RecordReader:
@@ -377,8 +402,24 @@ class RecordReader:
         self._reads = 0
         self._decided = False
         self._fast: SkippingReader | None = None
+        self._history: Any = None  # history.HistoryPlan, built on the first read with history
+        self._extractors: dict[str, Extract] | None = None
+        self._extractors_built = False
 
-    def read(self, buffer: io.BytesIO, data: bytes, *, skip_bytes: bool = True) -> dict[str, Any]:
+    def _fast_reader(self) -> SkippingReader | None:
+        """The skipping reader once this schema has been read :attr:`FAST_AFTER` times, else None."""
+        if self.reader is None:
+            return None
+        if not self._decided:
+            self._reads += 1
+            if self._reads > self.FAST_AFTER:
+                self._fast = SkippingReader.build(self.writer, self.reader)
+                self._decided = True
+        return self._fast
+
+    def read(
+        self, buffer: io.BytesIO, data: bytes, *, skip_bytes: bool = True, history: bool = False
+    ) -> dict[str, Any]:
         """The next record from ``buffer`` (whose bytes are ``data``), as fastavro's projected read gives.
 
         Parameters
@@ -389,18 +430,52 @@ class RecordReader:
             All of ``buffer``'s bytes.
         skip_bytes
             Use the skipping reader when built (False: fastavro alone, the reference).
+        history
+            Also read the photometric history (:mod:`.history`) into the record's
+            :data:`~.history.HISTORY_KEY`: a :class:`~.history.RawHistory`, or the
+            :class:`~.history.HistoryMissing` reason it could not be read. False: skipped, as ever.
 
         Raises
         ------
         Exception
             Whatever fastavro raises on bytes that are not a record of the writer schema.
         """
-        if skip_bytes and self.reader is not None:
-            if not self._decided:
-                self._reads += 1
-                if self._reads > self.FAST_AFTER:
-                    self._fast = SkippingReader.build(self.writer, self.reader)
-                    self._decided = True
-            if self._fast is not None:
-                return self._fast.read(buffer, data)
+        if history:
+            return self._read_with_history(buffer, data, skip_bytes)
+        fast = self._fast_reader() if skip_bytes else None
+        if fast is not None:
+            return fast.read(buffer, data)
         return fastavro.schemaless_reader(buffer, self.writer, self.reader)
+
+    def _read_with_history(self, buffer: io.BytesIO, data: bytes, skip_bytes: bool) -> dict[str, Any]:
+        # Imported here: history builds on this module's patterns, and this module is imported first.
+        from broker_plugin.serde.history import HISTORY_KEY, HistoryMissing, HistoryPlan, HistorySink
+
+        if self._history is None:
+            self._history = HistoryPlan.of(self.writer)
+        plan = self._history
+        if plan.missing is not None:
+            record = self.read(buffer, data, skip_bytes=skip_bytes)
+            record[HISTORY_KEY] = plan.missing
+            return record
+        start = buffer.tell()
+        fast = self._fast_reader() if skip_bytes else None
+        if fast is not None and not self._extractors_built:
+            self._extractors = plan.extractors()  # compiled once, with the skipping reader
+            self._extractors_built = True
+        if fast is not None and self._extractors is not None:
+            sink = HistorySink()
+            record, fell_back = fast.read_extracting(buffer, data, self._extractors, sink)
+            if not fell_back:
+                record[HISTORY_KEY] = plan.raw(sink)
+                return record
+        else:
+            record = fastavro.schemaless_reader(buffer, self.writer, self.reader)
+        # The record is read (framing errors raised above); its history by the plain walk.
+        sink = HistorySink()
+        try:
+            end = plan.walk(data, start, self.writer, sink)
+        except (NoMatchError, IndexError, ValueError):  # bytes the schema's walk cannot frame
+            end = -1
+        record[HISTORY_KEY] = plan.raw(sink) if end == buffer.tell() else HistoryMissing.MALFORMED
+        return record

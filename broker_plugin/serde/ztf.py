@@ -22,6 +22,7 @@ from broker_plugin.exceptions import (
 )
 from broker_plugin.records import Alert, Survey, ZtfCutoutContext
 from broker_plugin.serde import fields
+from broker_plugin.serde.history import history_of
 
 #: ZTF filter id -> band.
 ZTF_BANDS = {1: "g", 2: "r", 3: "i"}
@@ -118,6 +119,7 @@ def ztf_record_to_alert(record: dict[str, Any], limits: LimitsSettings | None = 
         ),
         cutoutScience=_plane_stamp(record.get("cutoutScience"), "cutoutScience", limits.max_cutout_bytes),
         cutoutTemplate=_plane_stamp(record.get("cutoutTemplate"), "cutoutTemplate", limits.max_cutout_bytes),
+        history=history_of(record),
     )
 
 

@@ -284,6 +284,7 @@ class StampNormaliser:
             templateMask=None if template is None else template[1],
             psfFlux=psf_flux,
             psfFluxErr=psf_flux_err,
+            history=alert.history,
         )
         check_frame(frame, self._settings.size)
         # Told only now: the planes of an alert refused after all (invalid_frame) are not counted.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 from collections import Counter
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from broker_plugin.records import PhotometryHistory
 from broker_plugin.state.base import StateStore, object_key
 from tests.state.conftest import FakeClock, StoreFactory, assert_same_frame, make_frame
 
@@ -353,3 +355,12 @@ def test_invalid_stored_frames_are_skipped_reported_and_removed(make_store: Stor
     assert store.add_frames("k", [make_frame(2, 2.0)]).new == (2,)
     assert ids(store, "k") == [1, 2, 6, 7]
     assert len(seen) == 4  # each invalid frame reported once
+
+
+def test_history_is_not_stored(store: StateStore) -> None:
+    history = PhotometryHistory.from_points([60_000.0], [2], [5.0], [1.0], [True])
+    frame = dataclasses.replace(make_frame(21, 0.1), history=history)
+    store.add_frames("rubin:7", [frame])
+    [stored] = store.frames("rubin:7")
+    assert stored.history is None  # a history serves the alert that brought it only
+    assert_same_frame(stored, frame)  # everything else round-trips as before
