@@ -2,11 +2,11 @@
 
 Each epoch whose forced PSF flux is significant (``|psfFlux / psfFluxErr| >= alerts.min_snr``, as
 Rubin alerts on DIA sources above 5 sigma) becomes one alert of the latest bundled ``lsst.v*.alert``
-schema. Its three cutouts, ``cutoutDifference``, ``cutoutScience`` and ``cutoutTemplate`` (see
-:mod:`broker_plugin_train.data.render` for what each holds), are rendered the way Rubin delivers them: one
-pixel grid for all three, 0.2"/px, the detector's orientation at that visit (a fresh rotation every time), a
-side of 30..102 px following an exponential size distribution, each written by
-:func:`broker_plugin.stamps.write_rubin_cutout` (CCDData FITS in nJy with variance, the PSF of that
+schema (or ``alerts.schema_version``). Its three cutouts, ``cutoutDifference``, ``cutoutScience`` and
+``cutoutTemplate`` (see :mod:`broker_plugin_train.data.render` for what each holds), are rendered the way
+Rubin delivers them: one pixel grid for all three, 0.2"/px, the detector's orientation at that visit (a
+fresh rotation every time), a side of 30..102 px following an exponential size distribution, each written
+by :func:`broker_plugin.stamps.write_rubin_cutout` (CCDData FITS in nJy with variance, the PSF of that
 image (the visit's, or the co-add's for the template) and the local linear CD WCS without CTYPE).
 Schema versions before 6.1 have no ``cutoutScience``; it is left out there.
 
@@ -16,9 +16,11 @@ photometry of every earlier non-blank epoch from :data:`PRECOVERY_DAYS` before t
 on (Rubin's precovery of a new object) - detected or not, so a detection is in both lists with the same
 numbers. Both lists keep the last :data:`HISTORY_DAYS` before the alert. The forced values are the very
 ``psfFlux``/``psfFluxErr`` the writer measures at each epoch to decide whether it alerts: the history
-adds no random draw. The alerts of all objects
-are merged in time and written one container file per night (``alerts-<MJD night>.avro``);
-``truth.csv`` maps ``diaObjectId`` to its class.
+adds no random draw.
+
+The alerts of all objects are merged in time and written one container file per night
+(``alerts-<MJD night>.avro``, its Avro sync marker derived from the seed and night: same config and seed,
+byte-identical files); ``truth.csv`` maps ``diaObjectId`` to its class.
 
 All alerts are held in memory before the time sort: meant for replay sets of up to a few thousand
 objects (use ``--objects`` / ``--per-class``), not for the whole training set.
