@@ -19,8 +19,9 @@ numbers. Both lists keep the last :data:`HISTORY_DAYS` before the alert. The for
 adds no random draw.
 
 The alerts of all objects are merged in time and written one container file per night
-(``alerts-<MJD night>.avro``, its Avro sync marker derived from the seed and night: same config and seed,
-byte-identical files); ``truth.csv`` maps ``diaObjectId`` to its class.
+(``alerts-<MJD night>.avro``, its Avro sync marker derived from the seed and night and the schema in its
+header key-sorted: same config and seed, byte-identical files); ``truth.csv`` maps ``diaObjectId`` to its
+class.
 
 All alerts are held in memory before the time sort: meant for replay sets of up to a few thousand
 objects (use ``--objects`` / ``--per-class``), not for the whole training set.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +286,12 @@ def write_alerts(
     for r in records:
         nights.setdefault(int(_source_mjd(r)), []).append(r)
     files = []
-    schema = load_bundled_schema(version).parsed
+    # The header holds the schema as given, and fastavro's parse orders each field's keys by a set (so by
+    # the process's hash seed): a key-sorted plain copy makes the header the same in every process.
+    parsed = load_bundled_schema(version).parsed
+    schema = json.loads(
+        json.dumps({k: v for k, v in parsed.items() if not k.startswith("__")}, sort_keys=True)
+    )
     for night, batch in sorted(nights.items()):
         path = out / f"alerts-{night}.avro"
         with path.open("wb") as handle:
