@@ -7,8 +7,10 @@ one place that knows, so everything downstream uses the current names.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fastavro
@@ -129,6 +131,58 @@ def _placeholder(avro_type: Any) -> Any:
     )
 
 
+#: The history lists an alert record carries, each an array of records of the type named here.
+HISTORY_FIELDS = ("prvDiaSources", "prvDiaForcedSources")
+
+
+def _named_records(avro_type: Any, found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every record type defined anywhere in ``avro_type``, by full name (to resolve a reference by name)."""
+    if isinstance(avro_type, list):
+        for branch in avro_type:
+            _named_records(branch, found)
+    elif isinstance(avro_type, dict):
+        if avro_type.get("type") == "record":
+            found[avro_type["name"]] = avro_type
+            for f in avro_type["fields"]:
+                _named_records(f["type"], found)
+        else:
+            for key in ("items", "values"):
+                _named_records(avro_type.get(key), found)
+    return found
+
+
+@functools.cache
+def _history_item_types(version: str) -> dict[str, dict[str, Any]]:
+    """The item record type of each history list the alert schema of ``version`` has."""
+    parsed = load_bundled_schema(version).parsed
+    named = _named_records(parsed, {})
+    out = {}
+    for f in parsed["fields"]:
+        if f["name"] not in HISTORY_FIELDS:
+            continue
+        branches = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        (array,) = (b for b in branches if isinstance(b, dict) and b.get("type") == "array")
+        items = array["items"]
+        # A type defined earlier in the schema (diaSource) is referred to by its name only.
+        out[f["name"]] = named[items] if isinstance(items, str) else items
+    return out
+
+
+def _assign(target: dict[str, Any], values: Mapping[str, Any]) -> None:
+    """Set fields of ``target`` by their current name or the older name this version has.
+
+    A None value leaves the field as it is (its placeholder: null where the version allows it, a neutral
+    value where it does not); a name the version has under neither name is left out.
+    """
+    for name, value in values.items():
+        if value is None:
+            continue
+        for candidate in (name, *_ALIASES.get(name, ())):
+            if candidate in target:
+                target[candidate] = value
+                break
+
+
 def rubin_alert_record(
     version: str,
     *,
@@ -141,6 +195,8 @@ def rubin_alert_record(
     psfFlux: float | None,
     psfFluxErr: float | None,
     cutoutDifference: bytes | None,
+    prvDiaSources: Sequence[Mapping[str, Any]] | None = None,
+    prvDiaForcedSources: Sequence[Mapping[str, Any]] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Build a complete alert record valid for Rubin schema ``version``.
@@ -149,35 +205,58 @@ def rubin_alert_record(
     ``diaSource`` field (by its name in that version) or top-level field (e.g. ``cutoutScience``,
     ``cutoutTemplate``: null unless given).
 
+    Parameters
+    ----------
+    prvDiaSources, prvDiaForcedSources
+        The object's earlier detections and forced photometry, one mapping per epoch, by current field
+        names (``diaSourceId`` / ``diaForcedSourceId``, ``diaObjectId``, ``midpointMjdTai``, ``band``,
+        ``ra``, ``dec``, ``psfFlux``, ``psfFluxErr``, or any field by its name in ``version``). Each
+        becomes a complete item record of that version: fields it has under an older name are written
+        under that name, fields it lacks (e.g. ``ra``/``dec`` of a forced source before 7.1) are left out,
+        the rest are neutral values. None (the default) writes null.
+
     Returns
     -------
     dict
         A record ``fastavro`` validates against that version's alert schema.
+
+    Raises
+    ------
+    ValueError
+        A history list is given and the version's alert schema has no such field.
     """
     parsed = load_bundled_schema(version).parsed
     top_fields = {f["name"]: f for f in parsed["fields"]}
     record = {name: f.get("default", _placeholder(f["type"])) for name, f in top_fields.items()}
     source_type = top_fields["diaSource"]["type"]
     source = _placeholder(source_type)
-    wanted = {
-        "diaSourceId": diaSourceId,
-        "diaObjectId": diaObjectId,
-        "midpointMjdTai": midpointMjdTai,
-        "band": band,
-        "ra": ra,
-        "dec": dec,
-        "psfFlux": psfFlux,
-        "psfFluxErr": psfFluxErr,
-    }
-    for name, value in wanted.items():
-        if value is None:
-            continue  # the placeholder is already null where the version allows it, 0 where it does not
-        for candidate in (name, *_ALIASES.get(name, ())):
-            if candidate in source:
-                source[candidate] = value
-                break
+    _assign(
+        source,
+        {
+            "diaSourceId": diaSourceId,
+            "diaObjectId": diaObjectId,
+            "midpointMjdTai": midpointMjdTai,
+            "band": band,
+            "ra": ra,
+            "dec": dec,
+            "psfFlux": psfFlux,
+            "psfFluxErr": psfFluxErr,
+        },
+    )
     for name, value in extra.items():
         (source if name in source else record)[name] = value
+    item_types = _history_item_types(version)
+    for name, history in (("prvDiaSources", prvDiaSources), ("prvDiaForcedSources", prvDiaForcedSources)):
+        if history is None:
+            continue
+        if name not in item_types:
+            raise ValueError(f"Rubin schema {version} has no {name}")
+        items = []
+        for values in history:
+            item = _placeholder(item_types[name])
+            _assign(item, values)
+            items.append(item)
+        record[name] = items
     record["diaSource"] = source
     record["alertId" if "alertId" in record else "diaSourceId"] = diaSourceId
     record["cutoutDifference"] = cutoutDifference

@@ -2,15 +2,26 @@
 
 Each epoch whose forced PSF flux is significant (``|psfFlux / psfFluxErr| >= alerts.min_snr``, as
 Rubin alerts on DIA sources above 5 sigma) becomes one alert of the latest bundled ``lsst.v*.alert``
-schema. Its three cutouts, ``cutoutDifference``, ``cutoutScience`` and ``cutoutTemplate`` (see
-:mod:`broker_plugin_train.data.render` for what each holds), are rendered the way Rubin delivers them: one
-pixel grid for all three, 0.2"/px, the detector's orientation at that visit (a fresh rotation every time), a
-side of 30..102 px following an exponential size distribution, each written by
-:func:`broker_plugin.stamps.write_rubin_cutout` (CCDData FITS in nJy with variance, the PSF of that
+schema (or ``alerts.schema_version``). Its three cutouts, ``cutoutDifference``, ``cutoutScience`` and
+``cutoutTemplate`` (see :mod:`broker_plugin_train.data.render` for what each holds), are rendered the way
+Rubin delivers them: one pixel grid for all three, 0.2"/px, the detector's orientation at that visit (a
+fresh rotation every time), a side of 30..102 px following an exponential size distribution, each written
+by :func:`broker_plugin.stamps.write_rubin_cutout` (CCDData FITS in nJy with variance, the PSF of that
 image (the visit's, or the co-add's for the template) and the local linear CD WCS without CTYPE).
-Schema versions before 6.1 have no ``cutoutScience``; it is left out there. The alerts of all objects
-are merged in time and written one container file per night (``alerts-<MJD night>.avro``);
-``truth.csv`` maps ``diaObjectId`` to its class.
+Schema versions before 6.1 have no ``cutoutScience``; it is left out there.
+
+Each alert also carries its object's photometric history, as Rubin's do: ``prvDiaSources``, the
+object's earlier alerts (their ``diaSource`` values), and ``prvDiaForcedSources``, the forced PSF
+photometry of every earlier non-blank epoch from :data:`PRECOVERY_DAYS` before the object's first alert
+on (Rubin's precovery of a new object) - detected or not, so a detection is in both lists with the same
+numbers. Both lists keep the last :data:`HISTORY_DAYS` before the alert. The forced values are the very
+``psfFlux``/``psfFluxErr`` the writer measures at each epoch to decide whether it alerts: the history
+adds no random draw.
+
+The alerts of all objects are merged in time and written one container file per night
+(``alerts-<MJD night>.avro``, its Avro sync marker derived from the seed and night and the schema in its
+header key-sorted: same config and seed, byte-identical files); ``truth.csv`` maps ``diaObjectId`` to its
+class.
 
 All alerts are held in memory before the time sort: meant for replay sets of up to a few thousand
 objects (use ``--objects`` / ``--per-class``), not for the whole training set.
@@ -19,13 +30,15 @@ objects (use ``--objects`` / ``--per-class``), not for the whole training set.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import numpy as np
 
 from broker_plugin.records import BANDS
-from broker_plugin.serde.files import write_alert_container
 from broker_plugin.serde.rubin import rubin_alert_record
 from broker_plugin.serde.schemas import latest_rubin_version, load_bundled_schema
 from broker_plugin.stamps import RubinCutoutGeometry, write_rubin_cutout
@@ -48,6 +61,13 @@ TRUTH_COLUMNS = (
 )
 #: Side of the PSF image stored with each cutout [pixels].
 PSF_SIDE = 25
+#: Rubin's forced photometry of a new object reaches back this far before its first detection [days].
+PRECOVERY_DAYS = 30.0
+#: An alert's history lists hold the epochs of this many days before it (Rubin: 12 months) [days].
+HISTORY_DAYS = 365.0
+#: ``diaSourceId`` / ``diaForcedSourceId`` of epoch ``i`` of object ``index``: ``first_object_id`` + these
+#: offsets + ``index * 1000 + i`` (one id space per table, as in Rubin's database).
+SOURCE_ID_OFFSET, FORCED_ID_OFFSET = 10_000_000, 20_000_000
 
 
 def _psf_image(fwhm: float, wing: float, pixel_scale: float) -> np.ndarray:
@@ -67,8 +87,42 @@ def _cutout_fields(version: str) -> frozenset[str]:
     )
 
 
+def history_epochs(
+    mjd: np.ndarray, measured: np.ndarray, alerted: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The epochs whose photometry the alert at epoch ``k`` carries.
+
+    Parameters
+    ----------
+    mjd
+        ``(n,)`` epoch mid-points [MJD], time-ordered.
+    measured
+        ``(n,)`` bool: the epoch has forced photometry (not blank).
+    alerted
+        ``(n,)`` bool: the epoch raised an alert (``alerted[k]`` is True).
+    k
+        The alert's epoch.
+
+    Returns
+    -------
+    sources, forced
+        Indices (ascending) of the ``prvDiaSources`` (earlier alerts) and the ``prvDiaForcedSources``
+        (earlier measured epochs from :data:`PRECOVERY_DAYS` before the first alert on), both within
+        :data:`HISTORY_DAYS` before epoch ``k``.
+    """
+    earlier = (np.arange(len(mjd)) < k) & (mjd >= mjd[k] - HISTORY_DAYS)
+    first_alert = mjd[np.flatnonzero(alerted)[0]]
+    sources = np.flatnonzero(earlier & alerted)
+    forced = np.flatnonzero(earlier & measured & (mjd >= first_alert - PRECOVERY_DAYS))
+    return sources, forced
+
+
 def object_alerts(obj: SimObject, config: SimulationConfig, version: str) -> list[dict[str, Any]]:
-    """Alert records of one object (its significant, non-blank epochs), with all three cutouts."""
+    """Alert records of one object (its significant, non-blank epochs), with all three cutouts.
+
+    Each record also carries the object's earlier photometry (``prvDiaSources``,
+    ``prvDiaForcedSources``; see :func:`history_epochs`), taken from the same per-epoch measurements.
+    """
     cfg, rcfg = config.alerts, config.render
     e = obj.entry
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, e.index, 2]))
@@ -81,6 +135,12 @@ def object_alerts(obj: SimObject, config: SimulationConfig, version: str) -> lis
     object_id = cfg.first_object_id + e.index
     lo, hi = cfg.size_range
     scale = cfg.pixel_scale_arcsec
+    mjd = np.asarray(obj.epochs.mjd, np.float64)
+    # Every epoch's forced PSF photometry (NaN where blank) and whether it alerted, filled as the loop goes:
+    # the history of epoch i needs only epochs before it.
+    psf_flux, psf_flux_err = np.full(n, np.nan), np.full(n, np.nan)
+    alerted = np.zeros(n, bool)
+    sources: dict[int, dict[str, Any]] = {}
     records = []
     for i in range(n):
         size = int(min(hi, lo + rng.exponential(cfg.size_scale)))
@@ -97,8 +157,23 @@ def object_alerts(obj: SimObject, config: SimulationConfig, version: str) -> lis
         sel = np.array([i])
         out = render(obj, sel, east, north, scale, cond, rcfg, rng, template_rng)
         flux, err = psf_photometry(out.difference, out.variance, out.psf)
+        psf_flux[i], psf_flux_err[i] = flux[0], err[0]
         if abs(flux[0] / err[0]) < cfg.min_snr:
             continue
+        alerted[i] = True
+        sources[i] = {
+            "diaSourceId": cfg.first_object_id + SOURCE_ID_OFFSET + e.index * 1000 + i,
+            "diaObjectId": object_id,
+            "midpointMjdTai": float(mjd[i]),
+            "band": str(obj.epochs.band[i]),
+            "ra": obj.ra,
+            "dec": obj.dec,
+            "psfFlux": float(flux[0]),
+            "psfFluxErr": float(err[0]),
+        }
+        prv_sources, prv_forced = history_epochs(
+            mjd, np.isfinite(psf_flux) & np.isfinite(psf_flux_err), alerted, i
+        )
         shape = (size, size)
         diff, sci = out.difference.reshape(shape), out.science.reshape(shape)
         add_artefacts(diff, False, rcfg, rng)
@@ -120,18 +195,31 @@ def object_alerts(obj: SimObject, config: SimulationConfig, version: str) -> lis
         records.append(
             rubin_alert_record(
                 version,
-                diaSourceId=cfg.first_object_id + 10_000_000 + e.index * 1000 + i,
-                diaObjectId=object_id,
-                midpointMjdTai=float(obj.epochs.mjd[i]),
-                band=str(obj.epochs.band[i]),
-                ra=obj.ra,
-                dec=obj.dec,
-                psfFlux=float(flux[0]),
-                psfFluxErr=float(err[0]),
+                **sources[i],
+                prvDiaSources=[sources[j] for j in prv_sources],
+                prvDiaForcedSources=[
+                    {
+                        "diaForcedSourceId": cfg.first_object_id + FORCED_ID_OFFSET + e.index * 1000 + j,
+                        "diaObjectId": object_id,
+                        "midpointMjdTai": float(mjd[j]),
+                        "band": str(obj.epochs.band[j]),
+                        "ra": obj.ra,
+                        "dec": obj.dec,
+                        "psfFlux": float(psf_flux[j]),
+                        "psfFluxErr": float(psf_flux_err[j]),
+                    }
+                    for j in prv_forced
+                ],
                 **{name: value for name, value in cutouts.items() if name in fields},
             )
         )
     return records
+
+
+def _source_mjd(record: dict[str, Any]) -> float:
+    """The alert's ``midpointMjdTai`` (``midPointTai`` before schema 5.0)."""
+    source = record["diaSource"]
+    return float(source["midpointMjdTai"] if "midpointMjdTai" in source else source["midPointTai"])
 
 
 def write_alerts(
@@ -193,15 +281,24 @@ def write_alerts(
                 "n_alerts": len(alerts),
             }
         )
-    records.sort(key=lambda r: (r["diaSource"]["midpointMjdTai"], r["diaSource"]["diaSourceId"]))
+    records.sort(key=lambda r: (_source_mjd(r), r["diaSource"]["diaSourceId"]))
     nights: dict[int, list[dict[str, Any]]] = {}
     for r in records:
-        nights.setdefault(int(r["diaSource"]["midpointMjdTai"]), []).append(r)
+        nights.setdefault(int(_source_mjd(r)), []).append(r)
     files = []
+    # The header holds the schema as given, and fastavro's parse orders each field's keys by a set (so by
+    # the process's hash seed): a key-sorted plain copy makes the header the same in every process.
+    parsed = load_bundled_schema(version).parsed
+    schema = json.loads(
+        json.dumps({k: v for k, v in parsed.items() if not k.startswith("__")}, sort_keys=True)
+    )
     for night, batch in sorted(nights.items()):
         path = out / f"alerts-{night}.avro"
         with path.open("wb") as handle:
-            write_alert_container(handle, batch, version)
+            # As write_alert_container, but with a sync marker derived from the seed and night: fastavro
+            # draws a random one, and same config + seed must give byte-identical files.
+            marker = hashlib.sha256(f"{config.seed}/{night}".encode()).digest()[:16]
+            fastavro.writer(handle, schema, batch, codec="deflate", sync_marker=marker)
         files.append(path.name)
     with (out / "truth.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=TRUTH_COLUMNS, lineterminator="\n")
@@ -210,5 +307,6 @@ def write_alerts(
             writer.writerow(
                 {k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
             )
-    assert set(BANDS) >= {r["diaSource"]["band"] for r in records}  # noqa: S101 - internal invariant
+    bands = {r["diaSource"].get("band", r["diaSource"].get("filterName")) for r in records}
+    assert set(BANDS) >= bands  # noqa: S101 - internal invariant
     return {"n_objects": len(truth), "n_alerts": len(records), "files": files, "version": version}

@@ -3,7 +3,11 @@
 ``python -m broker_plugin_train.data.demo_archive [OUT]``. The objects come from the default config with a
 seed of their own (20240101), so none of them is in the default training set (seed 20230523): two objects per
 class with at least 12 alerts each, their first 12 alerts kept (each with science, template and
-difference cutouts), which holds the archive to about 5 MB.
+difference cutouts and the object's photometric history), which holds the archive to about 5 MB.
+
+The archive keeps the fixed look (domain randomisation off): the Stripe-82-like survey its README
+describes, whose alerts the tests of the serving side check pixel by pixel and decode to the snapshot in
+``tests/serde/data/decoded_alerts.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ PER_CLASS, MIN_ALERTS, MAX_ALERTS = 2, 12, 12
 def build(out: Path = ROOT / "broker_plugin" / "demo_data") -> dict:
     """Write the archive into ``out`` (its ``*.avro`` and ``truth.csv`` are replaced; README kept)."""
     config = load_config(ROOT / "broker_plugin_train" / "configs" / "default.toml").simulation
-    config = config.model_copy(update={"seed": DEMO_SEED})
+    config = config.model_copy(
+        update={"seed": DEMO_SEED, "domain": config.domain.model_copy(update={"enabled": False})}
+    )
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.avro"):
         old.unlink()

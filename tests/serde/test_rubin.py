@@ -7,7 +7,7 @@ from broker_plugin import exceptions as exc
 from broker_plugin.records import Survey
 from broker_plugin.serde.alerts import AlertDecoder
 from broker_plugin.serde.files import write_alert_container
-from broker_plugin.serde.rubin import encode_rubin_message
+from broker_plugin.serde.rubin import encode_rubin_message, rubin_alert_record
 from broker_plugin.serde.schemas import bundled_rubin_versions, load_bundled_schema, schema_id_of
 from tests.factories import rubin_cutout_bytes, rubin_message, rubin_record
 
@@ -83,3 +83,92 @@ def test_container_file_of_rubin_alerts(decoder: AlertDecoder) -> None:
     alerts = decoder.decode_message(buffer.getvalue())
     assert [a.diaSourceId for a in alerts] == list(range(5))
     assert {a.schemaVersion for a in alerts} == {"11.1"}
+
+
+def _full_round_trip(record: dict, version: str) -> dict:
+    """Write ``record`` as an Avro container of ``version`` and read it back whole (history included)."""
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, load_bundled_schema(version).parsed, [record])
+    buffer.seek(0)
+    (back,) = fastavro.reader(buffer)
+    return back
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_history_lists_are_written_under_each_versions_names(version: str) -> None:
+    """The history items are complete records of the version: old names mapped, absent fields left out."""
+    detection = {
+        "diaSourceId": 7,
+        "diaObjectId": 42,
+        "midpointMjdTai": 60_100.25,
+        "band": "g",
+        "ra": 150.0,
+        "dec": 2.0,
+        "psfFlux": 1500.5,
+        "psfFluxErr": 100.25,
+    }
+    forced = [
+        {**{k: v for k, v in detection.items() if k != "diaSourceId"}, "diaForcedSourceId": 70},
+        {
+            "diaForcedSourceId": 71,
+            "diaObjectId": 42,
+            "midpointMjdTai": 60_110.5,
+            "band": "r",
+            "ra": 150.0,
+            "dec": 2.0,
+            "psfFlux": -20.0,
+            "psfFluxErr": 90.5,
+        },
+    ]
+    record = rubin_alert_record(
+        version,
+        diaSourceId=8,
+        diaObjectId=42,
+        midpointMjdTai=60_120.0,
+        band="i",
+        ra=150.0,
+        dec=2.0,
+        psfFlux=1000.0,
+        psfFluxErr=50.0,
+        cutoutDifference=None,
+        prvDiaSources=[detection],
+        prvDiaForcedSources=forced,
+    )
+    assert fastavro.validate(record, load_bundled_schema(version).parsed)
+    back = _full_round_trip(record, version)
+    old = version in ("3.0", "4.0")
+    mjd, band, flux, err = (
+        ("midPointTai", "filterName", "psFlux", "psFluxErr")
+        if old
+        else ("midpointMjdTai", "band", "psfFlux", "psfFluxErr")
+    )
+    (source,) = back["prvDiaSources"]
+    assert source["diaSourceId"] == 7 and source["diaObjectId"] == 42
+    assert (source[mjd], source[band], source[flux], source[err]) == (60_100.25, "g", 1500.5, 100.25)
+    assert source["ra"] == 150.0 and source["decl" if old else "dec"] == 2.0
+    assert [f["diaForcedSourceId"] for f in back["prvDiaForcedSources"]] == [70, 71]
+    got = [(f[mjd], f[band], f[flux], f[err], f["diaObjectId"]) for f in back["prvDiaForcedSources"]]
+    assert got == [(60_100.25, "g", 1500.5, 100.25, 42), (60_110.5, "r", -20.0, 90.5, 42)]
+    # Forced sources have a position only from 7.1 on; before, ra/dec are left out, not an error.
+    assert ("ra" in back["prvDiaForcedSources"][0]) == (schema_id_of(version) >= 701)
+    # The alert's own detection is not in its history.
+    assert back["diaSource"]["diaSourceId"] == 8
+
+
+@pytest.mark.parametrize("version", [VERSIONS[0], VERSIONS[-1]])
+def test_history_lists_are_null_unless_given(version: str) -> None:
+    record = rubin_alert_record(
+        version,
+        diaSourceId=8,
+        diaObjectId=42,
+        midpointMjdTai=60_120.0,
+        band="i",
+        ra=150.0,
+        dec=2.0,
+        psfFlux=1000.0,
+        psfFluxErr=50.0,
+        cutoutDifference=None,
+        prvDiaForcedSources=[],
+    )
+    back = _full_round_trip(record, version)
+    assert back["prvDiaSources"] is None and back["prvDiaForcedSources"] == []

@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import fastavro
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -21,7 +25,7 @@ from broker_plugin.serde.schemas import latest_rubin_version
 from broker_plugin.stamps import RubinCutoutGeometry, StampNormaliser
 from broker_plugin_train.config import CLASSES, SimulationConfig
 from broker_plugin_train.data import scene
-from broker_plugin_train.data.alerts import write_alerts
+from broker_plugin_train.data.alerts import FORCED_ID_OFFSET, history_epochs, write_alerts
 from broker_plugin_train.data.cadence import Survey
 from broker_plugin_train.data.population import SimObject, catalogue, make_object
 from broker_plugin_train.data.render import psf_photometry, template_conditions
@@ -257,3 +261,134 @@ def test_bundled_demo_archive() -> None:
     assert all(row["status"] == "ok" for row in rows)
     assert {row["diaObjectId"] for row in rows} == set(truth)
     assert min(sum(r["diaObjectId"] == i for r in rows) for i in truth) >= 12
+
+
+# --- the photometric history each alert carries -----------------------------------------------------
+
+
+def _full_records(folder: Path) -> list[dict]:
+    """All records of a folder read whole by fastavro (the service's reader skips the history)."""
+    out = []
+    for path in sorted(folder.glob("*.avro")):
+        with path.open("rb") as handle:
+            out += list(fastavro.reader(handle))
+    return out
+
+
+def test_history_epochs_windows() -> None:
+    """Earlier epochs only: the alerts; the measured epochs from 30 d before the first alert."""
+    mjd = np.array([0.0, 10.0, 39.0, 40.0, 50.0, 60.0, 70.0, 300.0, 404.0, 405.0, 420.0])
+    measured = np.ones(len(mjd), bool)
+    measured[5] = False  # a blank epoch has no forced photometry
+    alerted = np.zeros(len(mjd), bool)
+    alerted[[4, 6, 7, 10]] = True  # first alert at day 50: precovery from day 20 on
+    sources, forced = history_epochs(mjd, measured, alerted, 4)
+    assert sources.tolist() == [] and forced.tolist() == [2, 3]
+    sources, forced = history_epochs(mjd, measured, alerted, 7)
+    assert sources.tolist() == [4, 6] and forced.tolist() == [2, 3, 4, 6]
+    # Day 420: the 12 months reach back to day 55 (days 39-50 drop out of both lists).
+    sources, forced = history_epochs(mjd, measured, alerted, 10)
+    assert sources.tolist() == [6, 7] and forced.tolist() == [6, 7, 8, 9]
+    # Exactly 30 days before the first alert and exactly 365 days before the alert are in.
+    mjd[2], mjd[10] = 20.0, 70.0 + 365.0
+    assert history_epochs(mjd, measured, alerted, 4)[1].tolist() == [2, 3]
+    assert history_epochs(mjd, measured, alerted, 10)[0].tolist() == [6, 7]
+
+
+def _history_check(sim: SimulationConfig, records: list[dict], old_names: bool = False) -> int:
+    """Check every alert's history against its object's epochs; return the number of forced points."""
+    mjd_key, band_key, flux_key, err_key = (
+        ("midPointTai", "filterName", "psFlux", "psFluxErr")
+        if old_names
+        else ("midpointMjdTai", "band", "psfFlux", "psfFluxErr")
+    )
+    by_object: dict[int, dict[int, dict]] = {}
+    for r in records:
+        by_object.setdefault(r["diaSource"]["diaObjectId"], {})[_epoch(sim, r["diaSource"])] = r
+    objects = _objects(sim, max(by_object) - sim.alerts.first_object_id + 1)
+    n_forced = 0
+    for object_id, alerts in by_object.items():
+        obj = objects[object_id]
+        alerted = np.zeros(len(obj.epochs), bool)
+        alerted[list(alerts)] = True
+        forced_seen: dict[int, tuple[float, float]] = {}
+        for k, r in alerts.items():
+            sources, forced = history_epochs(obj.epochs.mjd, ~obj.epochs.missing, alerted, k)
+            assert [s["diaSourceId"] for s in r["prvDiaSources"]] == [
+                alerts[j]["diaSource"]["diaSourceId"] for j in sources
+            ]
+            # An earlier alert's detection is carried as that alert wrote it, field for field.
+            assert r["prvDiaSources"] == [alerts[j]["diaSource"] for j in sources]
+            got = r["prvDiaForcedSources"]
+            epochs = [
+                f["diaForcedSourceId"]
+                - sim.alerts.first_object_id
+                - FORCED_ID_OFFSET
+                - (object_id - sim.alerts.first_object_id) * 1000
+                for f in got
+            ]
+            assert epochs == forced.tolist()
+            for j, f in zip(epochs, got, strict=True):
+                assert f["diaObjectId"] == object_id and f[band_key] == obj.epochs.band[j]
+                assert f[mjd_key] == obj.epochs.mjd[j]
+                values = (f[flux_key], f[err_key])
+                # One measurement per epoch: the same numbers in every alert that carries it ...
+                assert forced_seen.setdefault(j, values) == values
+                if j in alerts:  # ... and a detection's are its alert's psfFlux / psfFluxErr,
+                    source = alerts[j]["diaSource"]
+                    assert values == (source[flux_key], source[err_key])
+                else:  # while an epoch that did not alert was below the alert threshold.
+                    assert abs(values[0] / values[1]) < sim.alerts.min_snr
+            n_forced += len(got)
+    return n_forced
+
+
+def test_alerts_carry_their_objects_history(alerts_dir: Path) -> None:
+    records = _full_records(alerts_dir)
+    n_forced = _history_check(small_config(), records)
+    assert n_forced > 100
+    # Some alerts carry precovery: forced photometry of epochs before the object's first alert.
+    first = {}
+    for r in records:
+        first.setdefault(r["diaSource"]["diaObjectId"], r["diaSource"]["midpointMjdTai"])
+    assert any(
+        f["midpointMjdTai"] < first[r["diaSource"]["diaObjectId"]]
+        for r in records
+        for f in r["prvDiaForcedSources"]
+    )
+
+
+def test_history_in_the_oldest_schema(tmp_path: Path) -> None:
+    """Schema 3.0 (the oldest bundled): the history under its names, readable by the service's decoder."""
+    sim = small_config()
+    sim = sim.model_copy(update={"alerts": sim.alerts.model_copy(update={"schema_version": "3.0"})})
+    summary = write_alerts(sim, tmp_path, max_objects=2)
+    assert summary["version"] == "3.0" and summary["n_alerts"] > 5
+    records = _full_records(tmp_path)
+    assert _history_check(sim, records, old_names=True) > 10
+    assert all(row["status"] == "ok" for row in inspect_path(tmp_path, Settings()))
+
+
+def test_alert_files_are_deterministic(tmp_path: Path) -> None:
+    """Same config and seed, byte-identical files, also from processes with other hash seeds.
+
+    Hash seeds 1 and 2 iterate a set of the keys of an Avro field in different orders (what fastavro's
+    schema parse once leaked into the container header).
+    """
+    sim = small_config()
+    write_alerts(sim, tmp_path / "a", max_objects=2)
+    script = (
+        "import sys; from tests.train.conftest import small_config; "
+        "from broker_plugin_train.data.alerts import write_alerts; "
+        "write_alerts(small_config(), sys.argv[1], max_objects=2)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / seed)], check=True, cwd=root, env=env)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert len(names) > 2
+    for other in ("1", "2"):
+        assert names == sorted(p.name for p in (tmp_path / other).iterdir())
+        for name in names:
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / other / name).read_bytes(), name
