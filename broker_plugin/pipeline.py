@@ -340,7 +340,9 @@ class Pipeline:
         """Full recompute of each listed alert's known frames (out-of-order arrivals, redeliveries)."""
         if not recomputes:
             return
-        predictions = self._predictor.predict_frames([frames for _, _, frames in recomputes])
+        # Each output reads the history its own alert carried, whatever frame is last in time.
+        triggers = [item.items[i][1] for item, i, _ in recomputes]
+        predictions = self._predictor.predict_frames([frames for _, _, frames in recomputes], triggers)
         for (item, i, frames), prediction in zip(recomputes, predictions, strict=True):
             item.answers[i] = (prediction, *window_meta(_meta(frames), prediction.n_frames))
 

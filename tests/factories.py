@@ -84,8 +84,15 @@ def rubin_message(
     cutout: bytes | None = b"",
     band: str = "r",
     midpointMjdTai: float = 60_500.25,
+    psfFlux: float = 1000.0,
+    prvDiaSources: list[dict] | None = None,
+    prvDiaForcedSources: list[dict] | None = None,
 ) -> bytes:
-    """A Confluent-framed Rubin alert of schema ``version``; ``cutout=b""`` means a default point source."""
+    """A Confluent-framed Rubin alert of schema ``version``; ``cutout=b""`` means a default point source.
+
+    ``prvDiaSources`` / ``prvDiaForcedSources``: the history it carries (dicts of
+    :func:`~broker_plugin.serde.rubin.rubin_alert_record`'s history entries); None writes none.
+    """
     if cutout == b"":
         cutout = rubin_cutout_bytes()
     record = rubin_alert_record(
@@ -96,9 +103,11 @@ def rubin_message(
         band=band,
         ra=150.0,
         dec=2.0,
-        psfFlux=1000.0,
+        psfFlux=psfFlux,
         psfFluxErr=10.0,
         cutoutDifference=cutout,
+        prvDiaSources=prvDiaSources,
+        prvDiaForcedSources=prvDiaForcedSources,
     )
     return encode_rubin_message(record, version)
 
@@ -136,24 +145,39 @@ def object_alerts(
     bands: str = "grizu",
     version: str = "11.1",
 ) -> list[bytes]:
-    """``n`` framed Rubin alerts of one object, one per night, cycling through ``bands``."""
+    """``n`` framed Rubin alerts of one object, one per night, cycling through ``bands``.
+
+    Each carries its history as Rubin sends it: the earlier alerts as ``prvDiaSources``, and forced
+    photometry of every earlier visit, the alerts' and an undetected one between each two, as
+    ``prvDiaForcedSources``.
+    """
     rng = np.random.default_rng(diaObjectId)
-    out = []
+    out: list[bytes] = []
+    detections: list[dict] = []
+    forced: list[dict] = []
     for k in range(n):
         size = int(rng.integers(30, 80))
-        cutout = rubin_cutout_bytes(
-            size=size, rotation_deg=float(rng.uniform(0, 360)), flux=float(rng.uniform(200, 3000))
-        )
+        rotation, flux = float(rng.uniform(0, 360)), float(rng.uniform(200, 3000))
+        cutout = rubin_cutout_bytes(size=size, rotation_deg=rotation, flux=flux)
+        band, mjd = bands[k % len(bands)], mjd0 + 1.7 * k
         out.append(
             rubin_message(
                 version,
                 diaSourceId=first_source + k,
                 diaObjectId=diaObjectId,
                 cutout=cutout,
-                band=bands[k % len(bands)],
-                midpointMjdTai=mjd0 + 1.7 * k,
+                band=band,
+                midpointMjdTai=mjd,
+                psfFlux=flux,
+                prvDiaSources=list(detections),
+                prvDiaForcedSources=list(forced),
             )
         )
+        point = {"midpointMjdTai": mjd, "band": band, "psfFlux": flux, "psfFluxErr": 10.0}
+        detections.append({**point, "diaSourceId": first_source + k})
+        forced.append({**point, "diaForcedSourceId": 10 * (first_source + k)})
+        undetected = {"midpointMjdTai": mjd + 0.85, "band": band, "psfFlux": float(rng.normal(0, 10))}
+        forced.append({**undetected, "psfFluxErr": 10.0, "diaForcedSourceId": 10 * (first_source + k) + 1})
     return out
 
 

@@ -21,12 +21,19 @@ def triplet_artifact(tmp_path_factory: pytest.TempPathFactory):
     return make_artifact(tmp_path_factory.mktemp("triplet") / "triplet", net="convention-triplet-small")
 
 
-@pytest.fixture(params=["convention-small", "convention-triplet-small"])
-def net_settings(request, service_settings: Settings, triplet_artifact) -> Settings:
-    """The service settings on a difference-only net and on a context net."""
+@pytest.fixture(scope="module")
+def alert_artifact(tmp_path_factory: pytest.TempPathFactory):
+    """Random weights of the net that also reads each alert's photometric history."""
+    return make_artifact(tmp_path_factory.mktemp("alert") / "alert", net="convention-alert-small")
+
+
+@pytest.fixture(params=["convention-small", "convention-triplet-small", "convention-alert-small"])
+def net_settings(request, service_settings: Settings, triplet_artifact, alert_artifact) -> Settings:
+    """The service settings on a difference-only net, a context net and a context + history net."""
     if request.param == "convention-small":
         return service_settings
-    model = service_settings.model.model_copy(update={"artifact": triplet_artifact})
+    artifact = triplet_artifact if request.param == "convention-triplet-small" else alert_artifact
+    model = service_settings.model.model_copy(update={"artifact": artifact})
     return service_settings.model_copy(update={"model": model})
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -188,9 +188,22 @@ class Predictor:
                 results[i] = self._summarise(probs[:, j], len(windows[i]))
         return [r for r in results if r is not None]
 
-    def predict_frames(self, sequences: Sequence[Sequence[Frame]]) -> list[Prediction]:
-        """Preprocess and classify objects given as frame lists (time order)."""
-        return self.predict([self.preprocess(frames) for frames in sequences])
+    def predict_frames(
+        self, sequences: Sequence[Sequence[Frame]], triggers: Sequence[Frame] | None = None
+    ) -> list[Prediction]:
+        """Preprocess and classify objects given as frame lists (time order).
+
+        ``triggers``: per sequence, the frame whose alert asks for the output (a late or redelivered one
+        need not be the last in time). A history net reads that alert's history; by default the last
+        frame's.
+        """
+        inputs = [self.preprocess(frames) for frames in sequences]
+        if self.uses_history and triggers is not None:
+            inputs = [
+                replace(inp, history=np.concatenate((inp.history[:-1], frame_history_rows([trigger]))))  # type: ignore[index]
+                for inp, trigger in zip(inputs, triggers, strict=True)
+            ]
+        return self.predict(inputs)
 
     def new_cache(self, history: ModelInput | None = None) -> ObjectCache:
         """Return an empty cache, or one rebuilt from an object's earlier frames ``history``."""
