@@ -1,13 +1,14 @@
 """The input ablation: what each input an alert carries adds, for ConvEntion and CNN+GRU at one budget.
 
 ``python -m broker_plugin_train ablation --config broker_plugin_train/configs/ablation.toml`` trains both
-nets (``NETS``) on five input sets (``VARIANTS``): the paper's inputs (the difference image, the frames'
-order), then each of continuous time, the alert photometry and the science and template planes added alone,
-then all of them, through the ablation flags every net shares (``planes``, ``time_encoding``, ``photometry``:
-:class:`~broker_plugin.inference.nets.ConvEntionConfig`, :class:`~broker_plugin.inference.baselines.
-CnnRnnConfig`). Each (net, input set) is one ``python -m broker_plugin_train all`` run of the same config -
-same data, folds, seed and budget - with ``--training.net.name`` / ``--training.net.args`` overrides, in its
-own
+nets (``NETS``) on the input sets (``VARIANTS``): the paper's inputs (the difference image, the frames'
+order), then each of continuous time, the alert photometry and the science and template planes added
+alone, then all of them, through the ablation flags every net shares (``planes``, ``time_encoding``,
+``photometry``: :class:`~broker_plugin.inference.nets.ConvEntionConfig`,
+:class:`~broker_plugin.inference.baselines.CnnRnnConfig`); and, for ConvEntion only, all of them plus the
+photometric history (``history``, the head's branch of ``convention-alert``). Each (net, input set) is one
+``python -m broker_plugin_train all`` run of the same config - same data, folds, seed and budget - with
+``--training.net.name`` / ``--training.net.args`` overrides, in its own
 ``<training.run_dir>/<net>-<variant>`` (model in its ``model`` subfolder, log beside it as
 ``<net>-<variant>.log``). Then the light-curve trees run on the same folds
 (:func:`~broker_plugin_train.compare.run_lc_baseline`, in ``<training.run_dir>/lc-features``) and
@@ -51,10 +52,13 @@ class Variant:
         Its name in the table.
     flags
         The ablation flags it sets on every net.
+    nets
+        The nets that have this input (None: every net).
     """
 
     label: str
     flags: Mapping[str, Any]
+    nets: tuple[str, ...] | None = None
 
 
 _OFF = {"planes": 1, "time_encoding": "index", "photometry": False}
@@ -67,6 +71,11 @@ VARIANTS: dict[str, Variant] = {
     "all": Variant("all (time, photometry, science & template)", {
         "planes": 3, "time_encoding": "continuous", "photometry": True,
     }),
+    # The photometric history enters ConvEntion's head (convention-alert); the recurrent baselines have
+    # no history branch.
+    "history": Variant("all + photometric history (convention-alert)", {
+        "planes": 3, "time_encoding": "continuous", "photometry": True, "history": True,
+    }, nets=("convention-triplet-small",)),
 }  # fmt: skip
 #: The nets compared, with their names in the table.
 NETS: dict[str, str] = {
@@ -122,7 +131,13 @@ def ablation_runs(
     unknown = [n for n in nets if n not in NETS] + [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown nets or input sets {unknown}; nets {list(NETS)}, sets {list(VARIANTS)}")
-    return [AblationRun(n, v, Path(root)) for v in VARIANTS if v in variants for n in NETS if n in nets]
+    return [
+        AblationRun(n, v, Path(root))
+        for v in VARIANTS
+        if v in variants
+        for n in NETS
+        if n in nets and (VARIANTS[v].nets is None or n in VARIANTS[v].nets)
+    ]
 
 
 def toml_value(value: Any) -> str:

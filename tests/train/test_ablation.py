@@ -16,7 +16,6 @@ from sklearn.metrics import f1_score
 from broker_plugin.inference import create_net
 from broker_plugin_train.__main__ import main
 from broker_plugin_train.ablation import (
-    NETS,
     VARIANTS,
     AblationRun,
     ablation_runs,
@@ -57,11 +56,12 @@ def test_the_ablation_config_is_the_default_recipe_at_a_smaller_stage_one_budget
     )
 
 
-def test_runs_cover_both_nets_and_five_input_sets_in_their_own_folders(tmp_path: Path):
+def test_runs_cover_both_nets_and_every_input_set_in_their_own_folders(tmp_path: Path):
     runs = ablation_runs(tmp_path)
     assert [r.name for r in runs[:2]] == ["convention-triplet-small-paper", "cnn-gru-paper"]
-    assert len(runs) == 10 and len({r.run_dir for r in runs}) == 10
-    assert {r.variant for r in runs} == {"paper", "time", "photometry", "planes", "all"}
+    assert len(runs) == 11 and len({r.run_dir for r in runs}) == 11
+    assert {r.variant for r in runs} == {"paper", "time", "photometry", "planes", "all", "history"}
+    assert runs[-1].name == "convention-triplet-small-history"  # the recurrent nets have no history branch
     assert all(r.run_dir.parent == tmp_path and r.model_dir.parent == r.run_dir for r in runs)
     assert [r.name for r in ablation_runs(tmp_path, ["cnn-gru"], ["all", "paper"])] == [
         "cnn-gru-paper",
@@ -78,6 +78,7 @@ def test_variant_flags_are_one_change_at_a_time_from_the_paper_inputs():
         diff = {k for k in paper if VARIANTS[name].flags[k] != paper[k]}
         assert diff == {changed}, name
     assert dict(VARIANTS["all"].flags) == {"planes": 3, "time_encoding": "continuous", "photometry": True}
+    assert dict(VARIANTS["history"].flags) == {**VARIANTS["all"].flags, "history": True}
 
 
 @pytest.mark.parametrize(
@@ -111,11 +112,11 @@ def test_dry_run_checks_and_prints_every_command_and_trains_nothing(
     root = tmp_path / "abl"
     assert main(["ablation", "--config", ABLATION, f"--training.run_dir={root}", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.count(" -m broker_plugin_train all --config ") == 10
-    for net in NETS:
-        for variant in VARIANTS:
-            assert f"# {net}-{variant} (to run)" in out
-            assert f"--training.run_dir={root / f'{net}-{variant}'}" in out
+    assert out.count(" -m broker_plugin_train all --config ") == 11
+    for run in ablation_runs(root):
+        net, variant = run.net, run.variant
+        assert f"# {net}-{variant} (to run)" in out
+        assert f"--training.run_dir={root / f'{net}-{variant}'}" in out
     assert not root.exists()
 
 
@@ -220,7 +221,7 @@ def test_table_rows_per_input_set_and_net_beside_the_trees(tmp_path: Path):
     assert (tmp_path / "out" / "table.md").read_text().endswith(table + "\n")
     assert (tmp_path / "out" / "early_classification.png").stat().st_size > 0
     lines = table.splitlines()
-    assert len(lines) == 2 + 10 + 1  # header, rule, one row per run, the trees
+    assert len(lines) == 2 + 11 + 1  # header, rule, one row per run, the trees
     assert "macro-F1 after 6 frames %" in lines[0]
 
     row = _row(table, "+ continuous time", "ConvEntion (convention-triplet-small)")
