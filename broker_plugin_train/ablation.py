@@ -291,7 +291,10 @@ def run_ablation_stage(config: TrainConfig, args: argparse.Namespace) -> int:
         from broker_plugin_train.plan import make_plan
 
         # The trees need the folds only: those of the ablation's config, shared by every run.
-        run_lc_baseline(make_plan(config, args.data))
+        plan = make_plan(config, args.data)
+        run_lc_baseline(plan)
+        if any(r.variant == "history" for r in runs):  # the trees on the same history, beside it
+            run_lc_baseline(plan, history=True)
         lc_run = root / "lc-features"
     out = Path(args.out) if args.out else root
     table = write_table(runs, out, lc_run, args.early_frames)

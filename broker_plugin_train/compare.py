@@ -4,7 +4,9 @@ The simulator's light-curve features (:mod:`broker_plugin_train.data.features`: 
 frames, then amplitude / colour / timing / periodicity statistics) feed gradient-boosted trees
 (:mod:`broker_plugin_train.data.baseline_lc`'s model), trained per fold on the pretrain pool plus the fold's
 training part and scored on the same unique-object test folds as the nets, after the same numbers of frames,
-on the same frames (the band filter and, when ``training.data.min_snr`` is set, the alert view).
+on the same frames (the band filter and, when ``training.data.min_snr`` is set, the alert view). A second
+run of the trees (``history=True``) reads what a history net reads instead: every epoch's forced photometry
+from :data:`~broker_plugin_train.objects.PRECOVERY_DAYS` before the first alert up to the last alert seen.
 
 :func:`ablation_table` is the input ablation's table (:mod:`broker_plugin_train.ablation`): one row per input
 set and net from the runs' reports and out-of-fold predictions, beside the trees on the same folds.
@@ -27,7 +29,7 @@ from broker_plugin.records import BANDS
 from broker_plugin_train.config import CLASSES
 from broker_plugin_train.data.shards import Sequence as SimSequence
 from broker_plugin_train.evaluate import mean_std, scores, write_report
-from broker_plugin_train.objects import detections
+from broker_plugin_train.objects import PRECOVERY_DAYS, detections
 from broker_plugin_train.plan import Plan
 
 #: Per-frame fields of a simulator sequence; the planes are None in a dataset without them.
@@ -36,25 +38,44 @@ _PLANE_FIELDS = ("science", "template", "template_masks")
 
 
 def _view(
-    seq: SimSequence, frames: int | None, bands: Sequence[str] | None, min_snr: float | None = None
+    seq: SimSequence,
+    frames: int | None,
+    bands: Sequence[str] | None,
+    min_snr: float | None = None,
+    history: bool = False,
 ) -> SimSequence:
-    """The frames of ``seq`` a net of the run sees: its bands, its alert view, its first ``frames``."""
+    """The frames of ``seq`` a net of the run sees: its bands, its alert view, its first ``frames``.
+
+    ``history``: instead, every non-blank epoch from ``PRECOVERY_DAYS`` before the first of those frames
+    up to the last of them (what a history net's last output reads).
+    """
     keep = np.ones(len(seq.band), bool)
     if bands:
         keep &= np.isin(seq.band, [BANDS.index(b) for b in bands])
+    in_bands = keep.copy()
     if min_snr is not None:
         # The alert view (training.data.min_snr): the trees see the detections the nets see, no more.
         keep &= detections(np.asarray(seq.psf_flux), np.asarray(seq.psf_flux_err), min_snr)
     if frames is not None:
         # The first ``frames`` frames the model could see (the same count as the nets' prefixes).
         keep &= np.cumsum(keep) <= frames
+    if history and keep.any():
+        mjd = np.asarray(seq.mjd)
+        seen = mjd[keep]
+        keep = in_bands & np.isfinite(np.asarray(seq.psf_flux))
+        keep &= (mjd >= seen[0] - PRECOVERY_DAYS) & (mjd <= seen[-1])
     cut = {f: np.asarray(getattr(seq, f))[keep] for f in _FRAME_FIELDS}
     cut |= {f: np.asarray(getattr(seq, f))[keep] for f in _PLANE_FIELDS if getattr(seq, f) is not None}
     return dataclasses.replace(seq, **cut)
 
 
-def lc_features(plan: Plan, indices: np.ndarray, frames: int | None, label: str) -> np.ndarray:
-    """Light-curve features of objects ``indices`` after ``frames`` frames (None: whole histories)."""
+def lc_features(
+    plan: Plan, indices: np.ndarray, frames: int | None, label: str, history: bool = False
+) -> np.ndarray:
+    """Light-curve features of objects ``indices`` after ``frames`` frames (None: whole histories).
+
+    ``history``: of the photometric history up to those frames instead (see :func:`_view`).
+    """
     from broker_plugin_train.data.features import extract
     from broker_plugin_train.data.shards import ShardDataset
 
@@ -65,15 +86,21 @@ def lc_features(plan: Plan, indices: np.ndarray, frames: int | None, label: str)
     for i in progress(indices, desc=label, unit=" objects", leave=False):
         # Source indices skip the objects with fewer than training.data.min_frames alerts.
         seq = data[source.row(int(i))]
-        out.append(extract(_view(seq, frames, plan.config.training.data.bands, source.min_snr)))
+        out.append(extract(_view(seq, frames, plan.config.training.data.bands, source.min_snr, history)))
     return np.stack(out)
 
 
-def run_lc_baseline(plan: Plan, frames: Sequence[int] = (6, 12, 24, 48)) -> dict[str, Any]:
-    """Per-fold light-curve baseline on the plan's folds; report in ``<run_dir>/lc-features``."""
+def run_lc_baseline(
+    plan: Plan, frames: Sequence[int] = (6, 12, 24, 48), history: bool = False
+) -> dict[str, Any]:
+    """Per-fold light-curve baseline on the plan's folds; report in ``<run_dir>/lc-features``.
+
+    ``history``: the trees on the photometric history (:func:`_view`), in ``<run_dir>/lc-features-history``.
+    """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    out = plan.run_dir / "lc-features"
+    name = "lc-features-history" if history else "lc-features"
+    out = plan.run_dir / name
     if (out / "evaluation" / "metrics.json").exists():  # already scored: the fits take minutes
         return load_report(out / "evaluation" / "metrics.json")
     out.mkdir(parents=True, exist_ok=True)
@@ -83,9 +110,11 @@ def run_lc_baseline(plan: Plan, frames: Sequence[int] = (6, 12, 24, 48)) -> dict
         with np.load(cache) as stored:
             x_pre, x_tr, x_views = stored["pre"], stored["transfer"], stored["views"]
     else:
-        x_pre = lc_features(plan, plan.pretrain_idx, None, "lc pretrain pool")
-        x_tr = lc_features(plan, transfer, None, "lc transfer pool")
-        x_views = np.stack([lc_features(plan, transfer, k, f"lc {k} frames") for k in frames], axis=1)
+        x_pre = lc_features(plan, plan.pretrain_idx, None, "lc pretrain pool", history)
+        x_tr = lc_features(plan, transfer, None, "lc transfer pool", history)
+        x_views = np.stack(
+            [lc_features(plan, transfer, k, f"lc {k} frames", history) for k in frames], axis=1
+        )
         np.savez(cache, pre=x_pre, transfer=x_tr, views=x_views)
     # Features of absent bands are NaN for every object (g-only runs): drop them, the trees cannot bin them.
     keep = ~np.all(np.isnan(np.concatenate([x_pre, x_tr])), axis=0)
@@ -109,16 +138,14 @@ def run_lc_baseline(plan: Plan, frames: Sequence[int] = (6, 12, 24, 48)) -> dict
         all_y.append(y)
         all_p.append(probs)
     extra = {"fold_ensembles": {"per_fold": per_fold, **mean_std(per_fold)},
-             "protocol": {"net": "lc-features", "bands": list(plan.config.training.data.bands or "ugriz"),
+             "protocol": {"net": name, "bands": list(plan.config.training.data.bands or "ugriz"),
                           "folds": len(plan.transfer_folds), "data_hash": plan.source.data_hash,
                           "parameters": None}}  # fmt: skip
     y_all, p_all = np.concatenate(all_y), np.concatenate(all_p)
     np.savez(out / "predictions.npz", labels=y_all, probs=p_all,
              indices=np.concatenate([s.test for s in plan.transfer_folds]),
              folds=np.concatenate([np.full(len(s.test), s.fold) for s in plan.transfer_folds]))  # fmt: skip
-    return write_report(
-        out / "evaluation", y_all, p_all, frames, CLASSES, 10, extra=extra, name="lc-features"
-    )
+    return write_report(out / "evaluation", y_all, p_all, frames, CLASSES, 10, extra=extra, name=name)
 
 
 def table_row(name: str, report: dict[str, Any], parameters: int | None, bands: str, data: str) -> str:
@@ -273,14 +300,24 @@ def ablation_table(
             f"| {delta} | {params:,} | {_wall_time(cell.run_dir)} |"
         )
         curves[f"{cell.net}, {cell.inputs}"] = report["early_classification"]
-    if lc_run is not None and (lc_run / "evaluation" / "metrics.json").exists():
-        lc = load_report(lc_run / "evaluation" / "metrics.json")
+    trees = []
+    if lc_run is not None:
+        trees = [
+            (lc_run, "light curve (photometry measured on the frames)", "light-curve features + GBT"),
+            # Beside it when run: the trees on what a history net reads (run_lc_baseline(history=True)).
+            (lc_run.parent / "lc-features-history", "light curve (every epoch's forced photometry, up to the "
+             "last alert)", "light-curve features + GBT, history"),
+        ]  # fmt: skip
+    for run, inputs, name in trees:
+        if not (run / "evaluation" / "metrics.json").exists():
+            continue
+        lc = load_report(run / "evaluation" / "metrics.json")
         view = _early_view(lc, early_frames)
-        early = _pct(fold_scores(lc_run / "predictions.npz", view)["macro_f1"]) if view is not None else "-"
+        early = _pct(fold_scores(run / "predictions.npz", view)["macro_f1"]) if view is not None else "-"
         fe = lc["fold_ensembles"]
         lines.append(
-            f"| light curve (photometry measured on the frames) | light-curve features + GBT "
-            f"| {_pct(fe['accuracy'])} | {_pct(fe['macro_f1'])} | {early} | - | - (trees) | - |"
+            f"| {inputs} | {name} | {_pct(fe['accuracy'])} | {_pct(fe['macro_f1'])} | {early} "
+            "| - | - (trees) | - |"
         )
-        curves["light-curve features + GBT"] = lc["early_classification"]
+        curves[name] = lc["early_classification"]
     return "\n".join(lines), curves

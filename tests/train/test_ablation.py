@@ -309,3 +309,21 @@ def test_light_curve_view_keeps_the_planes_and_the_alert_view(small_dataset: Pat
         raw = source.raw(i)
         assert raw.context is not None
         np.testing.assert_array_equal(seen.mjd, raw.context.mjd)
+
+
+def test_the_history_view_of_the_trees_is_what_a_history_net_reads(small_dataset: Path):
+    from broker_plugin_train.data.shards import ShardDataset
+    from broker_plugin_train.objects import ObjectSource
+
+    data = ShardDataset(small_dataset)
+    source = ObjectSource.from_shards(small_dataset, min_snr=5.0, min_frames=3)
+    for i in range(min(len(source), 20)):
+        seq, raw = data[int(source._rows[i])], source.raw(i)
+        whole = _view(seq, None, None, source.min_snr, history=True)
+        # Whole histories: the net's history points up to its last alert (none after it).
+        last = raw.context.mjd[-1]
+        np.testing.assert_array_equal(
+            whole.mjd, np.sort(raw.history.midpointMjdTai[raw.history.midpointMjdTai <= last])
+        )
+        early = _view(seq, 3, None, source.min_snr, history=True)
+        assert early.mjd.max() == raw.context.mjd[2] and early.mjd.min() == whole.mjd.min()
