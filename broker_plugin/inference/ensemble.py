@@ -23,6 +23,7 @@ What the stacked form does differently, and why (each an exact rewrite up to flo
   at once, and only the (frame, temporal tap) pairs that do not fall on the temporal zero padding are
   computed (5 of 9 for 3-frame chunks); the masked nets zero the padding frames' planes as the members
   do, in the copy that builds the channels-last input;
+- the history encoders (a GRU over each output's history rows) run member by member, once per object;
 - the context encoder (a 2-layer MLP per chunk over the selected context columns and the band one-hots)
   runs for all members at once: the first layer is one matrix product with the members' weights side
   by side (the input is shared), the second one batched product; its output is written, broadcast over
@@ -432,7 +433,7 @@ class _Context(nn.Module):
 
 
 class _History(nn.Module):
-    """The members' history encoders stacked: the first layer one matrix product (the rows are shared).
+    """The members' history encoders, one after the other (a GRU over at most 128 rows: a small cost).
 
     Parameters
     ----------
@@ -442,31 +443,12 @@ class _History(nn.Module):
 
     def __init__(self, encoders: Sequence[nn.Module]) -> None:
         super().__init__()
-        first = [e.point[0] for e in encoders]
-        self.hidden = first[0].out_features
-        self.register_buffer("w1", torch.cat([ln.weight for ln in first]).t().contiguous(), persistent=False)
-        self.register_buffer("b1", torch.cat([ln.bias for ln in first]), persistent=False)
-        second, out = [e.point[2] for e in encoders], [e.out[0] for e in encoders]
-        self.register_buffer(
-            "w2", torch.stack([ln.weight.t() for ln in second]).contiguous(), persistent=False
-        )
-        self.register_buffer("b2", torch.stack([ln.bias for ln in second])[:, None], persistent=False)
-        self.register_buffer("w3", torch.stack([ln.weight.t() for ln in out]).contiguous(), persistent=False)
-        self.register_buffer("b3", torch.stack([ln.bias for ln in out])[:, None], persistent=False)
+        self.encoders = nn.ModuleList(encoders)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """Encode rows ``(B, P, F)`` for every member: ``(M, B, out)``."""
-        b, p, f = rows.shape
-        m = self.w2.shape[0]
         rows = rows.float()
-        valid = (rows[..., 0] > 0).view(1, b, p, 1)
-        h = torch.addmm(self.b1, rows.reshape(b * p, f), self.w1).relu_()  # (B P, M hidden)
-        h = h.view(b * p, m, self.hidden).transpose(0, 1)  # (M, B P, hidden)
-        h = torch.baddbmm(self.b2, h, self.w2).relu_().view(m, b, p, self.hidden)
-        h = h.masked_fill(~valid, 0.0)
-        count = valid.sum(dim=2).clamp(min=1).to(h.dtype)
-        pooled = torch.cat((h.sum(dim=2) / count, h.amax(dim=2)), dim=-1)
-        return torch.baddbmm(self.b3, pooled, self.w3).relu_()
+        return torch.stack([e(rows) for e in self.encoders])
 
 
 class _Block(nn.Module):

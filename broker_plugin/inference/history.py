@@ -34,8 +34,8 @@ HISTORY_HORIZON_DAYS = 365.0
 NOW_TOLERANCE_DAYS = 1e-5
 #: Columns of a feature row, in order (see :func:`history_features`).
 VALID_COLUMN = 0
-TIME_COLUMNS = slice(1, 3)
-BAND_COLUMNS = slice(3, 3 + len(BANDS))
+TIME_COLUMNS = slice(1, 4)
+BAND_COLUMNS = slice(TIME_COLUMNS.stop, TIME_COLUMNS.stop + len(BANDS))
 PHOTOMETRY_COLUMNS = slice(BAND_COLUMNS.stop, BAND_COLUMNS.stop + 4)
 DETECTED_COLUMN = PHOTOMETRY_COLUMNS.stop
 PEAK_COLUMN = DETECTED_COLUMN + 1
@@ -74,8 +74,9 @@ def history_features(
     most recent ``max_points``, in time order; the rows after them are zero (``valid`` 0). Columns:
 
     - ``valid``: 1 for an epoch;
-    - ``log1p(now - t) / 7`` and ``log1p(t - t_first) / 7`` (``t_first``: the oldest kept epoch): how
-      long ago, and where in the kept history (7 ~ log of 1,000 days);
+    - ``log1p(now - t) / 7``, ``log1p(t - t_first) / 7`` (``t_first``: the oldest kept epoch) and
+      ``log1p(t - t_previous) / 7`` (0 for the first): how long ago, where in the kept history, and the
+      gap since the epoch before (7 ~ log of 1,000 days);
     - the band as one-hot over :data:`~broker_plugin.records.BANDS`;
     - :func:`~broker_plugin.inference.preprocess.photometry_features` of the flux and error (asinh of
       flux and error in units of 1,000 nJy, asinh of the signal-to-noise / 5, present);
@@ -98,6 +99,7 @@ def history_features(
     out[:n, VALID_COLUMN] = 1.0
     out[:n, TIME_COLUMNS.start] = np.log1p(np.clip(now - t_kept, 0.0, None)) / 7.0
     out[:n, TIME_COLUMNS.start + 1] = np.log1p(t_kept - t_kept[0]) / 7.0
+    out[1:n, TIME_COLUMNS.start + 2] = np.log1p(np.diff(t_kept)) / 7.0
     out[np.arange(n), BAND_COLUMNS.start + history.band[keep].astype(np.int64)] = 1.0
     out[:n, PHOTOMETRY_COLUMNS] = photometry_features(flux, err)
     out[:n, DETECTED_COLUMN] = detected

@@ -138,33 +138,41 @@ class ContextEncoder(nn.Module):
 class HistoryEncoder(nn.Module):
     """An object's photometric history rows (:mod:`~broker_plugin.inference.history`) to a vector.
 
-    Each epoch's row goes through the same two-layer MLP; the rows' mean and maximum over the valid
-    epochs (a set function: any number of epochs, in any cadence) go through one more layer. Each row
-    holds its own time before the output, so order and spacing are seen without counting epochs.
+    The rows come in time order, valid rows first. Each goes through one linear layer, then a
+    bidirectional GRU reads them in order (each row carries its own time before the output and since the
+    previous epoch, so an irregular cadence is read as it is): what a light-curve classifier computes from
+    successive epochs (rises, declines, the scatter from one epoch to the next, repeats) needs the order,
+    which a pooled set of rows would lose. The two directions' final states and the mean of the GRU's
+    outputs over the valid rows go through one more layer.
 
     Parameters
     ----------
     features
         Columns of a row (column 0 is the valid flag).
     hidden, out
-        Width of the per-epoch MLP and of the output.
+        Width of the GRU (per direction) and of the output.
     """
 
     def __init__(self, features: int, *, hidden: int, out: int) -> None:
         super().__init__()
-        self.point = nn.Sequential(
-            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
-        )
-        self.out = nn.Sequential(nn.Linear(2 * hidden, out), nn.ReLU())
+        self.point = nn.Sequential(nn.Linear(features, hidden), nn.ReLU())
+        self.rnn = nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Sequential(nn.Linear(4 * hidden, out), nn.ReLU())
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        """Encode ``rows`` ``(B, P, features)`` to ``(B, out)`` (no valid row: both pools are zero)."""
-        valid = rows[..., :1] > 0
+        """Encode ``rows`` ``(B, P, features)`` to ``(B, out)``.
+
+        An object with no valid row reads one zero row (a history is never empty in service: the alert's
+        own detection is in it).
+        """
+        valid = rows[..., 0] > 0
+        lengths = valid.sum(dim=1).clamp(min=1)
         h = self.point(rows)
-        count = valid.sum(dim=1).clamp(min=1).to(h.dtype)
-        mean = h.masked_fill(~valid, 0.0).sum(dim=1) / count
-        peak = h.masked_fill(~valid, 0.0).amax(dim=1)  # ReLU outputs are >= 0, so 0 is a neutral fill
-        return self.out(torch.cat((mean, peak), dim=-1))
+        packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        outputs, final = self.rnn(packed)
+        steps, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=rows.shape[1])
+        mean = steps.sum(dim=1) / lengths[:, None].to(steps.dtype)  # padded steps are zero
+        return self.out(torch.cat((final[0], final[1], mean), dim=-1))
 
 
 class JointNorm(nn.Module):

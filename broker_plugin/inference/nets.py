@@ -145,7 +145,7 @@ class ConvEntionConfig:
     context_merge: str = "concat"
     history: bool = False
     history_hidden: int = 64
-    history_channels: int = 32
+    history_channels: int = 64
 
     def context_columns(self) -> tuple[int, ...]:
         """The columns of the context vector this configuration reads (empty: no context branch)."""

@@ -130,3 +130,24 @@ def test_collating_needs_the_rows():
     np.testing.assert_array_equal(collate_history([inp, inp[:1]]), rows[[1, 0]])
     with pytest.raises(InferenceInputError, match="history"):
         collate_history([ModelInput(np.zeros((1, 32, 32), np.float32), np.ones(1, np.int64))])
+
+
+def test_the_encoder_reads_the_valid_rows_in_order_and_nothing_after_them():
+    import torch
+
+    from broker_plugin.inference.layers import HistoryEncoder
+
+    torch.manual_seed(0)
+    encoder = HistoryEncoder(HISTORY_FEATURES, hidden=16, out=8).eval()
+    rows = torch.zeros(2, 12, HISTORY_FEATURES)
+    rows[:, :5] = torch.randn(2, 5, HISTORY_FEATURES)
+    rows[:, :5, VALID_COLUMN] = 1.0
+    with torch.no_grad():
+        out = encoder(rows)
+        junk = rows.clone()
+        junk[:, 5:, 1:] = torch.randn(2, 7, HISTORY_FEATURES - 1)  # not valid: never read
+        np.testing.assert_allclose(encoder(junk), out, atol=1e-6)
+        np.testing.assert_allclose(encoder(rows[1:]), out[1:], atol=1e-6)  # batch-mates change nothing
+        swapped = rows.clone()
+        swapped[:, [0, 1]] = rows[:, [1, 0]]
+        assert not torch.allclose(encoder(swapped), out, atol=1e-4)  # the order is read, not a set
