@@ -28,6 +28,7 @@ from broker_plugin.cli import (
     program_name,
     report_user_error,
 )
+from broker_plugin.commands.stop_signal import StopSignal
 from broker_plugin.config import Settings, settings_error_lines, settings_rows
 from broker_plugin.exceptions import BrokerPluginError
 from broker_plugin.progress import logs_above_bars
@@ -146,24 +147,26 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status."""
     args = _parser().parse_args(argv)
     debug = bool(args.debug)
+    # The service's signal handler goes in before the settings and the model stack are loaded (seconds).
+    stop = StopSignal() if args.command == "run" else None
     try:
         settings = load_settings()
         debug = debug or settings.log_level == "DEBUG"
         log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
         logging.basicConfig(level=settings.log_level, format=log_format)
-        return _dispatch(args, settings)
+        return _dispatch(args, settings, stop)
     except UserError as exc:
         return report_user_error(exc, debug=debug)
 
 
-def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+def _dispatch(args: argparse.Namespace, settings: Settings, stop: StopSignal | None) -> int:
     path = getattr(args, "path", None)
     if path is not None and not path.exists():
         raise UserError(f"{path} does not exist")
     if args.command == "run":
         from broker_plugin.commands.run import run_service
 
-        return run_service(settings)
+        return run_service(settings, stop)
     if args.command == "replay":
         from broker_plugin.commands.replay import replay
 

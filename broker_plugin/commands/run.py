@@ -3,40 +3,20 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 
 from broker_plugin.cli import UserError, artifact_error
+from broker_plugin.commands.stop_signal import StopSignal
 from broker_plugin.config import Settings, env_variable
 from broker_plugin.exceptions import KafkaUnreachableError, StateUrlError
 from broker_plugin.factory import Parts, build_parts, build_service
 from broker_plugin.inference.errors import ArtifactError
-from broker_plugin.service import Service
 from broker_plugin.state.factory import redact_url
 
 log = logging.getLogger(__name__)
 
 
-class _StopSignal:
-    """SIGTERM/SIGINT handling installed before anything slow (model loading), so no signal is lost."""
-
-    def __init__(self) -> None:
-        self.requested = threading.Event()
-        self.service: Service | None = None
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        del frame
-        log.info("signal %d: finishing the current batches, then stopping", signum)
-        self.requested.set()
-        if self.service is not None:
-            self.service.stop()
-
-
-def run_service(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT.
+def run_service(settings: Settings, stop: StopSignal | None = None) -> int:
+    """Run until SIGTERM/SIGINT (``stop``: the handler ``__main__`` installed early, or a new one).
 
     Returns
     -------
@@ -50,12 +30,10 @@ def run_service(settings: Settings) -> int:
     UserError
         The model artifact cannot be loaded or the state URL is bad (exit status 2 in ``__main__``).
     """
-    stop = _StopSignal()
+    stop = stop if stop is not None else StopSignal()
     parts = open_parts(settings)
     service, server, _metrics = build_service(settings, parts)
-    stop.service = service
-    if stop.requested.is_set():
-        service.stop()
+    stop.attach(service)
     if server is not None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics.host, server.port)
     log.info(

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from broker_plugin.inference import create_net, list_nets
 from broker_plugin.inference.errors import InferenceInputError, UnknownNetError
+from broker_plugin.inference.history import HISTORY_FEATURES, HISTORY_POINTS
 from broker_plugin.inference.layers import ConvAttention, sinusoid_table
 from broker_plugin.inference.preprocess import (
     CONTEXT_FEATURES,
@@ -27,11 +28,16 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def context_args(net: torch.nn.Module, b: int, t: int) -> tuple[torch.Tensor, ...]:
-    """Random planes ``(b, t, 2, 32, 32)`` and contexts ``(b, t, K)``, if the net uses them."""
-    if not net.uses_context:
-        return ()
-    return torch.randn(b, t, 2, 32, 32), torch.randn(b, t, CONTEXT_FEATURES)
+def context_args(net: torch.nn.Module, b: int, t: int) -> tuple[torch.Tensor | None, ...]:
+    """Random planes ``(b, t, 2, 32, 32)``, contexts ``(b, t, K)`` and history rows, if the net uses them."""
+    args: tuple[torch.Tensor | None, ...] = ()
+    if net.uses_context:
+        args = (torch.randn(b, t, 2, 32, 32), torch.randn(b, t, CONTEXT_FEATURES))
+    if getattr(net, "uses_history", False):
+        rows = torch.randn(b, HISTORY_POINTS, HISTORY_FEATURES)
+        rows[..., 0] = 1.0
+        args = (*(args or (None, None)), rows)
+    return args
 
 
 def test_registry_lists_every_variant():
