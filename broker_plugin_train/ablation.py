@@ -71,10 +71,11 @@ VARIANTS: dict[str, Variant] = {
     "all": Variant("all (time, photometry, science & template)", {
         "planes": 3, "time_encoding": "continuous", "photometry": True,
     }),
-    # The photometric history enters ConvEntion's head (convention-alert); the recurrent baselines have
-    # no history branch.
+    # The photometric history enters ConvEntion's head (convention-alert: GRU + light-curve statistics);
+    # the recurrent baselines have no history branch.
     "history": Variant("all + photometric history (convention-alert)", {
         "planes": 3, "time_encoding": "continuous", "photometry": True, "history": True,
+        "history_statistics": True,
     }, nets=("convention-triplet-small",)),
 }  # fmt: skip
 #: The nets compared, with their names in the table.

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from broker_plugin.inference.history_statistics import HISTORY_STATISTICS, history_statistics
+
 #: (spatial kernel, stride, padding) of the four Conv3d layers of the paper's front end; temporal kernel 3.
 FRONT_END_LAYOUT: tuple[tuple[int, int, int], ...] = ((11, 2, 2), (5, 1, 2), (3, 1, 0), (3, 1, 0))
 
@@ -143,7 +145,9 @@ class HistoryEncoder(nn.Module):
     previous epoch, so an irregular cadence is read as it is): what a light-curve classifier computes from
     successive epochs (rises, declines, the scatter from one epoch to the next, repeats) needs the order,
     which a pooled set of rows would lose. The two directions' final states and the mean of the GRU's
-    outputs over the valid rows go through one more layer.
+    outputs over the valid rows go through one more layer. With ``statistics``, so do the light-curve
+    summary statistics of the rows (:func:`~broker_plugin.inference.history_statistics.history_statistics`,
+    through one layer of ``hidden`` units).
 
     Parameters
     ----------
@@ -151,13 +155,18 @@ class HistoryEncoder(nn.Module):
         Columns of a row (column 0 is the valid flag).
     hidden, out
         Width of the GRU (per direction) and of the output.
+    statistics
+        Also read the rows' summary statistics.
     """
 
-    def __init__(self, features: int, *, hidden: int, out: int) -> None:
+    def __init__(self, features: int, *, hidden: int, out: int, statistics: bool = False) -> None:
         super().__init__()
         self.point = nn.Sequential(nn.Linear(features, hidden), nn.ReLU())
         self.rnn = nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
-        self.out = nn.Sequential(nn.Linear(4 * hidden, out), nn.ReLU())
+        self.statistics = (
+            nn.Sequential(nn.Linear(HISTORY_STATISTICS, hidden), nn.ReLU()) if statistics else None
+        )
+        self.out = nn.Sequential(nn.Linear((5 if statistics else 4) * hidden, out), nn.ReLU())
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """Encode ``rows`` ``(B, P, features)`` to ``(B, out)``.
@@ -172,7 +181,10 @@ class HistoryEncoder(nn.Module):
         outputs, final = self.rnn(packed)
         steps, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=rows.shape[1])
         mean = steps.sum(dim=1) / lengths[:, None].to(steps.dtype)  # padded steps are zero
-        return self.out(torch.cat((final[0], final[1], mean), dim=-1))
+        parts = [final[0], final[1], mean]
+        if self.statistics is not None:
+            parts.append(self.statistics(history_statistics(rows)))
+        return self.out(torch.cat(parts, dim=-1))
 
 
 class JointNorm(nn.Module):

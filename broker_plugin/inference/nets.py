@@ -123,6 +123,9 @@ class ConvEntionConfig:
         pooled image features.
     history_hidden, history_channels
         The history encoder's per-epoch width and output width.
+    history_statistics
+        The history encoder also reads the history's light-curve summary statistics
+        (:mod:`~broker_plugin.inference.history_statistics`).
     """
 
     stamp: int = 32
@@ -146,6 +149,7 @@ class ConvEntionConfig:
     history: bool = False
     history_hidden: int = 64
     history_channels: int = 64
+    history_statistics: bool = False
 
     def context_columns(self) -> tuple[int, ...]:
         """The columns of the context vector this configuration reads (empty: no context branch)."""
@@ -202,7 +206,10 @@ class ConvEntion(nn.Module):
         self.history_encoder: HistoryEncoder | None = None
         if c.history:
             self.history_encoder = HistoryEncoder(
-                HISTORY_FEATURES, hidden=c.history_hidden, out=c.history_channels
+                HISTORY_FEATURES,
+                hidden=c.history_hidden,
+                out=c.history_channels,
+                statistics=c.history_statistics,
             )
         self.head = self._make_head(c.num_classes)
 
@@ -415,6 +422,10 @@ def convention_triplet_lean(**overrides: Any) -> ConvEntion:
     return _convention("convention-triplet-lean", defaults, overrides)
 
 
+#: The history inputs of the ``convention-alert`` nets: the rows through a GRU, plus their statistics.
+_HISTORY = {"history": True, "history_statistics": True}
+
+
 @register_net("convention-alert")
 def convention_alert(**overrides: Any) -> ConvEntion:
     """Return ``convention-triplet`` whose head also reads the object's photometric history.
@@ -423,11 +434,11 @@ def convention_alert(**overrides: Any) -> ConvEntion:
     photometry of every earlier epoch (detected or not), encoded per epoch and pooled
     (:class:`~broker_plugin.inference.layers.HistoryEncoder`) beside the image features.
     """
-    return _convention("convention-alert", {**_CONTEXT, "history": True}, overrides)
+    return _convention("convention-alert", {**_CONTEXT, **_HISTORY}, overrides)
 
 
 @register_net("convention-alert-small")
 def convention_alert_small(**overrides: Any) -> ConvEntion:
     """Return ``convention-alert`` with ``convention-small``'s front end and head (for a few CPU cores)."""
-    defaults = {**_CONTEXT, "channels": (8, 16, 16, 8), "head_hidden": 64, "history": True}
+    defaults = {**_CONTEXT, **_HISTORY, "channels": (8, 16, 16, 8), "head_hidden": 64}
     return _convention("convention-alert-small", defaults, overrides)

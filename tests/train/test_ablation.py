@@ -78,7 +78,11 @@ def test_variant_flags_are_one_change_at_a_time_from_the_paper_inputs():
         diff = {k for k in paper if VARIANTS[name].flags[k] != paper[k]}
         assert diff == {changed}, name
     assert dict(VARIANTS["all"].flags) == {"planes": 3, "time_encoding": "continuous", "photometry": True}
-    assert dict(VARIANTS["history"].flags) == {**VARIANTS["all"].flags, "history": True}
+    assert dict(VARIANTS["history"].flags) == {
+        **VARIANTS["all"].flags,
+        "history": True,
+        "history_statistics": True,
+    }
 
 
 @pytest.mark.parametrize(
