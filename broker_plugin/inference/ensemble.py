@@ -771,7 +771,8 @@ class StackedConvEntion(EnsembleForward):
         pooled = x.amax(dim=2).view(m, b, -1)
         hidden = torch.baddbmm(self.head_b1, pooled, self.head_w1)
         if history_vector is not None:
-            hidden = hidden.baddbmm_(history_vector, self.head_w1_history)
+            # Out of place: under bf16 autocast the history vector and ``hidden`` may differ in dtype.
+            hidden = torch.baddbmm(hidden, history_vector, self.head_w1_history)
         hidden = hidden.relu_()
         return torch.baddbmm(self.head_b2, hidden, self.head_w2)
 
