@@ -68,10 +68,34 @@ from broker_plugin.stamps import RubinCutoutGeometry, write_rubin_cutout
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 6
+#: Days of forced photometry before an object's first alert (the simulated survey's precovery window).
+PRECOVERY_DAYS = 30.0
+
+
+def history(obj: int, epoch: int) -> dict[str, list[dict]]:
+    """What a Rubin alert of ``obj`` at ``epoch`` carries: forced photometry of every visit from
+    :data:`PRECOVERY_DAYS` before the first epoch (2-day cadence), and the earlier detections."""
+    visits = np.arange(60_000.0 - PRECOVERY_DAYS, 60_000.0 + 2 * epoch, 2.0)
+    forced = [
+        {"diaForcedSourceId": obj * 1000 + i, "diaObjectId": obj, "midpointMjdTai": float(t),
+         "band": "ugriz"[i % 5], "ra": 10.0, "dec": -5.0, "psfFlux": 100.0 if t >= 60_000.0 else 3.0,
+         "psfFluxErr": 5.0}
+        for i, t in enumerate(visits)
+    ]  # fmt: skip
+    sources = [
+        {"diaSourceId": obj * 100 + e, "diaObjectId": obj, "midpointMjdTai": 60_000.0 + 2 * e,
+         "band": "ugriz"[e % 5], "ra": 10.0, "dec": -5.0, "psfFlux": 100.0, "psfFluxErr": 5.0}
+        for e in range(epoch)
+    ]  # fmt: skip
+    return {"prvDiaForcedSources": forced, "prvDiaSources": sources}
 
 
 def make_alerts(n: int, seed: int, first_object: int) -> list[tuple[bytes, bytes]]:
-    """``n`` (key, framed alert) of objects with ``EPOCHS`` epochs each, interleaved by epoch."""
+    """``n`` (key, framed alert) of objects with ``EPOCHS`` epochs each, interleaved by epoch.
+
+    Each alert carries difference, science and template cutouts and the object's photometric history, as
+    a Rubin alert does.
+    """
     rng = np.random.default_rng(seed)
     version = latest_rubin_version()
     cutouts = []
@@ -88,7 +112,8 @@ def make_alerts(n: int, seed: int, first_object: int) -> list[tuple[bytes, bytes
         record = rubin_alert_record(
             version, diaSourceId=obj * 100 + epoch, diaObjectId=obj, midpointMjdTai=60_000.0 + 2 * epoch,
             band="ugriz"[epoch % 5], ra=10.0, dec=-5.0, psfFlux=100.0, psfFluxErr=5.0,
-            cutoutDifference=cutouts[k % len(cutouts)],
+            cutoutDifference=cutouts[k % len(cutouts)], cutoutScience=cutouts[(k + 1) % len(cutouts)],
+            cutoutTemplate=cutouts[(k + 2) % len(cutouts)], **history(obj, epoch),
         )  # fmt: skip
         out.append((str(obj).encode(), encode_rubin_message(record, version)))
     return out
