@@ -40,52 +40,30 @@ def predictions_path(plan: Plan, member: Member) -> Path:
 
 def transfer_features(plan: Plan, member: Member, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
     """Frozen features of every confirmed object (cached per backbone): ``(indices, (n, V, F))``."""
+    path = plan.run_dir / "features" / f"backbone-{plan.backbone_key(member)}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            return stored["indices"], stored["features"]
     idx = np.sort(
         np.concatenate(
             [plan.transfer_folds[0].train, plan.transfer_folds[0].val, plan.transfer_folds[0].test]
         )
     )
-    return _features(plan, member, net, idx, f"backbone-{plan.backbone_key(member)}")
-
-
-def pool_features(plan: Plan, member: Member, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    """Frozen features of the stage-1 (unconfirmed) pool (cached per backbone): ``(indices, (n, V, F))``."""
-    return _features(plan, member, net, np.sort(plan.pretrain_idx), f"pool-{plan.backbone_key(member)}")
-
-
-def _features(
-    plan: Plan, member: Member, net: torch.nn.Module, idx: np.ndarray, name: str
-) -> tuple[np.ndarray, np.ndarray]:
-    path = plan.run_dir / "features" / f"{name}.npz"
-    if path.exists():
-        with np.load(path) as stored:
-            return stored["indices"], stored["features"]
     norm = plan.normalisation()
     inputs = [plan.source.input_for(i, norm, net) for i in idx]
     feats = prefix_features(
         net,
         inputs,
         plan.config.training.finetune.prefix_frames,
-        label=f"features {name}",
+        label=f"features {plan.backbone_key(member)}",
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, indices=idx, features=feats)
     return idx, feats
 
 
-def train_head(
-    plan: Plan,
-    member: Member,
-    net: torch.nn.Module,
-    idx: np.ndarray,
-    feats: np.ndarray,
-    pool: tuple[np.ndarray, np.ndarray] | None = None,
-) -> dict:
-    """Train a new head on the frozen features of the member's training part; keep the best.
-
-    ``pool``: the stage-1 pool's ``(indices, features)``, drawn beside the training part
-    (``finetune.pool_fraction``); validation stays on confirmed objects.
-    """
+def train_head(plan: Plan, member: Member, net: torch.nn.Module, idx: np.ndarray, feats: np.ndarray) -> dict:
+    """Train a new head on the frozen features of the member's training part; keep the best."""
     f = plan.config.training.finetune
     split = plan.transfer_folds[member.fold]
     pos = {int(i): k for k, i in enumerate(idx)}
@@ -104,27 +82,12 @@ def train_head(
     weight = torch.tensor(
         balanced_class_weights(labels[tr], net.num_classes) ** f.class_weight_power, dtype=torch.float32
     )
-    n_confirmed = len(y)
-    if pool is not None:
-        # Pool samples follow the confirmed ones in one table; their draws are balanced on their own.
-        pool_idx, pool_feats = pool
-        pool_obj = len(idx) + np.repeat(np.arange(len(pool_idx)), n_views)
-        obj = np.concatenate((obj, pool_obj))
-        view = np.concatenate((view, np.tile(np.arange(n_views), len(pool_idx))))
-        y = np.concatenate((y, np.repeat(plan.source.labels[pool_idx], n_views)))
-        feats_all = np.concatenate((feats, pool_feats))
-    else:
-        feats_all = feats
     opt = torch.optim.AdamW(head.parameters(), lr=f.lr, weight_decay=f.weight_decay, amsgrad=True)
-    x_all = torch.from_numpy(feats_all)
+    x_all = torch.from_numpy(feats)
     best, best_state, history = -1.0, None, []
     for epoch in progress(range(f.epochs), desc=f"head {member.key}", unit="epoch", leave=False):
         rng = np.random.default_rng([seed, epoch])
-        draws = balanced_draws(y[:n_confirmed], n_confirmed, rng, f.balanced_sampler)
-        if pool is not None:
-            n_pool = round(f.pool_fraction * n_confirmed)
-            extra = n_confirmed + balanced_draws(y[n_confirmed:], n_pool, rng, f.balanced_sampler)
-            draws = rng.permutation(np.concatenate((draws, extra)))
+        draws = balanced_draws(y, len(y), rng, f.balanced_sampler)
         head.train()
         losses = []
         for start in range(0, len(draws), f.batch_size):
@@ -172,9 +135,7 @@ def run_finetune(plan: Plan) -> list[Path]:
         net, pre_info = load_net(plan, backbone_path(plan, member))
         idx, feats = transfer_features(plan, member, net.to(plan.device))
         net.cpu()  # the small head trains on cached features, on the CPU
-        pool = pool_features(plan, member, net.to(plan.device)) if f.pool_fraction > 0 else None
-        net.cpu()
-        info = {"pretrain": pre_info, "head": train_head(plan, member, net, idx, feats, pool)}
+        info = {"pretrain": pre_info, "head": train_head(plan, member, net, idx, feats)}
         split = plan.transfer_folds[member.fold]
         pos = {int(i): k for k, i in enumerate(idx)}
         test_feats = feats[[pos[int(i)] for i in split.test]]

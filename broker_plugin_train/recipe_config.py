@@ -96,12 +96,6 @@ class FinetuneSection(_Strict):
         (3, 6, 9, 12, 18, 24, 36, 48, 66, 99),
         description="Growing prefixes [frames] the frozen features are cached at (plus the whole window).",
     )
-    pool_fraction: float = Field(
-        0.0,
-        ge=0,
-        description="Also train the head on the stage-1 (unconfirmed) pool: its draws per epoch as a share of"
-        " the confirmed draws (0: confirmed objects only, the paper's transfer).",
-    )
     unfreeze_epochs: int = Field(0, ge=0, description="Then train everything (BN in train mode) this long.")
     unfreeze_lr: float = Field(1e-5, gt=0, description="Learning rate of the unfrozen phase.")
     unfreeze_samples_per_epoch: int | None = Field(None, ge=1, description="Draws per unfrozen epoch.")

@@ -174,22 +174,6 @@ def test_unfreezing_is_kept_only_when_it_helps_on_validation(small_dataset: Path
         assert info["kept"] == ("unfrozen" if gain else "frozen")
 
 
-def test_the_head_can_also_train_on_the_stage_one_pool(small_dataset: Path, tmp_path: Path):
-    from broker_plugin_train.plan import make_plan
-
-    args = [*_args(tmp_path, small_dataset), "--training.finetune.pool_fraction=1.0"]
-    assert main(["pretrain", *args]) == 0 and main(["finetune", *args]) == 0
-    plan = make_plan(load_config(CONFIG, args[4:]), small_dataset)
-    (pool,) = (tmp_path / "run" / "features").glob("pool-*.npz")
-    with np.load(pool) as stored:
-        # Every stage-1 object, at every cached prefix: features the head drew beside the confirmed ones.
-        np.testing.assert_array_equal(stored["indices"], np.sort(plan.pretrain_idx))
-        assert stored["features"].shape[:2] == (len(plan.pretrain_idx), 3)
-    for path in sorted((tmp_path / "run" / "members").glob("member-*.pt")):
-        history = torch.load(path, weights_only=True)["info"]["head"]["history"]
-        assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
-
-
 def test_a_frame_cap_shorter_than_the_serving_window_is_refused(small_dataset: Path, tmp_path: Path):
     from broker_plugin_train.plan import make_plan
 
