@@ -347,7 +347,8 @@ def main() -> None:
     variants = [Variant(p, t) for p, t in itertools.product(args.prepare_processes, args.torch_threads)]
     results = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        rows = [(f"{m.name} (shipped)", m) for m in args.models]
+        shipped = bundled_model_dir().resolve()
+        rows = [(f"{m.name} ({'shipped' if m.resolve() == shipped else 'artifact'})", m) for m in args.models]
         rows += [
             (f"{net} (1 member, random weights)", random_artifact(Path(tmp) / net, net)) for net in args.nets
         ]

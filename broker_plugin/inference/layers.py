@@ -168,14 +168,18 @@ class HistoryEncoder(nn.Module):
         )
         self.out = nn.Sequential(nn.Linear((5 if statistics else 4) * hidden, out), nn.ReLU())
 
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+    def forward(self, rows: torch.Tensor, statistics: torch.Tensor | None = None) -> torch.Tensor:
         """Encode ``rows`` ``(B, P, features)`` to ``(B, out)``.
 
         An object with no valid row reads one zero row (a history is never empty in service: the alert's
-        own detection is in it).
+        own detection is in it). ``statistics``: the rows' :func:`history_statistics`, when the caller
+        has them already (an ensemble computes them once for all members).
         """
         valid = rows[..., 0] > 0
         lengths = valid.sum(dim=1).clamp(min=1)
+        # Valid rows come first: the columns after the longest history are padding for every object.
+        if len(lengths):
+            rows = rows[:, : int(lengths.max())]
         h = self.point(rows)
         packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
         outputs, final = self.rnn(packed)
@@ -183,7 +187,7 @@ class HistoryEncoder(nn.Module):
         mean = steps.sum(dim=1) / lengths[:, None].to(steps.dtype)  # padded steps are zero
         parts = [final[0], final[1], mean]
         if self.statistics is not None:
-            parts.append(self.statistics(history_statistics(rows)))
+            parts.append(self.statistics(history_statistics(rows) if statistics is None else statistics))
         return self.out(torch.cat(parts, dim=-1))
 
 
