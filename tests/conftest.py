@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 
@@ -99,3 +100,12 @@ def parts(service_settings: Settings):
     built = build_parts(service_settings)
     yield built
     built.close()
+
+
+@pytest.fixture
+def restore_signals() -> Iterator[None]:
+    """For tests that install the service's SIGTERM/SIGINT handlers: give pytest its own back after."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

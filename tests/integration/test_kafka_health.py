@@ -7,11 +7,9 @@ port; Tansu keeps everything in memory, so the topics are created again after th
 from __future__ import annotations
 
 import logging
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,15 +56,6 @@ def visibility_settings(service_settings: Settings, bootstrap: str, **kafka: obj
 def topics_of(settings: Settings) -> list[str]:
     kafka = settings.kafka
     return [*kafka.input_topics, kafka.output_topic, kafka.dead_letter_topic]
-
-
-@pytest.fixture
-def restore_signals() -> Iterator[None]:
-    """``run_service`` installs SIGTERM/SIGINT handlers in the main thread: give pytest its own back."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.mark.slow
