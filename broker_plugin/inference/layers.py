@@ -177,7 +177,7 @@ class HistoryEncoder(nn.Module):
         """
         valid = rows[..., 0] > 0
         lengths = valid.sum(dim=1).clamp(min=1)
-        # Valid rows come first: the columns after the longest history are padding for every object.
+        # Valid rows come first: the positions after the longest history are padding for every object.
         if len(lengths):
             rows = rows[:, : int(lengths.max())]
         h = self.point(rows)
