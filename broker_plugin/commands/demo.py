@@ -111,10 +111,17 @@ def _run(
 
 def _summary(out: TextIO, sent: int, outputs: list, dead: list, truth: dict[str, str], elapsed: float,
              done: bool, exposition: str) -> None:  # fmt: skip
-    # Each object's last published classification: it saw every frame (outputs are keyed by object, so
-    # one object's outputs are read in publication order). The newest alert's output need not be the
-    # last: an older alert that arrives late is classified with every frame too.
-    last = {str(record.diaObjectId): record for record in outputs}
+    # Each object's newest alert's classification: outputs are causal, so it is the one that saw every
+    # frame and the longest history. Publication order is not used, since an older alert delivered late
+    # through another partition is published after it and sees less.
+    last: dict[str, Any] = {}
+    for record in outputs:
+        key = str(record.diaObjectId)
+        if key not in last or (record.midpointMjdTai, record.nFrames) > (
+            last[key].midpointMjdTai,
+            last[key].nFrames,
+        ):
+            last[key] = record
     judged = [(truth[k], r.predictedClass) for k, r in last.items() if k in truth]
     correct = sum(t == p for t, p in judged)
     per_alert = [truth.get(str(r.diaObjectId)) == r.predictedClass for r in outputs]
@@ -126,7 +133,7 @@ def _summary(out: TextIO, sent: int, outputs: list, dead: list, truth: dict[str,
     out.write(f"dead letters:            {len(dead)}{f' {dict(reasons)}' if reasons else ''}\n")
     if judged:
         out.write(
-            f"accuracy, last output per object: {correct}/{len(judged)} = {correct / len(judged):.0%}\n"
+            f"accuracy, newest alert per object: {correct}/{len(judged)} = {correct / len(judged):.0%}\n"
         )
         out.write(f"accuracy, every output:  {np.mean(per_alert):.0%} (early alerts see few frames)\n")
     rate = sent / elapsed

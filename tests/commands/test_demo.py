@@ -20,7 +20,7 @@ def test_demo_processes_every_bundled_alert(service_settings: Settings) -> None:
     assert classified == total > 0  # every bundled object has enough alerts
     assert "dead letters:            0" in text
     assert "metrics at http://127.0.0.1:" in text
-    assert "accuracy, last output per object:" in text and "latency (produce -> publish): p50" in text
+    assert "accuracy, newest alert per object:" in text and "latency (produce -> publish): p50" in text
 
 
 def test_demo_refuses_a_missing_model_before_starting_anything(settings: Settings, tmp_path) -> None:
