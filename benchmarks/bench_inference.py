@@ -299,17 +299,24 @@ def measure_onnx(ens: StackedConvEntion, repeats: int, turn: float) -> list[dict
     tokens = torch.randn(ens.n_members, b, length, *(ens.token_shape[p] for p in ens.work_perm))
     chunks = torch.randn(32, ens.chunk_size, ens.stamp, ens.stamp)
     bands = torch.randint(1, 7, (32, ens.chunk_size))
+    front_args: tuple[torch.Tensor, ...] = (chunks, bands)
+    if ens.front_end.planes > 1:  # the science and template planes beside the difference
+        front_args += (torch.randn(32, ens.chunk_size, 2, ens.stamp, ens.stamp),)
+    blocks_args: tuple[torch.Tensor, ...] = (tokens,)
+    if ens.history is not None:  # the members' encoded histories, as the head reads them
+        width = ens.head_w1_history.shape[1]
+        blocks_args += (torch.randn(ens.n_members, b, width),)
 
     class Blocks(torch.nn.Module):
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return ens._classify(t, None)
+        def forward(self, t: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+            return ens._classify(t, None, history)
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     rows = []
     for name, module, args in (
-        ("blocks+head", Blocks(), (tokens,)),
-        ("front end", ens.front_end, (chunks, bands)),
+        ("blocks+head", Blocks(), blocks_args),
+        ("front end", ens.front_end, front_args),
     ):
         program = torch.onnx.export(module, args, dynamo=True, verbose=False)
         buffer = io.BytesIO(program.model_proto.SerializeToString())

@@ -179,6 +179,17 @@ class DomainConfig(_Strict):
         "random bands.",
     )
     min_bands: int = Field(2, ge=1, description="Fewest bands an object keeps.")
+    one_band_night_probability: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Fraction of objects visited in one band a night (Rubin-like: the band drawn from "
+        "Rubin's mix, a second neighbouring band 15-45 min later on one_band_pair_fraction of the nights) "
+        "instead of every band of the object each night (SDSS/Stripe-82-like).",
+    )
+    one_band_pair_fraction: float = Field(
+        0.7, ge=0, le=1, description="Of those objects' nights, the fraction with a second visit."
+    )
     native_pixel_scale_arcsec: tuple[float, float] = Field(
         (0.2, 1.0),
         description="Range of an object's native pixel scale [arcsec], log-uniform (Rubin 0.2, SDSS 0.396, "

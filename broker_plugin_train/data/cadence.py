@@ -8,7 +8,8 @@ misses a few nights (``object_loss``) and a few frames are blank (``missing_fram
 frames: the paper's "missing observations").
 
 Rubin-like (option): nightly opportunities over longer seasons; an object is visited on a fraction of
-nights, in one band per visit, with Rubin's band mix.
+nights, in one band per visit, with Rubin's band mix. Under domain randomisation an object of either
+survey may be visited that way on its own nights (``domain.one_band_night_probability``).
 
 The depth follows the seeing: for background-limited PSF photometry the flux error scales with the
 PSF's width, so ``m5 = m5_median - 2.5 log10(fwhm / fwhm_median)`` plus transparency scatter.
@@ -218,7 +219,11 @@ class Survey:
             _Night(start + float(d), float(s), float(t))
             for d, s, t in zip(days[keep], seeing[keep], transparency[keep], strict=True)
         ]
-        mjd, band, night_idx = self._visits(rng, nights, look.bands, ra_deg)
+        if look.one_band_nights:
+            pairs = domain.one_band_pair_fraction
+            mjd, band, night_idx = self._one_band_visits(rng, nights, look.bands, pairs)
+        else:
+            mjd, band, night_idx = self._visits(rng, nights, look.bands, ra_deg)
         seeing_r = np.clip(np.array([nights[i].seeing_r for i in night_idx]), *domain.seeing_range_arcsec)
         transparency_v = np.array([nights[i].transparency for i in night_idx])
         fwhm, m5, sky = self._conditions(band, seeing_r, transparency_v)
@@ -240,14 +245,21 @@ class Survey:
             mjd = np.array([n.mjd + scan + i * _SDSS_STEP_DAYS for n in nights for i in range(len(order))])
             band = np.array([b for _ in nights for b in order])
             return mjd, band, np.repeat(np.arange(len(nights)), len(order))
+        return self._one_band_visits(rng, nights, bands, cfg.rubin_pair_fraction)
+
+    @staticmethod
+    def _one_band_visits(
+        rng: np.random.Generator, nights: list[_Night], bands: tuple[str, ...], pair_fraction: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rubin-like visits: one band a night (Rubin's mix), a second on ``pair_fraction`` of the nights."""
         names = [b for b in _RUBIN_MIX if b in bands]
         mix = np.array([_RUBIN_MIX[b] for b in names])
         band = rng.choice(names, size=len(nights), p=mix / mix.sum())
         mjd = np.array([n.mjd + rng.uniform(-0.15, 0.15) for n in nights])
         night_idx = np.arange(len(nights))
-        if cfg.rubin_pair_fraction > 0 and len(names) > 1:
+        if pair_fraction > 0 and len(names) > 1:
             # Rubin pairs a visit with a second one in a neighbouring filter 15-45 min later.
-            paired = np.nonzero(rng.random(len(nights)) < cfg.rubin_pair_fraction)[0]
+            paired = np.nonzero(rng.random(len(nights)) < pair_fraction)[0]
             pos = np.array([names.index(b) for b in band[paired]], dtype=np.int64)
             step = np.where(rng.random(len(paired)) < 0.5, -1, 1)
             step = np.where(pos + step < 0, 1, np.where(pos + step >= len(names), -1, step))

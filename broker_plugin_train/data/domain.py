@@ -6,8 +6,9 @@ seeing and depth, cadence, bands, pixel scales, cutout sizes, a rotation at ever
 :class:`broker_plugin_train.config.DomainConfig`:
 
 - per object: the median seeing, a depth offset (all bands, plus a little per band), the mean gap between
-  its nights and possibly a block of nights without visits, the bands it is observed in, the native
-  pixel scale of its images, and how its host is drawn (offset scale, colour);
+  its nights and possibly a block of nights without visits, the bands it is observed in and whether a
+  night visits all of them (SDSS-like) or one (Rubin-like, sometimes a pair), the native pixel scale of
+  its images, and how its host is drawn (offset scale, colour);
 - per visit (:func:`draw_presentation`, once the epochs are known): the native image's orientation and
   the native cutout's side.
 
@@ -69,6 +70,8 @@ class Look:
         ``(N,)`` orientation of each visit's native image [deg] (empty until :func:`draw_presentation`).
     cutout_size
         ``(N,)`` side of each visit's native cutout [pixels] (empty until :func:`draw_presentation`).
+    one_band_nights
+        Visited in one band a night (Rubin-like), not in every band of :attr:`bands` each night.
     """
 
     seeing_median_arcsec: float
@@ -81,6 +84,7 @@ class Look:
     host_colour_mag: dict[str, float]
     rotation_deg: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     cutout_size: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    one_band_nights: bool = False
 
     def summary(self) -> dict[str, object]:
         """The per-object part, for the dataset's ``objects.json``."""
@@ -91,6 +95,7 @@ class Look:
             "night_gap_mean_days": self.night_gap_mean_days,
             "season_gap": list(self.season_gap) if self.season_gap is not None else None,
             "pixel_scale_arcsec": self.pixel_scale_arcsec,
+            "one_band_nights": self.one_band_nights,
             "cutout_size_range": (
                 [int(self.cutout_size.min()), int(self.cutout_size.max())] if len(self.cutout_size) else None
             ),
@@ -140,8 +145,11 @@ def draw_look(domain: DomainConfig, survey: SurveyConfig, rng: np.random.Generat
     offset_scale = log_uniform(rng, domain.host_offset_scale)
     colour = {band: float(rng.normal(0.0, domain.host_colour_sigma_mag)) for band in survey.bands}
     colour["r"] = 0.0  # the host's r magnitude is its brightness; the others move around it
-    bands = _bands(domain, survey.bands, rng)  # last: how many draws it takes depends on the branch
-    return Look(seeing, depth, bands, gap, season_gap, scale, offset_scale, colour)
+    bands = _bands(domain, survey.bands, rng)  # how many draws it takes depends on the branch
+    # Drawn last and only when asked for: every other draw, and datasets without it, stay as they were.
+    p = domain.one_band_night_probability
+    one_band = bool(p > 0 and rng.random() < p)
+    return Look(seeing, depth, bands, gap, season_gap, scale, offset_scale, colour, one_band_nights=one_band)
 
 
 def draw_presentation(look: Look, domain: DomainConfig, n: int, rng: np.random.Generator) -> Look:

@@ -318,3 +318,32 @@ def test_a_point_source_keeps_its_flux_on_any_native_grid(scale: float) -> None:
     assert out["psf_flux"].mean() == pytest.approx(flux, rel=0.02)
     pulls = (out["psf_flux"] - flux) / out["psf_flux_err"]
     assert np.std(pulls) == pytest.approx(1.0, abs=0.15)
+
+
+def _night_of(mjd: np.ndarray) -> np.ndarray:
+    """Night number of each visit (time order): visits of one night lie well under half a day apart."""
+    return np.concatenate([[0], np.cumsum(np.diff(mjd) > 0.5)])
+
+
+def test_one_band_night_objects_are_visited_as_rubin_visits_a_field() -> None:
+    population = counts(agn=20, variable=20, snia_unconfirmed=20)
+    sim = randomised(population, one_band_night_probability=0.5, season_gap_probability=0)
+    objs = objects(sim)
+    one_band = [o for o in objs if o.look.one_band_nights]
+    every_band = [o for o in objs if not o.look.one_band_nights]
+    assert one_band and every_band  # both patterns in one survey (p = 0.5, 60 objects)
+    for o in one_band:
+        _, per_night = np.unique(_night_of(o.epochs.mjd), return_counts=True)
+        assert per_night.max() <= 2  # one visit, sometimes a pair
+        paired = np.nonzero(np.diff(o.epochs.mjd) < 1.0 / 24)[0]
+        for i in paired:  # the pair: 15-45 min apart, in two bands next to each other
+            assert 15 / 1440 - 1e-9 <= o.epochs.mjd[i + 1] - o.epochs.mjd[i] <= 45 / 1440 + 1e-9
+            assert o.epochs.band[i] != o.epochs.band[i + 1]
+        assert set(o.epochs.band) <= set(o.look.bands)
+    for o in every_band:  # SDSS-like: every night takes every band of the object
+        nights = _night_of(o.epochs.mjd)
+        for night in np.unique(nights):
+            assert set(o.epochs.band[nights == night]) == set(o.look.bands)
+    # Off (the model default): no object is visited that way.
+    off = objects(randomised(counts(agn=10), one_band_night_probability=0))
+    assert not any(o.look.one_band_nights for o in off)
