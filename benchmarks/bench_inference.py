@@ -17,7 +17,8 @@ Variants are timed in turns (A B C A B C ...), every turn long enough to be meas
 ``--turn`` seconds), and the median turn is kept: shared-CPU noise hits all alike. Speed-ups are ratios
 of medians. ``--options`` adds the other CPU options tried on the stacked path (convolution layout,
 slice size, a 2-worker split, bf16 autocast, and with ``--compile`` / ``--onnx`` torch.compile and ONNX
-Runtime). Writes ``benchmarks/results/inference_ensemble_cpu.json`` and prints a markdown table.
+Runtime; ``pip install -e ".[bench]"`` installs it). Writes ``benchmarks/results/inference_ensemble_cpu.json``
+and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -372,14 +373,22 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['new_objects_per_s']} | {r['speedup']}x |"
         )
     if report.get("options"):
-        lines += ["", "| option (stacked, incremental) | objects/s | vs default |", "|---|---:|---:|"]
+        lines += [
+            "",
+            "| option (stacked, incremental) | objects/s | vs default | max abs probability difference |",
+            "|---|---:|---:|---:|",
+        ]
         for r in report["options"]:
+            diff = r.get("max_abs_prob_diff", r.get("max_abs_diff"))
+            shown = "-" if diff is None else f"{diff:.1e}"
             if "objects_per_s" in r:
-                lines.append(f"| {r['option']} | {r['objects_per_s']} | {r['relative_to_default']}x |")
+                lines.append(
+                    f"| {r['option']} | {r['objects_per_s']} | {r['relative_to_default']}x | {shown} |"
+                )
             elif "relative_to_torch" in r:
                 lines.append(
                     f"| {r['option']} (1 thread) | {r['onnxruntime_ms']} ms vs torch "
-                    f"{r['torch_ms']} ms | {r['relative_to_torch']}x |"
+                    f"{r['torch_ms']} ms | {r['relative_to_torch']}x | {shown} (outputs) |"
                 )
     return "\n".join(lines)
 

@@ -59,6 +59,11 @@ def inference_table() -> str:
     return "\n".join(lines)
 
 
+def ensemble_table() -> str:
+    result = _load("inference_ensemble_cpu.json")
+    return "(not measured yet)" if result is None else result["markdown"]
+
+
 def state_table() -> str:
     result = _load("state.json")
     if result is None:
@@ -128,6 +133,7 @@ def render(text: str) -> str:
         ("settings-table", settings_markdown()),
         ("bench-decode", decode_table()),
         ("bench-inference", inference_table()),
+        ("bench-ensemble", ensemble_table()),
         ("bench-state", state_table()),
         ("bench-service", service_table()),
         ("bench-hostile", hostile_table()),

@@ -219,7 +219,11 @@ class ModelSettings(BaseModel):
         ),
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
-    bf16: bool = Field(False, description="bfloat16 autocast on CUDA (faster, slightly less exact).")
+    bf16: bool = Field(
+        False,
+        description="bfloat16 autocast (CUDA, or a CPU with bf16 instructions): faster where the hardware "
+        "has them, probabilities off by up to ~6e-3.",
+    )
     min_frames: int = Field(3, ge=1, description="Frames an object needs before it is classified [count].")
     torch_threads: int = Field(
         0,
