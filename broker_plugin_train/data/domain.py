@@ -88,6 +88,8 @@ class Look:
 
     def summary(self) -> dict[str, object]:
         """The per-object part, for the dataset's ``objects.json``."""
+        # ``one_band_nights`` only where set: datasets without it keep their bytes (and their hash).
+        visits = {"one_band_nights": True} if self.one_band_nights else {}
         return {
             "seeing_median_arcsec": self.seeing_median_arcsec,
             "depth_offset_mag": dict(self.depth_offset_mag),
@@ -95,11 +97,10 @@ class Look:
             "night_gap_mean_days": self.night_gap_mean_days,
             "season_gap": list(self.season_gap) if self.season_gap is not None else None,
             "pixel_scale_arcsec": self.pixel_scale_arcsec,
-            "one_band_nights": self.one_band_nights,
             "cutout_size_range": (
                 [int(self.cutout_size.min()), int(self.cutout_size.max())] if len(self.cutout_size) else None
             ),
-        }
+        } | visits
 
 
 def _bands(domain: DomainConfig, survey_bands: tuple[str, ...], rng: np.random.Generator) -> tuple[str, ...]:
