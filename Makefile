@@ -43,9 +43,11 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff format --check .
 
 bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[bench]"  # ONNX Runtime, for bench_inference.py --onnx
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_state.py
-	PYTHONPATH=. $(PY) benchmarks/bench_inference.py
+	PYTHONPATH=. $(PY) benchmarks/bench_inference.py --per-net
+	PYTHONPATH=. $(PY) benchmarks/bench_inference.py --batches 1,16,64 --full-batches 16 --options --compile --onnx
 	$(PY) benchmarks/bench_service.py
 	$(PY) benchmarks/render_readme.py
 
