@@ -65,7 +65,7 @@ from torch import Tensor, nn
 
 from broker_plugin.inference.errors import InferenceInputError
 from broker_plugin.inference.history_statistics import history_statistics
-from broker_plugin.inference.layers import FRONT_END_LAYOUT, conv_out
+from broker_plugin.inference.layers import FRONT_END_LAYOUT, conv_out, trim_history_rows
 from broker_plugin.inference.nets import ConvEntion
 from broker_plugin.inference.preprocess import CONTEXT_FEATURES
 
@@ -448,10 +448,8 @@ class _History(nn.Module):
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """Encode rows ``(B, P, F)`` for every member: ``(M, B, out)``."""
-        rows = rows.float()
-        # Valid rows come first: trimmed once here, and the parameter-free statistics computed once.
-        if len(rows):
-            rows = rows[:, : max(1, int((rows[..., 0] > 0).sum(dim=1).max()))]
+        # Trimmed once here, and the parameter-free statistics computed once, for every member.
+        rows = trim_history_rows(rows.float())
         stats = history_statistics(rows) if any(e.statistics is not None for e in self.encoders) else None
         return torch.stack([e(rows, stats) for e in self.encoders])
 

@@ -137,6 +137,17 @@ class ContextEncoder(nn.Module):
         return self.net(torch.cat((picked, onehot), dim=-1).flatten(1))
 
 
+def trim_history_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Drop the row positions after a batch's longest history (at least one is kept).
+
+    Valid rows come first, so those positions are padding for every object: the encoder and the
+    statistics read the same result without them.
+    """
+    if not len(rows):
+        return rows
+    return rows[:, : max(1, int((rows[..., 0] > 0).sum(dim=1).max()))]
+
+
 class HistoryEncoder(nn.Module):
     """An object's photometric history rows (:mod:`~broker_plugin.inference.history`) to a vector.
 
@@ -175,11 +186,8 @@ class HistoryEncoder(nn.Module):
         own detection is in it). ``statistics``: the rows' :func:`history_statistics`, when the caller
         has them already (an ensemble computes them once for all members).
         """
-        valid = rows[..., 0] > 0
-        lengths = valid.sum(dim=1).clamp(min=1)
-        # Valid rows come first: the positions after the longest history are padding for every object.
-        if len(lengths):
-            rows = rows[:, : int(lengths.max())]
+        rows = trim_history_rows(rows)
+        lengths = (rows[..., 0] > 0).sum(dim=1).clamp(min=1)
         h = self.point(rows)
         packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
         outputs, final = self.rnn(packed)
