@@ -114,22 +114,20 @@ def _summary(out: TextIO, sent: int, outputs: list, dead: list, truth: dict[str,
     # Each object's newest alert's classification: outputs are causal, so it is the one that saw every
     # frame and the longest history. Publication order is not used, since an older alert delivered late
     # through another partition is published after it and sees less.
-    last: dict[str, Any] = {}
+    newest: dict[str, Any] = {}
     for record in outputs:
-        key = str(record.diaObjectId)
-        if key not in last or (record.midpointMjdTai, record.nFrames) > (
-            last[key].midpointMjdTai,
-            last[key].nFrames,
-        ):
-            last[key] = record
-    judged = [(truth[k], r.predictedClass) for k, r in last.items() if k in truth]
+        best = newest.get(key := str(record.diaObjectId))
+        if best is None or (record.midpointMjdTai, record.nFrames) > (best.midpointMjdTai, best.nFrames):
+            newest[key] = record
+    judged = [(truth[k], r.predictedClass) for k, r in newest.items() if k in truth]
     correct = sum(t == p for t, p in judged)
     per_alert = [truth.get(str(r.diaObjectId)) == r.predictedClass for r in outputs]
     latency = np.array([r.publishTimestamp - r.alertTimestamp for r in outputs if r.alertTimestamp], float)
     reasons = Counter(dict(m.headers()).get("dead_letter_reason", b"?").decode() for m in dead)
     out.write("\n=== broker_plugin demo summary ===\n")
     out.write(f"alerts in:               {sent}{'' if done else '  (TIMED OUT before all were processed)'}\n")
-    out.write(f"classifications out:     {len(outputs)} (objects classified: {len(last)} of {len(truth)})\n")
+    classified = f"(objects classified: {len(newest)} of {len(truth)})"
+    out.write(f"classifications out:     {len(outputs)} {classified}\n")
     out.write(f"dead letters:            {len(dead)}{f' {dict(reasons)}' if reasons else ''}\n")
     if judged:
         out.write(
