@@ -168,10 +168,21 @@ class HistoryEncoder(nn.Module):
         Width of the GRU (per direction) and of the output.
     statistics
         Also read the rows' summary statistics.
+    skip_statistics
+        Also pass the summary statistics themselves on, after the encoded vector (``statistics`` must be
+        set): a head trained on frozen stage-1 features then reads them as they are, not only through
+        the projection stage 1 learnt on the unconfirmed pool.
     """
 
-    def __init__(self, features: int, *, hidden: int, out: int, statistics: bool = False) -> None:
+    def __init__(
+        self, features: int, *, hidden: int, out: int, statistics: bool = False, skip_statistics: bool = False
+    ) -> None:
         super().__init__()
+        if skip_statistics and not statistics:
+            raise ValueError("skip_statistics needs statistics")
+        self.skip_statistics = skip_statistics
+        #: Width of the encoded vector.
+        self.out_features = out + (HISTORY_STATISTICS if skip_statistics else 0)
         self.point = nn.Sequential(nn.Linear(features, hidden), nn.ReLU())
         self.rnn = nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
         self.statistics = (
@@ -194,9 +205,11 @@ class HistoryEncoder(nn.Module):
         steps, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=rows.shape[1])
         mean = steps.sum(dim=1) / lengths[:, None].to(steps.dtype)  # padded steps are zero
         parts = [final[0], final[1], mean]
-        if self.statistics is not None:
-            parts.append(self.statistics(history_statistics(rows) if statistics is None else statistics))
-        return self.out(torch.cat(parts, dim=-1))
+        if self.statistics is None:
+            return self.out(torch.cat(parts, dim=-1))
+        stats = history_statistics(rows) if statistics is None else statistics
+        encoded = self.out(torch.cat([*parts, self.statistics(stats)], dim=-1))
+        return torch.cat((encoded, stats.to(encoded.dtype)), dim=-1) if self.skip_statistics else encoded
 
 
 class JointNorm(nn.Module):

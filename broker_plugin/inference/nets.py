@@ -126,6 +126,11 @@ class ConvEntionConfig:
     history_statistics
         The history encoder also reads the history's light-curve summary statistics
         (:mod:`~broker_plugin.inference.history_statistics`).
+    history_skip_statistics
+        The head reads those statistics as they are too, beside the encoded history (needs
+        ``history_statistics``): stage 2 trains only the head, and the stage-1 projection of the
+        statistics keeps what separated the unconfirmed pool's classes, not necessarily all that
+        separates the confirmed ones.
     """
 
     stamp: int = 32
@@ -150,6 +155,7 @@ class ConvEntionConfig:
     history_hidden: int = 64
     history_channels: int = 64
     history_statistics: bool = False
+    history_skip_statistics: bool = False
 
     def context_columns(self) -> tuple[int, ...]:
         """The columns of the context vector this configuration reads (empty: no context branch)."""
@@ -210,14 +216,20 @@ class ConvEntion(nn.Module):
                 hidden=c.history_hidden,
                 out=c.history_channels,
                 statistics=c.history_statistics,
+                skip_statistics=c.history_skip_statistics,
             )
         self.head = self._make_head(c.num_classes)
+
+    @property
+    def history_width(self) -> int:
+        """Width of the encoded history the head reads beside the pooled image features (0: none)."""
+        return 0 if self.history_encoder is None else self.history_encoder.out_features
 
     def _make_head(self, num_classes: int) -> nn.Sequential:
         c = self.config
         return nn.Sequential(
             nn.Dropout(c.dropout),
-            nn.Linear(math.prod(self.token_shape) + (c.history_channels if c.history else 0), c.head_hidden),
+            nn.Linear(math.prod(self.token_shape) + self.history_width, c.head_hidden),
             nn.ReLU(),
             nn.Dropout(c.dropout),
             nn.Linear(c.head_hidden, num_classes),

@@ -160,9 +160,18 @@ def test_random_ensembles_stacked_equal_reference(name, overrides, count, prefix
         pytest.param("convention-triplet", TINY, EDGES, marks=pytest.mark.slow),
         ("convention-triplet-lean", {}, EVERY),  # the context added to the image channels
         ("convention-alert-small", {}, EVERY),  # the history branch in the head
+        ("convention-alert-small", {"history_skip_statistics": True}, EDGES),  # + the raw statistics
         pytest.param("convention-alert", TINY, EDGES, marks=pytest.mark.slow),
     ],
-    ids=["triplet-small", "triplet-small-unmasked", "triplet", "triplet-lean", "alert-small", "alert"],
+    ids=[
+        "triplet-small",
+        "triplet-small-unmasked",
+        "triplet",
+        "triplet-lean",
+        "alert-small",
+        "alert-small-skip",
+        "alert",
+    ],
 )
 def test_context_ensembles_stacked_equal_reference(name, overrides, prefixes):
     worst = run_prefixes(make_members(name, count=3, **overrides), prefixes, count=1)
@@ -208,6 +217,7 @@ CONVENTION_NETS = [
     *(("convention-triplet-small", flags) for flags in CONTEXT_FLAGS),
     ("convention-triplet-lean", {}),
     ("convention-alert-small", {}),
+    ("convention-alert-small", {"history_skip_statistics": True}),
 ]
 CONVENTION_IDS = [
     "paper",
@@ -215,6 +225,7 @@ CONVENTION_IDS = [
     *(f"triplet-small-{i}" for i in CONTEXT_IDS),
     "triplet-lean",
     "alert-small",
+    "alert-small-skip",
 ]
 
 

@@ -151,3 +151,23 @@ def test_the_encoder_reads_the_valid_rows_in_order_and_nothing_after_them():
         swapped = rows.clone()
         swapped[:, [0, 1]] = rows[:, [1, 0]]
         assert not torch.allclose(encoder(swapped), out, atol=1e-4)  # the order is read, not a set
+
+
+def test_the_encoder_can_pass_the_statistics_on_as_they_are():
+    import torch
+
+    from broker_plugin.inference.history_statistics import HISTORY_STATISTICS, history_statistics
+    from broker_plugin.inference.layers import HistoryEncoder
+
+    torch.manual_seed(0)
+    rows = torch.zeros(2, 12, HISTORY_FEATURES)
+    rows[:, :5] = torch.randn(2, 5, HISTORY_FEATURES)
+    rows[:, :5, VALID_COLUMN] = 1.0
+    encoder = HistoryEncoder(HISTORY_FEATURES, hidden=16, out=8, statistics=True, skip_statistics=True).eval()
+    assert encoder.out_features == 8 + HISTORY_STATISTICS
+    with torch.no_grad():
+        out = encoder(rows)
+    assert out.shape == (2, encoder.out_features)
+    np.testing.assert_allclose(out[:, 8:], history_statistics(rows), atol=1e-6)
+    with pytest.raises(ValueError, match="statistics"):
+        HistoryEncoder(HISTORY_FEATURES, hidden=16, out=8, skip_statistics=True)

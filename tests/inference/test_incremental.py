@@ -54,6 +54,7 @@ NARROW = {"features": 32, "hidden": 16}
         ("convention-triplet-lean", {}, EDGES, 2),
         pytest.param("convention-alert-small", {}, EVERY, 1, marks=pytest.mark.slow),
         ("convention-alert-small", {}, EDGES, 2),
+        ("convention-alert-small", {"history_skip_statistics": True}, EDGES, 1),
         ("convention-alert", TINY, EDGES, 1),
         ("cnn-gru", {}, EDGES, 1),
         ("cnn-lstm", {}, [1, 99, 100, 150], 1),
