@@ -5,8 +5,10 @@ mode (the authors left the net in train mode, so frozen layers' running statisti
 convention-spec 4.4), at every growing prefix of every confirmed object (:mod:`broker_plugin_train.prefix`).
 A new randomly initialised head is trained on the training part of the fold with class-balanced draws over
 (object, prefix) pairs and the per-sample focal loss; the best epoch by validation-fold macro-F1 is kept
-(the validation fold is never the test fold). Optionally the whole net is then unfrozen and trained at a
-low learning rate. Each member's test-fold probabilities at every prefix are stored for ``ensemble``.
+(the validation fold is never the test fold). With ``history_lr`` the net's history encoder (no BatchNorm)
+trains with the head, from its stage-1 weights, on the history rows of the same (object, prefix) pairs.
+Optionally the whole net is then unfrozen and trained at a low learning rate. Each member's test-fold
+probabilities at every prefix are stored for ``ensemble``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from broker_plugin.progress import progress
 from broker_plugin_train.loop import LoopSettings, macro_f1, train_full
 from broker_plugin_train.plan import Member, Plan
-from broker_plugin_train.prefix import head_probs, prefix_features
+from broker_plugin_train.prefix import head_probs, prefix_features, prefix_history_rows
 from broker_plugin_train.pretrain import backbone_path, load_net, save_net
 from broker_plugin_train.sampling import balanced_class_weights, balanced_draws, focal_loss
 
@@ -62,8 +64,59 @@ def transfer_features(plan: Plan, member: Member, net: torch.nn.Module) -> tuple
     return idx, feats
 
 
-def train_head(plan: Plan, member: Member, net: torch.nn.Module, idx: np.ndarray, feats: np.ndarray) -> dict:
-    """Train a new head on the frozen features of the member's training part; keep the best."""
+def transfer_history_rows(plan: Plan, net: torch.nn.Module, idx: np.ndarray) -> np.ndarray:
+    """History rows ``(n, V, P, F)`` of every confirmed object ``idx`` at the views of the features."""
+    norm = plan.normalisation()
+    inputs = [plan.source.input_for(i, norm, net) for i in idx]
+    return prefix_history_rows(net, inputs, plan.config.training.finetune.prefix_frames)
+
+
+class _HeadOverHistory(torch.nn.Module):
+    """A net's head over cached image features and its history encoder over the matching history rows.
+
+    The cached features end with the stage-1 history vector; it is replaced by the encoder's output.
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head, self.width = net.history_encoder, net.head, net.history_width
+
+    def features(self, feats: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        image = feats[..., : feats.shape[-1] - self.width]
+        return torch.cat((image, self.encoder(rows)), dim=-1)
+
+    def forward(self, feats: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(feats, rows))
+
+
+@torch.inference_mode()
+def refresh_history(
+    net: torch.nn.Module, feats: np.ndarray, rows: np.ndarray, batch_size: int = 512
+) -> np.ndarray:
+    """``feats`` ``(n, V, F)`` with their history columns recomputed by ``net``'s encoder from ``rows``."""
+    model = _HeadOverHistory(net).eval()
+    flat_f = torch.from_numpy(feats.reshape(-1, feats.shape[-1]))
+    flat_r = torch.from_numpy(rows.reshape(-1, *rows.shape[2:]))
+    out = torch.cat([
+        model.features(flat_f[s : s + batch_size], flat_r[s : s + batch_size])
+        for s in range(0, len(flat_f), batch_size)
+    ])  # fmt: skip
+    return out.numpy().reshape(feats.shape)
+
+
+def train_head(
+    plan: Plan,
+    member: Member,
+    net: torch.nn.Module,
+    idx: np.ndarray,
+    feats: np.ndarray,
+    rows: np.ndarray | None = None,
+) -> dict:
+    """Train a new head on the frozen features of the member's training part; keep the best.
+
+    With ``rows`` (the history rows of every view of ``feats``, ``finetune.history_lr`` set) the net's
+    history encoder trains too, from its stage-1 weights.
+    """
     f = plan.config.training.finetune
     split = plan.transfer_folds[member.fold]
     pos = {int(i): k for k, i in enumerate(idx)}
@@ -82,23 +135,31 @@ def train_head(plan: Plan, member: Member, net: torch.nn.Module, idx: np.ndarray
     weight = torch.tensor(
         balanced_class_weights(labels[tr], net.num_classes) ** f.class_weight_power, dtype=torch.float32
     )
-    opt = torch.optim.AdamW(head.parameters(), lr=f.lr, weight_decay=f.weight_decay, amsgrad=True)
+    groups = [{"params": list(head.parameters()), "lr": f.lr}]
+    model: torch.nn.Module = head
+    if rows is not None:
+        model = _HeadOverHistory(net)
+        groups.append({"params": list(net.history_encoder.parameters()), "lr": f.history_lr})
+    opt = torch.optim.AdamW(groups, lr=f.lr, weight_decay=f.weight_decay, amsgrad=True)
     x_all = torch.from_numpy(feats)
+    r_all = None if rows is None else torch.from_numpy(rows)
     best, best_state, history = -1.0, None, []
     for epoch in progress(range(f.epochs), desc=f"head {member.key}", unit="epoch", leave=False):
         rng = np.random.default_rng([seed, epoch])
         draws = balanced_draws(y, len(y), rng, f.balanced_sampler)
-        head.train()
+        model.train()
         losses = []
         for start in range(0, len(draws), f.batch_size):
             d = draws[start : start + f.batch_size]
-            logits = head(x_all[obj[d], view[d]])
+            x = x_all[obj[d], view[d]]
+            logits = head(x) if r_all is None else model(x, r_all[obj[d], view[d]])
             loss = focal_loss(logits, torch.from_numpy(y[d]), weight, f.focal_gamma)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        pred = head_probs(head, feats[va, -1]).argmax(-1)
+        val_feats = feats[va, -1:] if rows is None else refresh_history(net, feats[va, -1:], rows[va, -1:])
+        pred = head_probs(head, val_feats[:, 0]).argmax(-1)
         score = macro_f1(labels[va], pred, net.num_classes)
         history.append(
             {
@@ -109,7 +170,7 @@ def train_head(plan: Plan, member: Member, net: torch.nn.Module, idx: np.ndarray
             }
         )
         if score > best:
-            best, best_state = score, {k: v.clone() for k, v in head.state_dict().items()}
+            best, best_state = score, {k: v.clone() for k, v in model.state_dict().items()}
     log.info(
         "finetune %s: head best val_macro_f1 %.4f after %d epochs (%s)",
         member.key,
@@ -118,7 +179,7 @@ def train_head(plan: Plan, member: Member, net: torch.nn.Module, idx: np.ndarray
         " ".join(f"{h['val_macro_f1']:.3f}" for h in history[-5:]),
     )
     if best_state is not None:
-        head.load_state_dict(best_state)
+        model.load_state_dict(best_state)
     return {"history": history, "best_val_macro_f1": best}
 
 
@@ -126,6 +187,7 @@ def run_finetune(plan: Plan) -> list[Path]:
     """Build every member (stage 2) and store it with its test-fold predictions."""
     f = plan.config.training.finetune
     paths = []
+    rows: np.ndarray | None = None  # the history rows, built once for every member that trains its history
     for member in progress(plan.members, desc="finetune", unit="member"):
         out = member_path(plan, member)
         paths.append(out)
@@ -135,10 +197,15 @@ def run_finetune(plan: Plan) -> list[Path]:
         net, pre_info = load_net(plan, backbone_path(plan, member))
         idx, feats = transfer_features(plan, member, net.to(plan.device))
         net.cpu()  # the small head trains on cached features, on the CPU
-        info = {"pretrain": pre_info, "head": train_head(plan, member, net, idx, feats)}
+        if f.history_lr is not None and rows is None:
+            if not getattr(net, "uses_history", False):
+                raise ValueError(f"finetune.history_lr needs a net with a history branch, not {net.net_name}")
+            rows = transfer_history_rows(plan, net, idx)
+        info = {"pretrain": pre_info, "head": train_head(plan, member, net, idx, feats, rows)}
         split = plan.transfer_folds[member.fold]
         pos = {int(i): k for k, i in enumerate(idx)}
-        test_feats = feats[[pos[int(i)] for i in split.test]]
+        test = [pos[int(i)] for i in split.test]
+        test_feats = feats[test] if rows is None else refresh_history(net, feats[test], rows[test])
         if f.unfreeze_epochs:
             frozen_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             net.to(plan.device)

@@ -110,10 +110,9 @@ def prefix_features(
                 head = {}
                 if getattr(net, "uses_history", False):
                     # The rows of the window's last frame: the output after this prefix.
-                    ends = [
-                        min(r[v][1] * net.chunk_size, len(b)) - 1 for r, b in zip(ranges, batch, strict=True)
-                    ]
-                    rows = np.stack([b.history[e] for b, e in zip(batch, ends, strict=True)])  # type: ignore[index]
+                    rows = np.stack(
+                        [_rows_at(b, r[v], net.chunk_size) for r, b in zip(ranges, batch, strict=True)]
+                    )
                     head["history"] = torch.from_numpy(rows).to(win.device)
                 blocks = net.forward_blocks(win, mask)
                 feats.append(net.forward_head(blocks, mask, pre_logits=True, **head).float())
@@ -126,6 +125,26 @@ def prefix_features(
     bar.close()
     assert out is not None  # noqa: S101 - inputs is never empty here
     return out
+
+
+def _rows_at(inp: ModelInput, window: tuple[int, int], chunk_size: int) -> np.ndarray:
+    """The history rows of the output at the last frame of the token ``window`` of ``inp``."""
+    assert inp.history is not None  # noqa: S101 - only called for nets that read the history
+    return inp.history[min(window[1] * chunk_size, len(inp)) - 1]
+
+
+def prefix_history_rows(net: nn.Module, inputs: Sequence[ModelInput], prefixes: Sequence[int]) -> np.ndarray:
+    """History rows ``(n, len(prefixes) + 1, P, F)`` of the output after each prefix and the whole history.
+
+    The same outputs as :func:`prefix_features`' views, for a stage 2 that trains the history encoder.
+    """
+    return np.stack([
+        np.stack([
+            _rows_at(inp, window, net.chunk_size)
+            for window in prefix_windows(len(inp), prefixes, net.chunk_size, net.max_chunks)
+        ])
+        for inp in inputs
+    ])  # fmt: skip
 
 
 def _slow_prefix_features(net: nn.Module, batch: Sequence[ModelInput], prefixes: Sequence[int]) -> np.ndarray:

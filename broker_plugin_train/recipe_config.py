@@ -96,6 +96,12 @@ class FinetuneSection(_Strict):
         (3, 6, 9, 12, 18, 24, 36, 48, 66, 99),
         description="Growing prefixes [frames] the frozen features are cached at (plus the whole window).",
     )
+    history_lr: float | None = Field(
+        None,
+        gt=0,
+        description="Also train the history encoder (nets with a history branch) at this learning rate; "
+        "None: frozen with the backbone.",
+    )
     unfreeze_epochs: int = Field(0, ge=0, description="Then train everything (BN in train mode) this long.")
     unfreeze_lr: float = Field(1e-5, gt=0, description="Learning rate of the unfrozen phase.")
     unfreeze_samples_per_epoch: int | None = Field(None, ge=1, description="Draws per unfrozen epoch.")

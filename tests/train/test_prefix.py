@@ -45,3 +45,23 @@ def test_prefix_features_equal_the_net_on_each_prefix_window(name, args):
                 tensors = batch_tensors(net, [serving_window(seen, cs, net.max_chunks)])
                 expected = net(*tensors).softmax(-1).numpy()[0]
                 np.testing.assert_allclose(probs[k, v], expected, atol=1e-5)
+
+
+def test_history_rows_of_each_view_feed_a_retrained_history_encoder():
+    from broker_plugin_train.finetune import refresh_history
+    from broker_plugin_train.prefix import prefix_history_rows
+
+    torch.manual_seed(0)
+    net = create_net("convention-alert-small", channels=(4, 8, 8, 8), head_hidden=16, max_chunks=6).eval()
+    inputs = _inputs([4, 11, 25], context=True)
+    prefixes = (3, 6, 12)
+    feats = prefix_features(net, inputs, prefixes, batch_size=2)
+    rows = prefix_history_rows(net, inputs, prefixes)
+    assert rows.shape[:2] == (3, 4)
+    np.testing.assert_allclose(refresh_history(net, feats, rows), feats, atol=1e-5)  # the same encoder
+    with torch.no_grad():  # stage 2 moved the encoder: the refreshed views are what the net now computes
+        for p in net.history_encoder.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    refreshed = refresh_history(net, feats, rows)
+    assert not np.allclose(refreshed, feats, atol=1e-3)
+    np.testing.assert_allclose(refreshed, prefix_features(net, inputs, prefixes, batch_size=2), atol=1e-5)
