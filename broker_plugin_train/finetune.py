@@ -5,21 +5,25 @@ mode (the authors left the net in train mode, so frozen layers' running statisti
 convention-spec 4.4), at every growing prefix of every confirmed object (:mod:`broker_plugin_train.prefix`).
 A new randomly initialised head is trained on the training part of the fold with class-balanced draws over
 (object, prefix) pairs and the per-sample focal loss; the best epoch by validation-fold macro-F1 is kept
-(the validation fold is never the test fold). With ``history_lr`` the net's history encoder (no BatchNorm)
-trains with the head, from its stage-1 weights, on the history rows of the same (object, prefix) pairs.
-Optionally the whole net is then unfrozen and trained at a low learning rate. Each member's test-fold
-probabilities at every prefix are stored for ``ensemble``.
+(the validation fold is never the test fold). With ``history_lr`` the layers of the net's history encoder
+after its GRU train with the head, from their stage-1 weights, on the same (object, prefix) pairs (the
+GRU stays frozen: its summaries are computed once). Optionally the whole net is then unfrozen and
+trained at a low learning rate. Each member's test-fold probabilities at every prefix are stored for
+``ensemble``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from broker_plugin.inference.history_statistics import history_statistics
+from broker_plugin.inference.layers import trim_history_rows
 from broker_plugin.progress import progress
 from broker_plugin_train.loop import LoopSettings, macro_f1, train_full
 from broker_plugin_train.plan import Member, Plan
@@ -71,8 +75,40 @@ def transfer_history_rows(plan: Plan, net: torch.nn.Module, idx: np.ndarray) -> 
     return prefix_history_rows(net, inputs, plan.config.training.finetune.prefix_frames)
 
 
+@dataclass(frozen=True)
+class HistoryParts:
+    """What a stage 2 that trains the history encoder's last layers reads, per (object, view).
+
+    ``summary`` ``(n, V, S)``: the frozen GRU's summary of the view's history rows; ``statistics``
+    ``(n, V, K)``: their light-curve statistics (parameter-free).
+    """
+
+    summary: np.ndarray
+    statistics: np.ndarray
+
+    def take(self, objects: np.ndarray | slice, views: np.ndarray | slice = slice(None)) -> HistoryParts:
+        """The parts of ``objects`` at ``views``."""
+        return HistoryParts(self.summary[objects, views], self.statistics[objects, views])
+
+
+@torch.inference_mode()
+def history_parts(net: torch.nn.Module, rows: np.ndarray, batch_size: int = 512) -> HistoryParts:
+    """The frozen GRU summaries and the statistics of history rows ``(n, V, P, F)``."""
+    encoder = net.history_encoder.eval()
+    flat = torch.from_numpy(rows.reshape(-1, *rows.shape[2:]))
+    summaries, stats = [], []
+    for start in range(0, len(flat), batch_size):
+        part = trim_history_rows(flat[start : start + batch_size])
+        summaries.append(encoder.sequence_summary(part))
+        stats.append(history_statistics(part))
+    n, v = rows.shape[:2]
+    return HistoryParts(
+        torch.cat(summaries).numpy().reshape(n, v, -1), torch.cat(stats).numpy().reshape(n, v, -1)
+    )
+
+
 class _HeadOverHistory(torch.nn.Module):
-    """A net's head over cached image features and its history encoder over the matching history rows.
+    """A net's head over cached image features and its history encoder's last layers over cached parts.
 
     The cached features end with the stage-1 history vector; it is replaced by the encoder's output.
     """
@@ -81,27 +117,22 @@ class _HeadOverHistory(torch.nn.Module):
         super().__init__()
         self.encoder, self.head, self.width = net.history_encoder, net.head, net.history_width
 
-    def features(self, feats: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def features(self, feats: torch.Tensor, summary: torch.Tensor, statistics: torch.Tensor) -> torch.Tensor:
         image = feats[..., : feats.shape[-1] - self.width]
-        return torch.cat((image, self.encoder(rows)), dim=-1)
+        return torch.cat((image, self.encoder.combine(summary, statistics)), dim=-1)
 
-    def forward(self, feats: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(feats, rows))
+    def forward(self, feats: torch.Tensor, summary: torch.Tensor, statistics: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(feats, summary, statistics))
 
 
 @torch.inference_mode()
-def refresh_history(
-    net: torch.nn.Module, feats: np.ndarray, rows: np.ndarray, batch_size: int = 512
-) -> np.ndarray:
-    """``feats`` ``(n, V, F)`` with their history columns recomputed by ``net``'s encoder from ``rows``."""
+def refresh_history(net: torch.nn.Module, feats: np.ndarray, parts: HistoryParts) -> np.ndarray:
+    """``feats`` ``(n, V, F)`` with their history columns recomputed by ``net``'s encoder from ``parts``."""
     model = _HeadOverHistory(net).eval()
-    flat_f = torch.from_numpy(feats.reshape(-1, feats.shape[-1]))
-    flat_r = torch.from_numpy(rows.reshape(-1, *rows.shape[2:]))
-    out = torch.cat([
-        model.features(flat_f[s : s + batch_size], flat_r[s : s + batch_size])
-        for s in range(0, len(flat_f), batch_size)
-    ])  # fmt: skip
-    return out.numpy().reshape(feats.shape)
+    out = model.features(
+        torch.from_numpy(feats), torch.from_numpy(parts.summary), torch.from_numpy(parts.statistics)
+    )
+    return out.numpy()
 
 
 def train_head(
@@ -110,12 +141,12 @@ def train_head(
     net: torch.nn.Module,
     idx: np.ndarray,
     feats: np.ndarray,
-    rows: np.ndarray | None = None,
+    parts: HistoryParts | None = None,
 ) -> dict:
     """Train a new head on the frozen features of the member's training part; keep the best.
 
-    With ``rows`` (the history rows of every view of ``feats``, ``finetune.history_lr`` set) the net's
-    history encoder trains too, from its stage-1 weights.
+    With ``parts`` (of every view of ``feats``; ``finetune.history_lr`` set) the layers of the net's
+    history encoder after its GRU train too, from their stage-1 weights.
     """
     f = plan.config.training.finetune
     split = plan.transfer_folds[member.fold]
@@ -137,12 +168,18 @@ def train_head(
     )
     groups = [{"params": list(head.parameters()), "lr": f.lr}]
     model: torch.nn.Module = head
-    if rows is not None:
+    if parts is not None:
         model = _HeadOverHistory(net)
-        groups.append({"params": list(net.history_encoder.parameters()), "lr": f.history_lr})
+        encoder = net.history_encoder
+        trained = [
+            *encoder.out.parameters(),
+            *(encoder.statistics.parameters() if encoder.statistics else []),
+        ]
+        groups.append({"params": trained, "lr": f.history_lr})
     opt = torch.optim.AdamW(groups, lr=f.lr, weight_decay=f.weight_decay, amsgrad=True)
     x_all = torch.from_numpy(feats)
-    r_all = None if rows is None else torch.from_numpy(rows)
+    s_all = None if parts is None else torch.from_numpy(parts.summary)
+    k_all = None if parts is None else torch.from_numpy(parts.statistics)
     best, best_state, history = -1.0, None, []
     for epoch in progress(range(f.epochs), desc=f"head {member.key}", unit="epoch", leave=False):
         rng = np.random.default_rng([seed, epoch])
@@ -152,13 +189,16 @@ def train_head(
         for start in range(0, len(draws), f.batch_size):
             d = draws[start : start + f.batch_size]
             x = x_all[obj[d], view[d]]
-            logits = head(x) if r_all is None else model(x, r_all[obj[d], view[d]])
+            extra = () if s_all is None else (s_all[obj[d], view[d]], k_all[obj[d], view[d]])
+            logits = model(x, *extra)
             loss = focal_loss(logits, torch.from_numpy(y[d]), weight, f.focal_gamma)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
-        val_feats = feats[va, -1:] if rows is None else refresh_history(net, feats[va, -1:], rows[va, -1:])
+        val_feats = feats[va, -1:]
+        if parts is not None:
+            val_feats = refresh_history(net, val_feats, parts.take(va, slice(-1, None)))
         pred = head_probs(head, val_feats[:, 0]).argmax(-1)
         score = macro_f1(labels[va], pred, net.num_classes)
         history.append(
@@ -187,7 +227,9 @@ def run_finetune(plan: Plan) -> list[Path]:
     """Build every member (stage 2) and store it with its test-fold predictions."""
     f = plan.config.training.finetune
     paths = []
-    rows: np.ndarray | None = None  # the history rows, built once for every member that trains its history
+    # The history rows are built once; their GRU summaries once per stage-1 backbone.
+    rows: np.ndarray | None = None
+    parts: dict[str, HistoryParts] = {}
     for member in progress(plan.members, desc="finetune", unit="member"):
         out = member_path(plan, member)
         paths.append(out)
@@ -201,11 +243,19 @@ def run_finetune(plan: Plan) -> list[Path]:
             if not getattr(net, "uses_history", False):
                 raise ValueError(f"finetune.history_lr needs a net with a history branch, not {net.net_name}")
             rows = transfer_history_rows(plan, net, idx)
-        info = {"pretrain": pre_info, "head": train_head(plan, member, net, idx, feats, rows)}
+        member_parts = None
+        if rows is not None:
+            key = plan.backbone_key(member)
+            if key not in parts:
+                parts[key] = history_parts(net, rows)
+            member_parts = parts[key]
+        info = {"pretrain": pre_info, "head": train_head(plan, member, net, idx, feats, member_parts)}
         split = plan.transfer_folds[member.fold]
         pos = {int(i): k for k, i in enumerate(idx)}
         test = [pos[int(i)] for i in split.test]
-        test_feats = feats[test] if rows is None else refresh_history(net, feats[test], rows[test])
+        test_feats = feats[test]
+        if member_parts is not None:
+            test_feats = refresh_history(net, test_feats, member_parts.take(np.asarray(test)))
         if f.unfreeze_epochs:
             frozen_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             net.to(plan.device)

@@ -191,25 +191,38 @@ class HistoryEncoder(nn.Module):
         self.out = nn.Sequential(nn.Linear((5 if statistics else 4) * hidden, out), nn.ReLU())
 
     def forward(self, rows: torch.Tensor, statistics: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode ``rows`` ``(B, P, features)`` to ``(B, out)``.
+        """Encode ``rows`` ``(B, P, features)`` to ``(B, out_features)``.
 
         An object with no valid row reads one zero row (a history is never empty in service: the alert's
         own detection is in it). ``statistics``: the rows' :func:`history_statistics`, when the caller
         has them already (an ensemble computes them once for all members).
         """
         rows = trim_history_rows(rows)
+        stats = None
+        if self.statistics is not None:
+            stats = history_statistics(rows) if statistics is None else statistics
+        return self.combine(self.sequence_summary(rows), stats)
+
+    def sequence_summary(self, rows: torch.Tensor) -> torch.Tensor:
+        """The GRU's part ``(B, 4 * hidden)``: both directions' final states and its mean output."""
         lengths = (rows[..., 0] > 0).sum(dim=1).clamp(min=1)
         h = self.point(rows)
         packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu(), batch_first=True, enforce_sorted=False)
         outputs, final = self.rnn(packed)
         steps, _ = nn.utils.rnn.pad_packed_sequence(outputs, batch_first=True, total_length=rows.shape[1])
         mean = steps.sum(dim=1) / lengths[:, None].to(steps.dtype)  # padded steps are zero
-        parts = [final[0], final[1], mean]
+        return torch.cat((final[0], final[1], mean), dim=-1)
+
+    def combine(self, summary: torch.Tensor, statistics: torch.Tensor | None) -> torch.Tensor:
+        """The encoded vector from the GRU's ``summary`` and the rows' ``statistics`` (with ``statistics``).
+
+        Split from :meth:`forward` so that a stage 2 can train these layers on cached GRU summaries.
+        """
         if self.statistics is None:
-            return self.out(torch.cat(parts, dim=-1))
-        stats = history_statistics(rows) if statistics is None else statistics
-        encoded = self.out(torch.cat([*parts, self.statistics(stats)], dim=-1))
-        return torch.cat((encoded, stats.to(encoded.dtype)), dim=-1) if self.skip_statistics else encoded
+            return self.out(summary)
+        assert statistics is not None  # noqa: S101 - forward computes them
+        encoded = self.out(torch.cat((summary, self.statistics(statistics)), dim=-1))
+        return torch.cat((encoded, statistics.to(encoded.dtype)), dim=-1) if self.skip_statistics else encoded
 
 
 class JointNorm(nn.Module):

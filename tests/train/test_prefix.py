@@ -48,7 +48,7 @@ def test_prefix_features_equal_the_net_on_each_prefix_window(name, args):
 
 
 def test_history_rows_of_each_view_feed_a_retrained_history_encoder():
-    from broker_plugin_train.finetune import refresh_history
+    from broker_plugin_train.finetune import history_parts, refresh_history
     from broker_plugin_train.prefix import prefix_history_rows
 
     torch.manual_seed(0)
@@ -58,10 +58,12 @@ def test_history_rows_of_each_view_feed_a_retrained_history_encoder():
     feats = prefix_features(net, inputs, prefixes, batch_size=2)
     rows = prefix_history_rows(net, inputs, prefixes)
     assert rows.shape[:2] == (3, 4)
-    np.testing.assert_allclose(refresh_history(net, feats, rows), feats, atol=1e-5)  # the same encoder
-    with torch.no_grad():  # stage 2 moved the encoder: the refreshed views are what the net now computes
-        for p in net.history_encoder.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    refreshed = refresh_history(net, feats, rows)
+    parts = history_parts(net, rows)  # the frozen GRU's summaries, computed once
+    np.testing.assert_allclose(refresh_history(net, feats, parts), feats, atol=1e-5)  # the same encoder
+    with torch.no_grad():  # stage 2 moved the layers after the GRU: the views are what the net now computes
+        for layer in (net.history_encoder.out, net.history_encoder.statistics):
+            for p in layer.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    refreshed = refresh_history(net, feats, parts)
     assert not np.allclose(refreshed, feats, atol=1e-3)
     np.testing.assert_allclose(refreshed, prefix_features(net, inputs, prefixes, batch_size=2), atol=1e-5)
