@@ -45,8 +45,10 @@ def test_the_ablation_config_is_the_default_recipe_at_a_smaller_stage_one_budget
     assert a.pretrain.model_dump(exclude=budget) == d.pretrain.model_dump(exclude=budget)
     draws = a.pretrain.epochs * a.pretrain.samples_per_epoch
     assert draws < d.pretrain.epochs * d.pretrain.samples_per_epoch
-    prefixes = {"prefix_frames"}
+    # The ablation's table was measured with the history encoder frozen in stage 2 (history_lr unset).
+    prefixes = {"prefix_frames", "history_lr"}
     assert a.finetune.model_dump(exclude=prefixes) == d.finetune.model_dump(exclude=prefixes)
+    assert a.finetune.history_lr is None
     assert 6 in a.finetune.prefix_frames  # the table's early column
     assert (a.seed, a.threads, a.norm_objects, a.normalisation) == (
         d.seed,
