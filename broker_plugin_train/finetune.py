@@ -70,9 +70,11 @@ def transfer_features(plan: Plan, member: Member, net: torch.nn.Module) -> tuple
 
 def transfer_history_rows(plan: Plan, net: torch.nn.Module, idx: np.ndarray) -> np.ndarray:
     """History rows ``(n, V, P, F)`` of every confirmed object ``idx`` at the views of the features."""
-    norm = plan.normalisation()
-    inputs = [plan.source.input_for(i, norm, net) for i in idx]
-    return prefix_history_rows(net, inputs, plan.config.training.finetune.prefix_frames)
+    norm, prefixes = plan.normalisation(), plan.config.training.finetune.prefix_frames
+    # One object at a time: only the rows are kept, not every object's preprocessed frames (gigabytes).
+    return np.concatenate(
+        [prefix_history_rows(net, [plan.source.input_for(i, norm, net)], prefixes) for i in idx]
+    )
 
 
 @dataclass(frozen=True)
