@@ -44,12 +44,24 @@ def predictions_path(plan: Plan, member: Member) -> Path:
     return plan.run_dir / "members" / f"pred-{member.key}.npz"
 
 
-def transfer_features(plan: Plan, member: Member, net: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    """Frozen features of every confirmed object (cached per backbone): ``(indices, (n, V, F))``."""
+def transfer_features(
+    plan: Plan, member: Member, net: torch.nn.Module, with_history: bool = False
+) -> tuple[np.ndarray, np.ndarray, HistoryParts | None]:
+    """Frozen features of every confirmed object (cached per backbone): ``(indices, (n, V, F), parts)``.
+
+    ``with_history``: also the :class:`HistoryParts` of the same views (None otherwise), from the same
+    preprocessed objects and kept in the same cache.
+    """
     path = plan.run_dir / "features" / f"backbone-{plan.backbone_key(member)}.npz"
     if path.exists():
         with np.load(path) as stored:
-            return stored["indices"], stored["features"]
+            if not with_history:
+                return stored["indices"], stored["features"], None
+            if "summary" in stored:
+                parts = HistoryParts(stored["summary"], stored["statistics"])
+                return stored["indices"], stored["features"], parts
+    if with_history and not getattr(net, "uses_history", False):
+        raise ValueError(f"finetune.history_lr needs a net with a history branch, not {net.net_name}")
     idx = np.sort(
         np.concatenate(
             [plan.transfer_folds[0].train, plan.transfer_folds[0].val, plan.transfer_folds[0].test]
@@ -57,24 +69,13 @@ def transfer_features(plan: Plan, member: Member, net: torch.nn.Module) -> tuple
     )
     norm = plan.normalisation()
     inputs = [plan.source.input_for(i, norm, net) for i in idx]
-    feats = prefix_features(
-        net,
-        inputs,
-        plan.config.training.finetune.prefix_frames,
-        label=f"features {plan.backbone_key(member)}",
-    )
+    prefixes = plan.config.training.finetune.prefix_frames
+    feats = prefix_features(net, inputs, prefixes, label=f"features {plan.backbone_key(member)}")
+    parts = history_parts(net, prefix_history_rows(net, inputs, prefixes)) if with_history else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, indices=idx, features=feats)
-    return idx, feats
-
-
-def transfer_history_rows(plan: Plan, net: torch.nn.Module, idx: np.ndarray) -> np.ndarray:
-    """History rows ``(n, V, P, F)`` of every confirmed object ``idx`` at the views of the features."""
-    norm, prefixes = plan.normalisation(), plan.config.training.finetune.prefix_frames
-    # One object at a time: only the rows are kept, not every object's preprocessed frames (gigabytes).
-    return np.concatenate(
-        [prefix_history_rows(net, [plan.source.input_for(i, norm, net)], prefixes) for i in idx]
-    )
+    extra = {} if parts is None else {"summary": parts.summary, "statistics": parts.statistics}
+    np.savez(path, indices=idx, features=feats, **extra)
+    return idx, feats, parts
 
 
 @dataclass(frozen=True)
@@ -229,9 +230,6 @@ def run_finetune(plan: Plan) -> list[Path]:
     """Build every member (stage 2) and store it with its test-fold predictions."""
     f = plan.config.training.finetune
     paths = []
-    # The history rows are built once; their GRU summaries once per stage-1 backbone.
-    rows: np.ndarray | None = None
-    parts: dict[str, HistoryParts] = {}
     for member in progress(plan.members, desc="finetune", unit="member"):
         out = member_path(plan, member)
         paths.append(out)
@@ -239,25 +237,15 @@ def run_finetune(plan: Plan) -> list[Path]:
             continue
         started = time.perf_counter()
         net, pre_info = load_net(plan, backbone_path(plan, member))
-        idx, feats = transfer_features(plan, member, net.to(plan.device))
+        idx, feats, parts = transfer_features(plan, member, net.to(plan.device), f.history_lr is not None)
         net.cpu()  # the small head trains on cached features, on the CPU
-        if f.history_lr is not None and rows is None:
-            if not getattr(net, "uses_history", False):
-                raise ValueError(f"finetune.history_lr needs a net with a history branch, not {net.net_name}")
-            rows = transfer_history_rows(plan, net, idx)
-        member_parts = None
-        if rows is not None:
-            key = plan.backbone_key(member)
-            if key not in parts:
-                parts[key] = history_parts(net, rows)
-            member_parts = parts[key]
-        info = {"pretrain": pre_info, "head": train_head(plan, member, net, idx, feats, member_parts)}
+        info = {"pretrain": pre_info, "head": train_head(plan, member, net, idx, feats, parts)}
         split = plan.transfer_folds[member.fold]
         pos = {int(i): k for k, i in enumerate(idx)}
         test = [pos[int(i)] for i in split.test]
         test_feats = feats[test]
-        if member_parts is not None:
-            test_feats = refresh_history(net, test_feats, member_parts.take(np.asarray(test)))
+        if parts is not None:
+            test_feats = refresh_history(net, test_feats, parts.take(np.asarray(test)))
         if f.unfreeze_epochs:
             frozen_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             net.to(plan.device)
