@@ -313,6 +313,8 @@ class Pipeline:
         return not added.inserted_before_last and all(a < b for a, b in itertools.pairwise(keys))
 
     def _cache_is_current(self, track: ObjectTrack, added: AddResult, n_new: int) -> bool:
+        if not self._predictor.cache_fits(track.cache):
+            return False
         expected = track.cache.n_frames + n_new
         pruned = added.n_frames == self._max_frames and expected > added.n_frames
         return expected == added.n_frames or pruned

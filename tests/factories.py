@@ -113,19 +113,35 @@ def rubin_message(
 
 
 def make_artifact(
-    directory: Path, net: str = "convention-small", members: int = 2, **overrides: object
+    directory: Path,
+    net: str = "convention-small",
+    members: int = 2,
+    *,
+    shared_backbone: bool = False,
+    **overrides: object,
 ) -> Path:
-    """A model artifact with random (seeded) weights: real format, meaningless predictions."""
+    """A model artifact with random (seeded) weights: real format, meaningless predictions.
+
+    ``shared_backbone``: every member takes the first one's tensors except its head and history layers
+    after the GRU, as the default recipe's fold members share one frozen stage-1 backbone.
+    """
     import torch
 
     from broker_plugin.inference import create_net
     from broker_plugin.inference.artifact import save_artifact
+    from broker_plugin.inference.ensemble import MEMBER_OWN_PREFIXES
     from broker_plugin.inference.preprocess import FluxNormalisation
 
     nets = []
     for seed in range(members):
         torch.manual_seed(seed)
         nets.append(create_net(net, **overrides).eval())
+    if shared_backbone:
+        first = nets[0].state_dict()
+        for other in nets[1:]:
+            own = other.state_dict()
+            own = {k: v if k.startswith(MEMBER_OWN_PREFIXES) else first[k] for k, v in own.items()}
+            other.load_state_dict(own)
     save_artifact(
         directory,
         nets,

@@ -8,6 +8,7 @@ import pytest
 from broker_plugin.config import Settings
 from broker_plugin.factory import build_parts
 from broker_plugin.pipeline import Inbound
+from broker_plugin.tracking import ObjectTrack
 from tests.factories import inbound_of, make_artifact, object_alerts, rubin_message
 
 
@@ -72,6 +73,36 @@ def test_incremental_equals_rebuilding_from_frames(net_settings: Settings, tmp_p
     want = np.array([p.probability for p in rebuilt.classes])
     assert np.abs(got - want).max() <= 1e-5
     assert streamed.firstMidpointMjdTai == rebuilt.firstMidpointMjdTai and streamed.nFrames == rebuilt.nFrames
+
+
+def test_a_stored_cache_with_a_token_row_per_member_is_rebuilt(service_settings: Settings, tmp_path) -> None:
+    """Members sharing a backbone cache its tokens once; a cache holding one row per member (written by
+    code that ran each member's backbone) is rebuilt from the frames, and the output is unchanged."""
+    artifact = make_artifact(
+        tmp_path / "shared", net="convention-alert-small", members=3, shared_backbone=True
+    )
+    outputs = []
+    for name, corrupt in (("clean", False), ("per-member", True)):
+        model = service_settings.model.model_copy(update={"artifact": artifact})
+        state = service_settings.state.model_copy(update={"url": f"sqlite:///{tmp_path / name}.db"})
+        parts = build_parts(service_settings.model_copy(update={"model": model, "state": state}))
+        try:
+            assert parts.predictor.engine.n_backbones == 1
+            alerts = inbound(parts, object_alerts(15, 8, first_source=500))
+            for a in alerts[:7]:
+                parts.pipeline.process([a])
+            if corrupt:
+                version = parts.model.version
+                track = ObjectTrack.from_bytes(parts.store.get_cache("rubin:15", version), version)
+                tokens = np.repeat(track.cache.tokens, 3, axis=0)
+                stale = dataclasses.replace(track, cache=dataclasses.replace(track.cache, tokens=tokens))
+                parts.store.put_caches([("rubin:15", version, stale.to_bytes())])
+            ((_, last),) = parts.pipeline.process([alerts[7]]).classifications
+            outputs.append(np.array([p.probability for p in last.classes]))
+            assert last.nFrames == 8
+        finally:
+            parts.close()
+    assert np.abs(outputs[0] - outputs[1]).max() <= 1e-5
 
 
 def test_redelivered_alerts_are_stored_once_and_classified_again(parts) -> None:

@@ -13,6 +13,10 @@ Two implementations give the same numbers (tested to 1e-5):
 
 What the stacked form does differently, and why (each an exact rewrite up to float rounding):
 
+- members that share a backbone (:func:`backbone_groups`: equal in every tensor but their heads and a
+  history net's layers after its GRU, as the default recipe's folds are, fine-tuned from one frozen
+  stage-1 backbone) share its computation: its front end, context encoder, blocks and history GRU run
+  once, its tokens are cached once, and each member's head reads its backbone's pooled features;
 - eval-mode BatchNorm is folded into the convolution before it (front end) or after it (the first
   feed-forward BatchNorm: its scale into the next convolution's weights, its shift into a bias *map*,
   since that convolution zero-pads and a constant input does not give a constant output at the border);
@@ -82,12 +86,17 @@ CPU_EMBED_STEP = 32
 
 
 class EnsembleForward(nn.Module):
-    """The interface of an ensemble run as one: every tensor has a leading member axis ``M``.
+    """The interface of an ensemble run as one: a leading member axis ``M``, or backbone axis ``G``.
+
+    Logits have a leading member axis; tokens a leading backbone axis (members that share a stage-1
+    backbone share its tokens).
 
     Attributes
     ----------
     n_members
         ``M``.
+    n_backbones
+        ``G``: distinct backbones among the members (``M`` when none is shared).
     chunk_size, max_chunks, pad_window, stamp, band_offset, num_classes
         As on every member (see :mod:`~broker_plugin.inference.nets`).
     token_shape
@@ -102,6 +111,7 @@ class EnsembleForward(nn.Module):
     """
 
     n_members: int
+    n_backbones: int
     chunk_size: int
     max_chunks: int
     pad_window: bool
@@ -116,20 +126,20 @@ class EnsembleForward(nn.Module):
     def embed_chunks(
         self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
     ) -> torch.Tensor:
-        """Encode chunks ``x`` ``(N, chunk, H, W)``, band ids ``(N, chunk)``, to tokens ``(M, N, *work)``.
+        """Encode chunks ``x`` ``(N, chunk, H, W)``, band ids ``(N, chunk)``, to tokens ``(G, N, *work)``.
 
         ``aux`` ``(N, chunk, 2, H, W)`` and ``context`` ``(N, chunk, K)``: for ``uses_context`` members.
         """
         raise NotImplementedError
 
     def pad_tokens(self) -> torch.Tensor | None:
-        """Return the token ``(M, *work)`` of an all-padding chunk for the paper net, else None."""
+        """Return the token ``(G, *work)`` of an all-padding chunk for the paper net, else None."""
         raise NotImplementedError
 
     def classify(
         self, tokens: torch.Tensor, mask: torch.Tensor | None, history: Tensor | None = None
     ) -> torch.Tensor:
-        """Return logits ``(M, B, classes)`` for token windows ``(M, B, L, *work)``, ``mask`` ``(B, L)``.
+        """Return logits ``(M, B, classes)`` for token windows ``(G, B, L, *work)``, ``mask`` ``(B, L)``.
 
         ``history`` ``(B, P, F)``: the objects' photometric history rows, for ``uses_history`` members.
         """
@@ -192,6 +202,9 @@ def _padding_chunk(
 class MemberLoop(EnsembleForward):
     """Each member's own modules, one member after the other (the reference path).
 
+    Only the chunk tokens are computed once per backbone (by its first member), so that both paths
+    cache the same tokens; the blocks and head run member by member.
+
     Parameters
     ----------
     members
@@ -203,13 +216,17 @@ class MemberLoop(EnsembleForward):
         for key, value in _shared_attributes(members).items():
             setattr(self, key, value)
         self.members = nn.ModuleList(members)
+        # Tokens per backbone, as the stacked form caches them: the caches of both paths are one format.
+        self.backbone_of = backbone_groups(members)
+        self.n_backbones = max(self.backbone_of) + 1
+        self._readers = [members[self.backbone_of.index(g)] for g in range(self.n_backbones)]
         self.work_perm = tuple(range(len(self.token_shape)))
         self._pad: torch.Tensor | None = None
 
     def embed_chunks(  # noqa: D102
         self, x: torch.Tensor, band: torch.Tensor, aux: Tensor | None = None, context: Tensor | None = None
     ) -> torch.Tensor:
-        return torch.stack([m.embed_chunks(x, band, aux, context).float() for m in self.members])
+        return torch.stack([m.embed_chunks(x, band, aux, context).float() for m in self._readers])
 
     def pad_tokens(self) -> torch.Tensor | None:  # noqa: D102
         if not self.pad_window:
@@ -225,8 +242,8 @@ class MemberLoop(EnsembleForward):
         head = {"history": history} if self.uses_history else {}
         return torch.stack(
             [
-                m.forward_head(m.forward_blocks(t, mask), mask, **head).float()
-                for m, t in zip(self.members, tokens, strict=True)
+                m.forward_head(m.forward_blocks(tokens[g], mask), mask, **head).float()
+                for m, g in zip(self.members, self.backbone_of, strict=True)
             ]
         )
 
@@ -434,24 +451,33 @@ class _Context(nn.Module):
 
 
 class _History(nn.Module):
-    """The members' history encoders, one after the other (a GRU over at most 128 rows: a small cost).
+    """The members' history encoders: each backbone's GRU once, then each member's layers after it.
 
     Parameters
     ----------
     encoders
         The members' :class:`~broker_plugin.inference.layers.HistoryEncoder`.
+    backbone_of
+        Each member's backbone (:func:`backbone_groups`): members of one backbone share the GRU.
     """
 
-    def __init__(self, encoders: Sequence[nn.Module]) -> None:
+    def __init__(self, encoders: Sequence[nn.Module], backbone_of: Sequence[int]) -> None:
         super().__init__()
         self.encoders = nn.ModuleList(encoders)
+        self.backbone_of = list(backbone_of)
+        #: One member per backbone, whose GRU reads the rows for all members of that backbone.
+        self.readers = [self.backbone_of.index(g) for g in range(max(self.backbone_of) + 1)]
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """Encode rows ``(B, P, F)`` for every member: ``(M, B, out)``."""
         # Trimmed once here, and the parameter-free statistics computed once, for every member.
         rows = trim_history_rows(rows.float())
         stats = history_statistics(rows) if any(e.statistics is not None for e in self.encoders) else None
-        return torch.stack([e(rows, stats) for e in self.encoders])
+        summaries = [self.encoders[r].sequence_summary(rows) for r in self.readers]
+        return torch.stack([
+            e.combine(summaries[g], None if e.statistics is None else stats)
+            for e, g in zip(self.encoders, self.backbone_of, strict=True)
+        ])  # fmt: skip
 
 
 class _Block(nn.Module):
@@ -650,6 +676,11 @@ class StackedConvEntion(EnsembleForward):
             raise ValueError("StackedConvEntion needs ConvEntion members with one configuration")
         for key, value in _shared_attributes(members).items():
             setattr(self, key, value)
+        backbone_of = backbone_groups(members)
+        self.n_backbones = max(backbone_of) + 1
+        # One member per backbone runs the shared parts; every member keeps its own head.
+        shared = [members[backbone_of.index(g)] for g in range(self.n_backbones)]
+        self.register_buffer("member_backbone", torch.tensor(backbone_of), persistent=False)
         # On a GPU, fewer and larger kernels win: one grouped convolution per layer, no slicing (not yet
         # measured: benchmarks/bench_inference_gpu.py compares both settings).
         cpu = next(members[0].parameters()).device.type == "cpu"
@@ -662,16 +693,13 @@ class StackedConvEntion(EnsembleForward):
         self.index_encoding: bool = members[0].config.time_encoding == "index"
         c, h, w = self.token_shape
         with torch.no_grad():
-            self.front_end = _FrontEnd(
-                [m.encoder for m in members], chunk=self.chunk_size, masked=self.masked
-            )
+            self.front_end = _FrontEnd([m.encoder for m in shared], chunk=self.chunk_size, masked=self.masked)
             self.context: _Context | None = None
             self.context_added: bool = members[0].context_added
             if members[0].context_encoder is not None:
-                self.context = _Context([m.context_encoder for m in members])
+                self.context = _Context([m.context_encoder for m in shared])
             self.blocks = nn.ModuleList(
-                _Block([m.blocks[d] for m in members], self.token_shape)
-                for d in range(len(members[0].blocks))
+                _Block([m.blocks[d] for m in shared], self.token_shape) for d in range(len(members[0].blocks))
             )
             # (max_chunks, 1, 1, C): broadcasts over the working layout (..., L, h, w, C).
             self.register_buffer(
@@ -689,7 +717,7 @@ class StackedConvEntion(EnsembleForward):
             self.register_buffer("head_w1_history", w1h.transpose(1, 2).contiguous(), persistent=False)
             self.history: _History | None = None
             if members[0].history_encoder is not None:
-                self.history = _History([m.history_encoder for m in members])
+                self.history = _History([m.history_encoder for m in members], backbone_of)
             self.register_buffer("head_b1", torch.stack([ln.bias for ln in lin1])[:, None], persistent=False)
             self.register_buffer("head_w2", torch.stack([ln.weight.t() for ln in lin2]).contiguous(),
                                  persistent=False)  # fmt: skip
@@ -772,6 +800,8 @@ class StackedConvEntion(EnsembleForward):
         if mask is not None:
             x = x.masked_fill_(~mask[None, :, :, None, None, None], torch.finfo(x.dtype).min)
         pooled = x.amax(dim=2).view(m, b, -1)
+        if m != self.n_members:  # each member's head reads its backbone's features
+            pooled = pooled.index_select(0, self.member_backbone)
         hidden = torch.baddbmm(self.head_b1, pooled, self.head_w1)
         if history_vector is not None:
             # Out of place: under bf16 autocast the history vector and ``hidden`` may differ in dtype.
@@ -821,11 +851,39 @@ class StackedConvEntion(EnsembleForward):
             if self.pad_window:
                 tokens = self.pad[:, None].expand(-1, b * length, *work).clone()
             else:
-                tokens = xc.new_zeros(self.n_members, b * length, *work, dtype=torch.float32)
+                tokens = xc.new_zeros(self.n_backbones, b * length, *work, dtype=torch.float32)
             if bool(real.any()):
                 picked = (None if ac is None else ac[real], None if cc is None else cc[real])
                 tokens[:, real] = self.embed_chunks(xc[real], bc[real], *picked).to(tokens.dtype)
-        return self.classify(tokens.view(self.n_members, b, length, *work), mask, history)
+        return self.classify(tokens.view(self.n_backbones, b, length, *work), mask, history)
+
+
+#: Parameter prefixes a stage 2 on a shared stage-1 backbone trains per member (the head, and a history
+#: net's layers after its GRU); everything else of such members is the backbone, bit for bit.
+MEMBER_OWN_PREFIXES = ("head.", "history_encoder.out.", "history_encoder.statistics.")
+
+
+def backbone_groups(members: Sequence[nn.Module]) -> list[int]:
+    """Number each member's backbone (0, 1, ... in order of first appearance).
+
+    Members equal in every tensor outside :data:`MEMBER_OWN_PREFIXES` share one.
+    The default recipe fine-tunes every fold's member from one stage-1 backbone with that backbone
+    frozen, so the front end, blocks and history GRU of its members are one computation, not five.
+    """
+    keys: list[dict[str, torch.Tensor]] = []
+    backbone_of = []
+    for m in members:
+        own = {k: v for k, v in m.state_dict().items() if not k.startswith(MEMBER_OWN_PREFIXES)}
+        match = next(
+            (g for g, ref in enumerate(keys)
+             if ref.keys() == own.keys() and all(torch.equal(ref[k], own[k]) for k in own)),
+            None,
+        )  # fmt: skip
+        if match is None:
+            keys.append(own)
+            match = len(keys) - 1
+        backbone_of.append(match)
+    return backbone_of
 
 
 def can_stack(members: Sequence[nn.Module]) -> bool:

@@ -51,8 +51,9 @@ class ObjectCache:
     n_frames
         Frames of the object consumed so far.
     tokens
-        ``(members, k, *token_shape)`` float32 tokens of the ``k <= max_chunks`` most recent complete
-        chunks, oldest first.
+        ``(backbones, k, *token_shape)`` float32 tokens of the ``k <= max_chunks`` most recent complete
+        chunks, oldest first (one row per distinct backbone of the ensemble: members fine-tuned from
+        one frozen backbone share their tokens).
     pending_x, pending_band
         ``(p, H, W)`` float32 normalised frames and ``(p,)`` int64 band ids of the incomplete chunk.
     pending_aux, pending_context
@@ -157,6 +158,7 @@ class IncrementalEngine:
         self.members, self.model_id, self.device = list(members), model_id, device
         ens = self.ensemble
         self.chunk, self.max_chunks, self.token_shape = ens.chunk_size, ens.max_chunks, ens.token_shape
+        self.n_backbones: int = ens.n_backbones
         self.stamp: int = ens.stamp
         self.uses_context: bool = ens.uses_context
         self.uses_history: bool = ens.uses_history
@@ -168,10 +170,18 @@ class IncrementalEngine:
         """Return the cache of an object with no frame yet."""
         side = self.stamp if self.uses_context else 0
         return ObjectCache(
-            self.model_id, 0, np.zeros((len(self.members), 0, *self.token_shape), np.float32),
+            self.model_id, 0, np.zeros((self.n_backbones, 0, *self.token_shape), np.float32),
             np.zeros((0, self.stamp, self.stamp), np.float32), np.zeros(0, np.int64),
             np.zeros((0, 2, side, side), np.float32), np.zeros((0, CONTEXT_FEATURES), np.float32),
         )  # fmt: skip
+
+    def fits(self, cache: ObjectCache) -> bool:
+        """Whether ``cache`` belongs to this model and holds tokens of this engine's backbones.
+
+        A cache written for the same model by an engine that did not share backbones (one token row per
+        member) is stale here: rebuild it.
+        """
+        return cache.model_id == self.model_id and cache.tokens.shape[:1] == (self.n_backbones,)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -185,7 +195,7 @@ class IncrementalEngine:
         aux = context = None
         if self.uses_context:
             aux, context = inp.aux, inp.context()
-        tokens = np.zeros((len(self.members), keep, *self.token_shape), np.float32)
+        tokens = np.zeros((self.n_backbones, keep, *self.token_shape), np.float32)
         if keep:
             cx = self._tensor(inp.x[lo:hi]).view(keep, self.chunk, self.stamp, self.stamp)
             cb = self._tensor(inp.band[lo:hi]).view(keep, self.chunk)
@@ -240,8 +250,8 @@ class IncrementalEngine:
         n = len(caches)
         if x.shape != (n, self.stamp, self.stamp) or band.shape != (n,):
             raise InferenceInputError(f"expected {n} frames of {self.stamp}x{self.stamp}, got {x.shape}")
-        if any(c.model_id != self.model_id for c in caches):
-            raise CacheError(f"a cache does not belong to model {self.model_id!r}; rebuild it")
+        if not all(self.fits(c) for c in caches):
+            raise CacheError(f"a cache does not belong to this engine of model {self.model_id!r}; rebuild it")
         if self.uses_context and (frames is None or len(frames.mjd) != n):
             raise InferenceInputError("this model needs each new frame's planes, time and photometry")
         if self.uses_history and (history is None or len(history) != n):
@@ -266,8 +276,8 @@ class IncrementalEngine:
             lengths[i] = min(old + 1, self.max_chunks)
         ens = self.ensemble
         width = self.max_chunks if self._pad_token is not None else int(lengths.max())
-        # Cached tokens of every member go to the device in one transfer.
-        windows = np.zeros((len(self.members), n, width, *self.token_shape), np.float32)
+        # Cached tokens of every backbone go to the device in one transfer.
+        windows = np.zeros((self.n_backbones, n, width, *self.token_shape), np.float32)
         for i, c in enumerate(caches):
             if lengths[i] > 1:
                 windows[:, i, : lengths[i] - 1] = c.tokens[:, -(lengths[i] - 1) :]

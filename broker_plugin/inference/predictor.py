@@ -205,6 +205,10 @@ class Predictor:
             ]
         return self.predict(inputs)
 
+    def cache_fits(self, cache: ObjectCache) -> bool:
+        """Whether a stored ``cache`` can be extended by this predictor (else rebuild it)."""
+        return self.engine.fits(cache)
+
     def new_cache(self, history: ModelInput | None = None) -> ObjectCache:
         """Return an empty cache, or one rebuilt from an object's earlier frames ``history``."""
         if history is None or len(history) == 0:

@@ -9,14 +9,20 @@ import torch
 
 from broker_plugin.config import bundled_model_dir
 from broker_plugin.inference.artifact import load_artifact
-from broker_plugin.inference.ensemble import MemberLoop, StackedConvEntion, can_stack, ensemble_forward
-from broker_plugin.inference.errors import InferenceInputError
+from broker_plugin.inference.ensemble import (
+    MemberLoop,
+    StackedConvEntion,
+    backbone_groups,
+    can_stack,
+    ensemble_forward,
+)
+from broker_plugin.inference.errors import CacheError, InferenceInputError
 from broker_plugin.inference.history import collate_history
 from broker_plugin.inference.incremental import ObjectCache
 from broker_plugin.inference.predictor import Predictor
 from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, collate, collate_context
 
-from .conftest import TINY, make_context_input, make_input, make_members
+from .conftest import TINY, make_context_input, make_input, make_members, share_backbone
 
 SHIPPED = bundled_model_dir()
 TOL = 1e-5
@@ -177,6 +183,57 @@ def test_context_ensembles_stacked_equal_reference(name, overrides, prefixes):
     worst = run_prefixes(make_members(name, count=3, **overrides), prefixes, count=1)
     print(f"{name} {overrides}: max |p_stacked - p_reference| = {worst:.2e}")
     assert worst <= TOL
+
+
+def test_backbone_groups_tell_shared_backbones_apart():
+    members = make_members("convention-alert-small", count=4)
+    assert backbone_groups(members) == [0, 1, 2, 3]  # independent random nets
+    share_backbone(members, [0, 1, 0, 1])
+    assert backbone_groups(members) == [0, 1, 0, 1]
+    # Heads and the history layers after the GRU differ, everything else is shared ...
+    assert not torch.equal(members[0].head[1].weight, members[2].head[1].weight)
+    assert not torch.equal(members[0].history_encoder.out[0].weight, members[2].history_encoder.out[0].weight)
+    # ... and one changed number anywhere else (a BatchNorm statistic, the GRU) is another backbone.
+    with torch.no_grad():
+        members[2].encoder.net[1].running_mean[0] += 1e-3
+    assert backbone_groups(members) == [0, 1, 2, 1]
+    with torch.no_grad():
+        members[3].history_encoder.rnn.weight_hh_l0[0, 0] += 1e-3
+    assert backbone_groups(members) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("name", "backbone_of", "prefixes"),
+    [
+        ("convention-alert-small", [0, 0, 0], EVERY),  # the default recipe: one backbone, 3 heads
+        ("convention-alert-small", [0, 1, 0, 1], EDGES),  # two backbones (e.g. two stage-1 seeds)
+        ("convention-paper", [0, 0], EDGES),  # the paper net: padded windows, the padding token
+    ],
+    ids=["alert-small-one", "alert-small-two", "paper-one"],
+)
+def test_shared_backbones_run_once_with_the_reference_numbers(name, backbone_of, prefixes):
+    members = share_backbone(make_members(name, count=len(backbone_of), **TINY), backbone_of)
+    stacked = StackedConvEntion(members)
+    assert stacked.n_backbones == MemberLoop(members).n_backbones == max(backbone_of) + 1
+    # Each backbone's blocks run once: the stacked weights hold one slice per backbone, not per member.
+    assert stacked.blocks[0].ffn_a_w.shape[0] == stacked.n_backbones
+    worst = run_prefixes(members, prefixes, count=1)
+    print(f"{name} backbones {backbone_of}: max |p_stacked - p_reference| = {worst:.2e}")
+    assert worst <= TOL
+
+
+def test_a_cache_with_a_token_row_per_member_is_rebuilt_not_extended(shipped):
+    """A cache of an engine that ran every member's backbone (one token row each) does not fit."""
+    _, fast = predictors(shipped)
+    assert fast.engine.n_backbones == 1 < len(shipped)  # the shipped folds share their stage-1 backbone
+    inp = make_context_input(40, 1, seed=3)
+    cache = fast.new_cache(inp[:30])
+    assert cache.tokens.shape[0] == 1 and fast.cache_fits(cache)
+    per_member = dataclasses.replace(cache, tokens=np.repeat(cache.tokens, len(shipped), axis=0))
+    per_member = ObjectCache.from_bytes(per_member.to_bytes(), model_id="m")
+    assert not fast.cache_fits(per_member)
+    with pytest.raises(CacheError, match="rebuild"):
+        fast.update([per_member], [inp[30:31]])
 
 
 #: A window of 6 chunks (18 frames): the same code paths as 33, rolled within 30 frames at a fifth of
