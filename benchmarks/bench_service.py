@@ -1,16 +1,19 @@
 """End-to-end service benchmark through the embedded Kafka-compatible broker: what users run.
 
 Usage: ``python benchmarks/bench_service.py [--models broker_plugin/models/convention-default] [--nets
-convention-small convention-paper] [--prepare-processes 1] [--torch-threads 2] [--repeats 1] [--alerts 1800]
-[--rate 300] [--seconds 10] [--partitions 45] [--out benchmarks/results/service_cpu.json]``
+convention-small convention-paper] [--prepare-processes 1] [--torch-threads 2] [--share-backbones yes]
+[--repeats 1] [--alerts 1800] [--rate 300] [--seconds 10] [--partitions 45]
+[--out benchmarks/results/service_cpu.json]``
 
 Rows: every ``--models`` artifact as shipped (all ensemble members, trained weights; the shipped default
 by default), then every ``--nets`` net with random weights and one member (the architecture's cost).
-Each row runs once per *variant*: every combination of ``--prepare-processes`` (the service setting:
-0 decodes in the consumer thread and normalises in the pipeline worker) and ``--torch-threads`` (torch's
-intra-op threads of the inference thread). With several variants the runs are interleaved, repeated
-``--repeats`` times in rotated order (the machine is shared: drift hits every variant alike), and the
-summary gives per variant the medians and the median ratio to the first variant of the same repeat.
+Each row runs once per *variant*: every combination of ``--prepare-processes`` (the service setting: 0
+decodes in the consumer thread and normalises in the pipeline worker), ``--torch-threads`` (torch's
+intra-op threads of the inference thread) and ``--share-backbones`` (``no``: every ensemble member runs
+its own copy of a backbone it shares with others, the cost before members shared it; same outputs). With
+several variants the runs are interleaved, repeated ``--repeats`` times in rotated order (the machine is
+shared: drift hits every variant alike), and the summary gives per variant the medians and the median
+ratio to the first variant of the same repeat.
 Alerts are unkeyed, as Rubin's are, into an input topic of ``--partitions`` partitions (Rubin's: 45).
 For each run:
 
@@ -56,6 +59,7 @@ from broker_plugin.config import Settings, bundled_model_dir
 from broker_plugin.factory import Parts, build_parts, build_service
 from broker_plugin.inference import create_net
 from broker_plugin.inference.artifact import save_artifact
+from broker_plugin.inference.incremental import IncrementalEngine
 from broker_plugin.inference.preprocess import FluxNormalisation
 from broker_plugin.kafka.admin import committed_total, create_topics, read_topic
 from broker_plugin.kafka.embedded import EmbeddedBroker
@@ -180,10 +184,13 @@ def random_artifact(directory: Path, net: str) -> Path:
 
 @dataclass(frozen=True)
 class Variant:
-    """How the service runs: its preparation processes and the torch threads of its inference."""
+    """How the service runs: its preparation processes, the torch threads of its inference, and whether
+    ensemble members that share a stage-1 backbone run it once (False: each member its own copy, the
+    cost before that sharing; the same outputs)."""
 
     prepare_processes: int
     torch_threads: int
+    share_backbones: bool = True
 
 
 def settings_for(bootstrap: str, model: Path, state: Path, topic: str, variant: Variant) -> Settings:
@@ -203,8 +210,14 @@ def settings_for(bootstrap: str, model: Path, state: Path, topic: str, variant: 
 
 
 class Running:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, share_backbones: bool = True) -> None:
         self.parts = build_parts(settings)
+        if not share_backbones:  # the predictor's engine, rebuilt with a backbone per member
+            p = self.parts.predictor
+            p.engine = IncrementalEngine(
+                p.members, model_id=p.model_id, device=p.device, share_backbones=False
+            )
+            p.ensemble = p.engine.ensemble
         self.clock = StageClock(self.parts)
         self.service, _, metrics = build_service(settings, self.parts)
         self.clock.wrap_handle(self.service, metrics)
@@ -247,7 +260,7 @@ def measure(
     create_topics(bootstrap, [f"{topic}-out", f"{topic}-dead"])
     settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic, variant)
     alerts = make_alerts(n, seed=1, first_object=1_000)
-    running = Running(settings)
+    running = Running(settings, variant.share_backbones)
     start, cpu = time.monotonic(), _cpu_seconds()
     produce(bootstrap, topic, alerts)
     while committed_total(bootstrap, settings.kafka.group_id, topic) < n and time.monotonic() - start < 900:
@@ -261,7 +274,7 @@ def measure(
     create_topics(bootstrap, [f"{topic2}-out", f"{topic2}-dead"])
     settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant)
     paced = make_alerts(int(rate * seconds), seed=2, first_object=500_000)
-    running = Running(settings2)
+    running = Running(settings2, variant.share_backbones)
     produce(bootstrap, topic2, paced, rate=rate)
     deadline = time.monotonic() + 300
     while (
@@ -278,6 +291,7 @@ def measure(
     return {
         "model": label, "ensemble_size": members, "repeat": run // args.runs_per_repeat,
         "prepare_processes": variant.prepare_processes, "torch_threads": variant.torch_threads,
+        "share_backbones": variant.share_backbones,
         "parameters": sum(p.numel() for p in running.parts.predictor.members[0].parameters()),
         "input_partitions": partitions, "keyed": False,
         "load_average_1min_before": round(os.getloadavg()[0], 2),
@@ -303,6 +317,10 @@ def _metrics_of(run: dict) -> dict[str, float | None]:
             "p50_s": lat["p50_s"], "p99_s": lat["p99_s"]}  # fmt: skip
 
 
+def _variant_of(run: dict) -> tuple:
+    return run["prepare_processes"], run["torch_threads"], run.get("share_backbones", True)
+
+
 def summarise(results: list[dict], variants: list[Variant]) -> list[dict]:
     """Per model and variant: medians over repeats, and the median ratio to the first variant's run of the
     same repeat (paired: both ran minutes apart on the same shared machine)."""
@@ -311,16 +329,18 @@ def summarise(results: list[dict], variants: list[Variant]) -> list[dict]:
     for model in dict.fromkeys(r["model"] for r in results):
         runs = [r for r in results if r["model"] == model]
         for variant in variants:
-            mine = [r for r in runs if (r["prepare_processes"], r["torch_threads"]) == astuple(variant)]
+            mine = [r for r in runs if _variant_of(r) == astuple(variant)]
             row: dict = {"model": model, "prepare_processes": variant.prepare_processes,
-                         "torch_threads": variant.torch_threads, "runs": len(mine)}  # fmt: skip
+                         "torch_threads": variant.torch_threads, "share_backbones": variant.share_backbones,
+                         "runs": len(mine)}  # fmt: skip
             for key in ("alerts_per_second", "cpu_s", "p50_s", "p99_s"):
                 values = [_metrics_of(r)[key] for r in mine if _metrics_of(r)[key] is not None]
                 row[key] = round(float(np.median(values)), 3) if values else None
                 ratios = []
                 for r in mine:
-                    paired = [b for b in runs if b["repeat"] == r["repeat"]
-                              and (b["prepare_processes"], b["torch_threads"]) == astuple(base)]  # fmt: skip
+                    paired = [
+                        b for b in runs if b["repeat"] == r["repeat"] and _variant_of(b) == astuple(base)
+                    ]
                     if paired and _metrics_of(r)[key] and _metrics_of(paired[0])[key]:
                         ratios.append(_metrics_of(r)[key] / _metrics_of(paired[0])[key])
                 row[f"{key}_ratio"] = round(float(np.median(ratios)), 3) if ratios else None
@@ -337,6 +357,7 @@ def main() -> None:
     parser.add_argument("--nets", nargs="*", default=["convention-small", "convention-paper"])
     parser.add_argument("--prepare-processes", nargs="+", type=int, default=[1])
     parser.add_argument("--torch-threads", nargs="+", type=int, default=[2])
+    parser.add_argument("--share-backbones", nargs="+", choices=["yes", "no"], default=["yes"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--alerts", type=int, default=1800)
     parser.add_argument("--rate", type=float, default=300.0)
@@ -344,7 +365,10 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=45)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service_cpu.json")
     args = parser.parse_args()
-    variants = [Variant(p, t) for p, t in itertools.product(args.prepare_processes, args.torch_threads)]
+    variants = [
+        Variant(p, t, s == "yes")
+        for s, p, t in itertools.product(args.share_backbones, args.prepare_processes, args.torch_threads)
+    ]
     results = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         shipped = bundled_model_dir().resolve()

@@ -1,8 +1,9 @@
 """All members of an ensemble in one forward pass.
 
 The predictor and the incremental engine talk to an ensemble through one interface,
-:class:`EnsembleForward`: ``embed_chunks`` (chunks -> every member's tokens), ``classify`` (every
-member's token windows -> logits) and ``forward`` (frames -> logits), each with a leading member axis.
+:class:`EnsembleForward`: ``embed_chunks`` (chunks -> every backbone's tokens), ``classify`` (every
+backbone's token windows -> every member's logits) and ``forward`` (frames -> logits), each with a
+leading backbone or member axis.
 Two implementations give the same numbers (tested to 1e-5):
 
 - :class:`MemberLoop` runs each member's own modules in turn: the reference, and the path of nets that
@@ -209,15 +210,17 @@ class MemberLoop(EnsembleForward):
     ----------
     members
         Nets of one architecture in eval mode.
+    share_backbones
+        Compute the tokens of members that share a backbone once (False: once per member).
     """
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    def __init__(self, members: Sequence[nn.Module], *, share_backbones: bool = True) -> None:
         super().__init__()
         for key, value in _shared_attributes(members).items():
             setattr(self, key, value)
         self.members = nn.ModuleList(members)
         # Tokens per backbone, as the stacked form caches them: the caches of both paths are one format.
-        self.backbone_of = backbone_groups(members)
+        self.backbone_of = backbone_groups(members) if share_backbones else list(range(len(members)))
         self.n_backbones = max(self.backbone_of) + 1
         self._readers = [members[self.backbone_of.index(g)] for g in range(self.n_backbones)]
         self.work_perm = tuple(range(len(self.token_shape)))
@@ -661,6 +664,9 @@ class StackedConvEntion(EnsembleForward):
         :data:`CPU_SLICE_ELEMENTS` on the CPU, no slicing elsewhere.
     embed_step
         Chunks per front-end pass; default :data:`CPU_EMBED_STEP` on the CPU, all at once elsewhere.
+    share_backbones
+        Run the members that share a backbone (:func:`backbone_groups`) once; False runs every member's
+        own copy (the same numbers at the members' cost: for benchmarks).
     """
 
     def __init__(
@@ -670,13 +676,14 @@ class StackedConvEntion(EnsembleForward):
         conv_mode: ConvMode | None = None,
         chunk_elements: int | None = None,
         embed_step: int | None = None,
+        share_backbones: bool = True,
     ) -> None:
         super().__init__()
         if not can_stack(members):
             raise ValueError("StackedConvEntion needs ConvEntion members with one configuration")
         for key, value in _shared_attributes(members).items():
             setattr(self, key, value)
-        backbone_of = backbone_groups(members)
+        backbone_of = backbone_groups(members) if share_backbones else list(range(len(members)))
         self.n_backbones = max(backbone_of) + 1
         # One member per backbone runs the shared parts; every member keeps its own head.
         shared = [members[backbone_of.index(g)] for g in range(self.n_backbones)]
@@ -891,8 +898,10 @@ def can_stack(members: Sequence[nn.Module]) -> bool:
     return bool(members) and all(type(m) is ConvEntion and m.config == members[0].config for m in members)
 
 
-def ensemble_forward(members: Sequence[nn.Module], *, stacked: bool = True) -> EnsembleForward:
+def ensemble_forward(
+    members: Sequence[nn.Module], *, stacked: bool = True, share_backbones: bool = True
+) -> EnsembleForward:
     """Return the fastest exact runner of ``members``: stacked when possible, else the member loop."""
     if stacked and can_stack(members):
-        return StackedConvEntion(members)
-    return MemberLoop(members)
+        return StackedConvEntion(members, share_backbones=share_backbones)
+    return MemberLoop(members, share_backbones=share_backbones)

@@ -149,12 +149,22 @@ class IncrementalEngine:
     stacked
         Run all members in one pass (:class:`~broker_plugin.inference.ensemble.StackedConvEntion`) when
         they allow it; False runs them one after the other (the reference path, same numbers).
+    share_backbones
+        Compute (and cache) the tokens of members that share a backbone once; False: once per member.
     """
 
     def __init__(
-        self, members: Sequence[nn.Module], *, model_id: str, device: torch.device, stacked: bool = True
+        self,
+        members: Sequence[nn.Module],
+        *,
+        model_id: str,
+        device: torch.device,
+        stacked: bool = True,
+        share_backbones: bool = True,
     ) -> None:
-        self.ensemble: EnsembleForward = ensemble_forward(members, stacked=stacked)
+        self.ensemble: EnsembleForward = ensemble_forward(
+            members, stacked=stacked, share_backbones=share_backbones
+        )
         self.members, self.model_id, self.device = list(members), model_id, device
         ens = self.ensemble
         self.chunk, self.max_chunks, self.token_shape = ens.chunk_size, ens.max_chunks, ens.token_shape

@@ -220,6 +220,12 @@ def test_shared_backbones_run_once_with_the_reference_numbers(name, backbone_of,
     worst = run_prefixes(members, prefixes, count=1)
     print(f"{name} backbones {backbone_of}: max |p_stacked - p_reference| = {worst:.2e}")
     assert worst <= TOL
+    # Every member's own copy (the cost before sharing): the same numbers.
+    unshared = StackedConvEntion(members, share_backbones=False)
+    assert unshared.n_backbones == len(members)
+    frames = batch_inputs(members)
+    with torch.inference_mode():
+        np.testing.assert_allclose(unshared(*frames), stacked(*frames), atol=TOL)
 
 
 def test_a_cache_with_a_token_row_per_member_is_rebuilt_not_extended(shipped):
