@@ -146,18 +146,23 @@ class Workload:
             "bf16": bf16,
         }
         self.old = Predictor(art.members, stacked=False, **common)
+        # The stacked pass with every member's own copy of a backbone they share (before sharing it).
+        self.unshared = Predictor(art.members, share_backbones=False, **common)
         self.new = Predictor(art.members, **common)
         self.common = common
         self.art = art
         offset, context = self.new.band_offset, self.new.uses_context
         history = make_inputs(max_batch, HISTORY + 1, offset, seed=1, context=context)
         self.caches = [self.new.new_cache(h[:HISTORY]) for h in history]
+        # A token row per member: the caches of the predictor that does not share backbones.
+        self.unshared_caches = [self.unshared.new_cache(h[:HISTORY]) for h in history]
         self.frames = [h[HISTORY:] for h in history]
         self.windows = make_inputs(max_batch, window, offset, seed=2, context=context)
 
     def incremental(self, predictor: Predictor, batch: int) -> Callable[[], Any]:
         # The caches are not replaced: every call appends the 61st frame again (same work each time).
-        return lambda: predictor.update_steps(self.caches[:batch], self.frames[:batch])
+        caches = self.unshared_caches if predictor is self.unshared else self.caches
+        return lambda: predictor.update_steps(caches[:batch], self.frames[:batch])
 
     def full(self, predictor: Predictor, batch: int) -> Callable[[], Any]:
         return lambda: predictor.predict(self.windows[:batch])
@@ -171,20 +176,22 @@ def measure_paths(
         for batch in sizes:
             fns = {}
             for t in threads:
-                for name, pred in (("old", work.old), ("new", work.new)):
+                for name, pred in (("old", work.old), ("unshared", work.unshared), ("new", work.new)):
                     fn = getattr(work, path)(pred, batch)
                     fns[f"{name}/{t}"] = with_threads(t, fn)
             sec = interleaved(fns, repeats, turn)
             for t in threads:
-                old, new = sec[f"old/{t}"], sec[f"new/{t}"]
+                old, unshared, new = sec[f"old/{t}"], sec[f"unshared/{t}"], sec[f"new/{t}"]
                 rows.append(
                     {
                         "path": path,
                         "batch": batch,
                         "threads": t,
                         "old_objects_per_s": round(batch / old, 1),
+                        "unshared_objects_per_s": round(batch / unshared, 1),
                         "new_objects_per_s": round(batch / new, 1),
                         "speedup": round(old / new, 2),
+                        "sharing_speedup": round(unshared / new, 2),
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
@@ -297,7 +304,7 @@ def measure_onnx(ens: StackedConvEntion, repeats: int, turn: float) -> list[dict
         return [{"option": "onnxruntime", "error": "not installed"}]
     torch.set_num_threads(1)
     b, length = 15, 21  # one slice of the incremental benchmark
-    tokens = torch.randn(ens.n_members, b, length, *(ens.token_shape[p] for p in ens.work_perm))
+    tokens = torch.randn(ens.n_backbones, b, length, *(ens.token_shape[p] for p in ens.work_perm))
     chunks = torch.randn(32, ens.chunk_size, ens.stamp, ens.stamp)
     bands = torch.randint(1, 7, (32, ens.chunk_size))
     front_args: tuple[torch.Tensor, ...] = (chunks, bands)
@@ -364,13 +371,19 @@ def markdown(report: dict[str, Any]) -> str:
         f"load average {report['load_average_1min']:.1f} while measured; objects/s, median of "
         f"{report['repeats']} interleaved turns.",
         "",
-        "| path | objects per call | threads | per-member objects/s | stacked objects/s | speed-up |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"{report.get('backbones', report['members'])} distinct backbone(s) among the members. Objects/s: "
+        "member by member; stacked with a backbone copy per member; stacked with shared backbones "
+        "(the default).",
+        "",
+        "| path | objects per call | threads | member by member | stacked, copy per member | "
+        "stacked, shared | speed-up vs member by member | from sharing |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["paths"]:
         lines.append(
             f"| {r['path']} | {r['batch']} | {r['threads']} | {r['old_objects_per_s']} | "
-            f"{r['new_objects_per_s']} | {r['speedup']}x |"
+            f"{r.get('unshared_objects_per_s', '-')} | {r['new_objects_per_s']} | {r['speedup']}x | "
+            f"{r.get('sharing_speedup', '-')}x |"
         )
     if report.get("options"):
         lines += [
@@ -499,6 +512,7 @@ def main() -> None:
         "model_id": art.model_id,
         "net": art.metadata["net"]["name"],
         "members": len(art.members),
+        "backbones": work.new.engine.n_backbones,
         "history_frames": HISTORY,
         "window_frames": args.window,
         "repeats": args.repeats,

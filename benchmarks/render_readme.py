@@ -102,9 +102,10 @@ def service_table() -> str:
             if stages
             else "-"
         )
+        backbones = "shared" if r.get("share_backbones", True) else "one per member"
         lines.append(
-            f"| {r.get('model', r.get('net'))} | {r.get('ensemble_size', 1)} | "
-            f"{'shared' if r.get('share_backbones', True) else 'one per member'} | {t['alerts_per_second']} | "
+            f"| {r.get('model', r.get('net'))} | {r.get('ensemble_size', 1)} | {backbones} | "
+            f"{t['alerts_per_second']} | "
             f"{lat['p50_s']} / {lat['p99_s']} | {shares} |"
         )
     return "\n".join(lines)

@@ -52,7 +52,9 @@ def transfer_features(
     ``with_history``: also the :class:`HistoryParts` of the same views (None otherwise), from the same
     preprocessed objects and kept in the same cache.
     """
-    path = plan.run_dir / "features" / f"backbone-{plan.backbone_key(member)}.npz"
+    pool = plan.config.training.finetune.pool_validation
+    suffix = "-pool-validation" if pool else ""
+    path = plan.run_dir / "features" / f"backbone-{plan.backbone_key(member)}{suffix}.npz"
     if path.exists():
         with np.load(path) as stored:
             if not with_history:
@@ -62,11 +64,13 @@ def transfer_features(
                 return stored["indices"], stored["features"], parts
     if with_history and not getattr(net, "uses_history", False):
         raise ValueError(f"finetune.history_lr needs a net with a history branch, not {net.net_name}")
+    parts_of_pool = [plan.pretrain_split(member)[1]] if pool else []
     idx = np.sort(
         np.concatenate(
-            [plan.transfer_folds[0].train, plan.transfer_folds[0].val, plan.transfer_folds[0].test]
+            [plan.transfer_folds[0].train, plan.transfer_folds[0].val, plan.transfer_folds[0].test,
+             *parts_of_pool]
         )
-    )
+    )  # fmt: skip
     norm = plan.normalisation()
     inputs = [plan.source.input_for(i, norm, net) for i in idx]
     prefixes = plan.config.training.finetune.prefix_frames
@@ -154,7 +158,10 @@ def train_head(
     f = plan.config.training.finetune
     split = plan.transfer_folds[member.fold]
     pos = {int(i): k for k, i in enumerate(idx)}
-    tr = np.array([pos[int(i)] for i in split.train], dtype=np.int64)
+    train_objects = split.train
+    if f.pool_validation:  # unconfirmed objects the frozen backbone never trained on
+        train_objects = np.concatenate((split.train, plan.pretrain_split(member)[1]))
+    tr = np.array([pos[int(i)] for i in train_objects], dtype=np.int64)
     va = np.array([pos[int(i)] for i in split.val], dtype=np.int64)
     labels = plan.source.labels[idx]
     seed = plan.member_seed(member)
@@ -223,7 +230,7 @@ def train_head(
     )
     if best_state is not None:
         model.load_state_dict(best_state)
-    return {"history": history, "best_val_macro_f1": best}
+    return {"history": history, "best_val_macro_f1": best, "train_objects": len(tr)}
 
 
 def run_finetune(plan: Plan) -> list[Path]:

@@ -102,6 +102,11 @@ class FinetuneSection(_Strict):
         description="Also train the history encoder (nets with a history branch) at this learning rate; "
         "None: frozen with the backbone.",
     )
+    pool_validation: bool = Field(
+        False,
+        description="Also train the head on the stage-1 validation objects of the member's backbone: "
+        "unconfirmed-pool objects its weights never trained on (most of the pool's SN Other).",
+    )
     unfreeze_epochs: int = Field(0, ge=0, description="Then train everything (BN in train mode) this long.")
     unfreeze_lr: float = Field(1e-5, gt=0, description="Learning rate of the unfrozen phase.")
     unfreeze_samples_per_epoch: int | None = Field(None, ge=1, description="Draws per unfrozen epoch.")

@@ -85,6 +85,9 @@ class Predictor:
     stacked
         Run all members in one pass (stacked weights) when the architecture allows it; False runs them
         one after the other, the reference path (same outputs within 1e-5, tested; for benchmarks).
+    share_backbones
+        Run (and cache) once the backbone that members share (the default recipe's folds share one);
+        False runs every member's own copy, the same outputs at the members' cost (for benchmarks).
     """
 
     def __init__(
@@ -98,13 +101,17 @@ class Predictor:
         bf16: bool = False,
         max_batch_size: int = 64,
         stacked: bool = True,
+        share_backbones: bool = True,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.members = [m.to(self.device).eval() for m in members]
         self.model_id, self.normalisation = model_id, normalisation
         self.class_names = list(class_names)
         self.bf16, self.max_batch_size = bf16, max_batch_size
-        self.engine = IncrementalEngine(self.members, model_id=model_id, device=self.device, stacked=stacked)
+        self.engine = IncrementalEngine(
+            self.members, model_id=model_id, device=self.device, stacked=stacked,
+            share_backbones=share_backbones,
+        )  # fmt: skip
         self.ensemble = self.engine.ensemble
         first = self.members[0]
         self.chunk_size, self.max_chunks = first.chunk_size, first.max_chunks

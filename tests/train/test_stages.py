@@ -236,3 +236,26 @@ def test_training_the_history_encoder_needs_a_history_branch(small_dataset: Path
     assert main(["pretrain", *args]) == 0
     with pytest.raises(ValueError, match="history branch"):
         main(["finetune", *args])
+
+
+def test_stage_two_can_train_the_head_on_the_backbones_validation_objects_too(
+    small_dataset: Path, tmp_path: Path
+):
+    from broker_plugin_train.plan import make_plan
+
+    args = [*_args(tmp_path, small_dataset), "--training.finetune.pool_validation=true"]
+    assert main(["pretrain", *args]) == 0
+    assert main(["finetune", *args]) == 0
+    plan = make_plan(load_config(CONFIG, args[4:]), small_dataset)
+    member = plan.members[0]
+    _, unseen = plan.pretrain_split(member)
+    assert len(unseen) and not np.isin(unseen, plan.transfer_folds[0].test).any()  # pool objects only
+    features = tmp_path / "run" / "features" / f"backbone-{plan.backbone_key(member)}-pool-validation.npz"
+    assert np.isin(unseen, np.load(features)["indices"]).all()  # frozen features beside the confirmed
+    for m in plan.members:
+        info = torch.load(tmp_path / "run" / "members" / f"member-{m.key}.pt", weights_only=True)["info"]
+        split = plan.transfer_folds[m.fold]
+        assert info["head"]["train_objects"] == len(split.train) + len(plan.pretrain_split(m)[1])
+        # Tests stay the confirmed test folds.
+        stored = np.load(tmp_path / "run" / "members" / f"pred-{m.key}.npz")
+        assert set(plan.source.pools[stored["indices"]]) == {"transfer"}
