@@ -371,9 +371,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"load average {report['load_average_1min']:.1f} while measured; objects/s, median of "
         f"{report['repeats']} interleaved turns.",
         "",
-        f"{report.get('backbones', report['members'])} distinct backbone(s) among the members. Objects/s: "
-        "member by member; stacked with a backbone copy per member; stacked with shared backbones "
-        "(the default).",
+        f"The {report['members']} members have {report.get('backbones', report['members'])} distinct "
+        "backbone(s). Objects/s: member by member; stacked, every member running its own copy of its "
+        "backbone; stacked, every backbone run once (the default).",
         "",
         "| path | objects per call | threads | member by member | stacked, copy per member | "
         "stacked, shared | speed-up vs member by member | from sharing |",
