@@ -3,9 +3,16 @@
 ::
 
     <dir>/metadata.json        format version, net name and args, classes, bands, stamp, normalisation,
-                               ensemble members (file, sha256, seed/fold), training data hash, metrics
-    <dir>/member-<k>.safetensors   one per ensemble member (tensors only: loading runs no code)
+                               ensemble members (file, sha256, seed/fold, backbone), training data hash,
+                               metrics
+    <dir>/backbone-<g>.safetensors  the tensors members share (one stage-1 backbone), stored once
+    <dir>/member-<k>.safetensors   one per ensemble member: its own tensors (all of them when it shares
+                               no backbone); tensors only, loading runs no code
     <dir>/SHA256SUMS           ``sha256sum -c`` compatible list of every file above
+
+Members fine-tuned from one frozen backbone (:func:`~broker_plugin.inference.ensemble.backbone_groups`)
+differ only in their heads and history layers, so format 2 stores the backbone once: the shipped five
+members take a fifth of the space. Format 1 (a whole net per member file) is still read.
 
 Loading verifies every checksum, rebuilds each member through ``create_net`` with exactly the stored
 keys and shapes, and refuses an artifact that does not fit the caller (for instance a stamp pixel
@@ -31,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import broker_plugin
+from broker_plugin.inference.ensemble import MEMBER_OWN_PREFIXES, backbone_groups
 from broker_plugin.inference.errors import (
     ArtifactChecksumError,
     ArtifactFormatError,
@@ -42,7 +50,9 @@ from broker_plugin.inference.nets import create_net
 from broker_plugin.inference.preprocess import FluxNormalisation
 from broker_plugin.records import BANDS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Artifact formats :func:`load_artifact` reads (1: every member file holds its whole net).
+READABLE_FORMATS = (1, 2)
 METADATA_FILE = "metadata.json"
 CHECKSUM_FILE = "SHA256SUMS"
 #: The classes of the paper (spec 2.1), in output order.
@@ -79,6 +89,11 @@ class Artifact:
     def pixel_scale_arcsec(self) -> float:
         """Return the angular size of one stamp pixel the model was trained on [arcsec]."""
         return float(self.metadata["stamp"]["pixel_scale_arcsec"])
+
+
+def _own(key: str) -> bool:
+    """Whether tensor ``key`` is a member's own (not part of a backbone members may share)."""
+    return key.startswith(MEMBER_OWN_PREFIXES)
 
 
 def _sha256(path: Path) -> str:
@@ -128,12 +143,26 @@ def save_artifact(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     info = list(member_info) if member_info is not None else [{} for _ in members]
+    backbone_of = backbone_groups(members)
+    shared = {g for g in backbone_of if backbone_of.count(g) > 1}
+    backbones: dict[int, dict[str, str]] = {}
+    for g in sorted(shared):
+        name = f"backbone-{g}.safetensors"
+        state = members[backbone_of.index(g)].state_dict()
+        tensors = {k: t.detach().cpu().contiguous() for k, t in state.items() if not _own(k)}
+        save_file(tensors, out / name, metadata={"net": first.net_name, "backbone": str(g)})
+        backbones[g] = {"backbone_file": name, "backbone_sha256": _sha256(out / name)}
     entries = []
     for k, (net, extra) in enumerate(zip(members, info, strict=True)):
         name = f"member-{k}.safetensors"
-        tensors = {key: t.detach().cpu().contiguous() for key, t in net.state_dict().items()}
+        g = backbone_of[k]
+        tensors = {
+            key: t.detach().cpu().contiguous()
+            for key, t in net.state_dict().items()
+            if g not in shared or _own(key)
+        }
         save_file(tensors, out / name, metadata={"net": first.net_name, "member": str(k)})
-        entries.append({"file": name, "sha256": _sha256(out / name), **extra})
+        entries.append({"file": name, "sha256": _sha256(out / name), **backbones.get(g, {}), **extra})
     metadata = {
         "format_version": FORMAT_VERSION,
         "net": {"name": first.net_name, "args": first.net_args},
@@ -151,7 +180,7 @@ def save_artifact(
         "torch_version": torch.__version__,
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    files = [METADATA_FILE] + [e["file"] for e in entries]
+    files = [METADATA_FILE] + [b["backbone_file"] for b in backbones.values()] + [e["file"] for e in entries]
     sums = "".join(f"{_sha256(out / f)}  {f}\n" for f in files)
     (out / CHECKSUM_FILE).write_text(sums)
     return hashlib.sha256(sums.encode()).hexdigest()[:16]
@@ -206,9 +235,9 @@ def load_artifact(
         raise ArtifactFormatError(f"{CHECKSUM_FILE} does not cover {METADATA_FILE}")
     try:
         meta = json.loads((root / METADATA_FILE).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_FORMATS:
             version = meta.get("format_version")
-            raise ArtifactFormatError(f"artifact format {version}, this plugin reads {FORMAT_VERSION}")
+            raise ArtifactFormatError(f"artifact format {version}, this plugin reads {READABLE_FORMATS}")
         norm = FluxNormalisation.from_dict(meta["normalisation"])
         stamp, classes = meta["stamp"], list(meta["class_names"])
         entries = meta["members"]
@@ -229,7 +258,8 @@ def load_artifact(
         raise ArtifactMismatchError(f"model takes {stamp['size']} px stamps, not {expected_stamp_size}")
     if expected_class_names is not None and classes != list(expected_class_names):
         raise ArtifactMismatchError(f"model classes {classes} differ from {list(expected_class_names)}")
-    members = [_load_member(root, meta["net"], entry, sums, device) for entry in entries]
+    loaded: dict[str, dict[str, torch.Tensor]] = {}  # backbone files, read once for all their members
+    members = [_load_member(root, meta["net"], entry, sums, device, loaded) for entry in entries]
     if not members or members[0].num_classes != len(classes):
         raise ArtifactFormatError("no member, or class names do not match the net's outputs")
     model_id = hashlib.sha256((root / CHECKSUM_FILE).read_bytes()).hexdigest()[:16]
@@ -242,13 +272,25 @@ def _load_member(
     entry: dict[str, Any],
     sums: dict[str, str],
     device: str | torch.device,
+    backbones: dict[str, dict[str, torch.Tensor]],
 ) -> nn.Module:
     name = entry.get("file", "")
     if name not in sums or sums[name] != entry.get("sha256"):
         raise ArtifactChecksumError(f"member {name!r} is not covered by {CHECKSUM_FILE} with its SHA-256")
+    base = entry.get("backbone_file")
+    if base is not None and (base not in sums or sums[base] != entry.get("backbone_sha256")):
+        raise ArtifactChecksumError(
+            f"backbone {base!r} of member {name!r} is not covered by {CHECKSUM_FILE} with its SHA-256"
+        )
     try:
         net = create_net(net_spec["name"], **net_spec["args"])
         tensors = load_file(root / name)
+        if base is not None:
+            if base not in backbones:
+                backbones[base] = load_file(root / base)
+            if any(not _own(k) for k in tensors) or any(_own(k) for k in backbones[base]):
+                raise ArtifactFormatError(f"member {name} and backbone {base} overlap")
+            tensors = {**backbones[base], **tensors}
     except (InferenceError, TypeError, KeyError, SafetensorError) as exc:
         raise ArtifactFormatError(f"cannot rebuild member {name}: {exc}") from None
     expected = net.state_dict()

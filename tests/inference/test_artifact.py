@@ -19,7 +19,7 @@ from broker_plugin.inference.errors import (
 )
 from broker_plugin.inference.preprocess import FluxNormalisation
 
-from .conftest import make_members
+from .conftest import make_members, share_backbone
 
 NORM = FluxNormalisation("asinh", scale=(50.0, 60.0, 70.0, 80.0, 90.0, 100.0))
 
@@ -137,3 +137,52 @@ def test_missing_files_are_refused(artifact, tmp_path):
     (root / "member-0.safetensors").unlink()
     with pytest.raises(ArtifactMissingError, match="member-0"):
         load_artifact(root)
+
+
+@pytest.fixture
+def shared_artifact(tmp_path):
+    """Three members on one backbone (the default recipe's folds) and one on its own."""
+    members = share_backbone(make_members("convention-alert-small", count=4), [0, 0, 1, 0])
+    model_id = save_artifact(
+        tmp_path / "shared", members, normalisation=NORM, pixel_scale_arcsec=0.2, training_data_hash="x"
+    )
+    return tmp_path / "shared", members, model_id
+
+
+def test_a_shared_backbone_is_stored_once_and_loads_bit_exact(shared_artifact):
+    root, members, model_id = shared_artifact
+    loaded = load_artifact(root)
+    assert loaded.model_id == model_id and loaded.metadata["format_version"] == 2
+    for original, back in zip(members, loaded.members, strict=True):
+        ref, got = original.state_dict(), back.state_dict()
+        assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    entries = loaded.metadata["members"]
+    assert [e.get("backbone_file") for e in entries] == [
+        "backbone-0.safetensors", "backbone-0.safetensors", None, "backbone-0.safetensors",
+    ]  # fmt: skip
+    listed = [line.split("  ")[1] for line in (root / CHECKSUM_FILE).read_text().splitlines()]
+    assert "backbone-0.safetensors" in listed and "backbone-1.safetensors" not in listed
+    size = {p.name: p.stat().st_size for p in root.glob("*.safetensors")}
+    # A sharing member's file holds its head and history layers only; the lone member its whole net.
+    assert size["member-0.safetensors"] * 3 < size["backbone-0.safetensors"] < size["member-2.safetensors"]
+
+
+def test_a_tampered_or_swapped_backbone_is_refused(shared_artifact, tmp_path):
+    root = shared_artifact[0]
+    original = (root / "backbone-0.safetensors").read_bytes()
+    raw = bytearray(original)
+    raw[-3] ^= 0x01
+    (root / "backbone-0.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ArtifactChecksumError, match="backbone-0"):
+        load_artifact(root)
+    resign(root)  # SHA256SUMS agrees now, the members' recorded backbone hash does not
+    with pytest.raises(ArtifactChecksumError, match="backbone-0"):
+        load_artifact(root)
+
+
+def test_format_1_artifacts_with_whole_member_files_still_load(artifact):
+    root, members, _ = artifact
+    edit_metadata(root, lambda m: m.update(format_version=1))
+    loaded = load_artifact(root)
+    for original, back in zip(members, loaded.members, strict=True):
+        assert all(torch.equal(v, back.state_dict()[k]) for k, v in original.state_dict().items())
