@@ -56,17 +56,23 @@ class Plan:
         """Seed of a member's initialisation and sampling."""
         return self.config.training.seed * 1000 + member.fold * 10 + member.seed
 
+    def backbone_seed(self, member: Member) -> int:
+        """Seed number of the stage-1 run a member starts from (0 for all with ``share_across_seeds``)."""
+        return 0 if self.config.training.pretrain.share_across_seeds else member.seed
+
     def backbone_key(self, member: Member) -> str:
-        """Stage-1 run a member starts from (shared by folds when configured)."""
+        """Stage-1 run a member starts from (shared by folds and by seeds when configured)."""
+        seed = self.backbone_seed(member)
         shared = self.config.training.pretrain.share_across_folds
-        return f"s{member.seed}" if shared else member.key
+        return f"s{seed}" if shared else Member(member.fold, seed).key
 
     def pretrain_split(self, member: Member) -> tuple[np.ndarray, np.ndarray]:
         """Stage-1 (train, validation) objects of ``member``'s backbone (pretrain pool only)."""
         t = self.config.training
         labels = self.source.labels[self.pretrain_idx]
         if t.pretrain.share_across_folds:
-            return holdout(self.pretrain_idx, labels, t.data.val_fraction, t.seed + member.seed)
+            seed = t.seed + self.backbone_seed(member)
+            return holdout(self.pretrain_idx, labels, t.data.val_fraction, seed)
         split = fold_splits(self.pretrain_idx, labels, t.data.folds, t.seed + 1)[member.fold]
         return np.concatenate([split.train, split.test]), split.val
 

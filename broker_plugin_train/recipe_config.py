@@ -65,6 +65,11 @@ class PretrainSection(_Strict):
         description="One stage-1 backbone per seed for all folds (its pool has no confirmed-test object); "
         "False: one per (fold, seed) on the pool minus that fold's fifth, as the authors' zipped KFold.",
     )
+    share_across_seeds: bool = Field(
+        False,
+        description="One stage-1 backbone for every seed too (per fold, or for all with share_across_folds): "
+        "the seeds' members differ in their stage-2 heads only, and the service runs a shared backbone once.",
+    )
     max_train_frames: int = Field(99, ge=1, description="Longest training window [frames] (cost cap).")
     min_prefix_frames: int = Field(3, ge=1, description="Shortest growing prefix [frames].")
     prefix_probability: float = Field(

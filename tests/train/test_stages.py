@@ -259,3 +259,21 @@ def test_stage_two_can_train_the_head_on_the_backbones_validation_objects_too(
         # Tests stay the confirmed test folds.
         stored = np.load(tmp_path / "run" / "members" / f"pred-{m.key}.npz")
         assert set(plan.source.pools[stored["indices"]]) == {"transfer"}
+
+
+def test_seeds_can_share_one_stage_one_backbone(small_dataset: Path, tmp_path: Path):
+    args = [
+        *_args(tmp_path, small_dataset),
+        "--training.data.seeds=2",
+        "--training.pretrain.share_across_folds=true",
+        "--training.pretrain.share_across_seeds=true",
+    ]
+    assert main(["pretrain", *args]) == 0
+    run = tmp_path / "run"
+    assert [p.name for p in (run / "pretrain").glob("backbone-*.pt")] == ["backbone-s0.pt"]
+    assert main(["finetune", *args]) == 0
+    assert len(list((run / "members").glob("member-*.pt"))) == 3 * 2  # 3 folds x 2 seeds
+    a = torch.load(run / "members" / "member-f0-s0.pt", weights_only=True)["state"]
+    b = torch.load(run / "members" / "member-f0-s1.pt", weights_only=True)["state"]
+    differ = {k for k in a if not torch.equal(a[k], b[k])}
+    assert differ and all(k.startswith("head.") for k in differ)  # the seeds' heads, one backbone
