@@ -52,8 +52,7 @@ def transfer_features(
     ``with_history``: also the :class:`HistoryParts` of the same views (None otherwise), from the same
     preprocessed objects and kept in the same cache.
     """
-    pool = plan.config.training.finetune.pool_validation
-    suffix = "-pool-validation" if pool else ""
+    suffix = "-pool-validation" if plan.config.training.finetune.pool_validation else ""
     path = plan.run_dir / "features" / f"backbone-{plan.backbone_key(member)}{suffix}.npz"
     if path.exists():
         with np.load(path) as stored:
@@ -64,13 +63,8 @@ def transfer_features(
                 return stored["indices"], stored["features"], parts
     if with_history and not getattr(net, "uses_history", False):
         raise ValueError(f"finetune.history_lr needs a net with a history branch, not {net.net_name}")
-    parts_of_pool = [plan.pretrain_split(member)[1]] if pool else []
-    idx = np.sort(
-        np.concatenate(
-            [plan.transfer_folds[0].train, plan.transfer_folds[0].val, plan.transfer_folds[0].test,
-             *parts_of_pool]
-        )
-    )  # fmt: skip
+    folds = plan.transfer_folds[0]
+    idx = np.sort(np.concatenate([folds.train, folds.val, folds.test, plan.head_pool_objects(member)]))
     norm = plan.normalisation()
     inputs = [plan.source.input_for(i, norm, net) for i in idx]
     prefixes = plan.config.training.finetune.prefix_frames
@@ -158,9 +152,7 @@ def train_head(
     f = plan.config.training.finetune
     split = plan.transfer_folds[member.fold]
     pos = {int(i): k for k, i in enumerate(idx)}
-    train_objects = split.train
-    if f.pool_validation:  # unconfirmed objects the frozen backbone never trained on
-        train_objects = np.concatenate((split.train, plan.pretrain_split(member)[1]))
+    train_objects = np.concatenate((split.train, plan.head_pool_objects(member)))
     tr = np.array([pos[int(i)] for i in train_objects], dtype=np.int64)
     va = np.array([pos[int(i)] for i in split.val], dtype=np.int64)
     labels = plan.source.labels[idx]

@@ -76,6 +76,16 @@ class Plan:
         split = fold_splits(self.pretrain_idx, labels, t.data.folds, t.seed + 1)[member.fold]
         return np.concatenate([split.train, split.test]), split.val
 
+    def head_pool_objects(self, member: Member) -> np.ndarray:
+        """Unconfirmed objects stage 2 adds to ``member``'s head training (``finetune.pool_validation``).
+
+        Its backbone's stage-1 validation part: pool objects the frozen backbone never trained on.
+        Empty when the option is off.
+        """
+        if not self.config.training.finetune.pool_validation:
+            return np.zeros(0, dtype=np.int64)
+        return self.pretrain_split(member)[1]
+
     @property
     def device(self) -> torch.device:
         """Where nets train and features are computed (the small stage-2 head always trains on the CPU)."""

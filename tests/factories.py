@@ -129,7 +129,6 @@ def make_artifact(
 
     from broker_plugin.inference import create_net
     from broker_plugin.inference.artifact import save_artifact
-    from broker_plugin.inference.ensemble import MEMBER_OWN_PREFIXES
     from broker_plugin.inference.preprocess import FluxNormalisation
 
     nets = []
@@ -137,11 +136,7 @@ def make_artifact(
         torch.manual_seed(seed)
         nets.append(create_net(net, **overrides).eval())
     if shared_backbone:
-        first = nets[0].state_dict()
-        for other in nets[1:]:
-            own = other.state_dict()
-            own = {k: v if k.startswith(MEMBER_OWN_PREFIXES) else first[k] for k, v in own.items()}
-            other.load_state_dict(own)
+        share_backbone(nets, [0] * members)
     save_artifact(
         directory,
         nets,
@@ -150,6 +145,23 @@ def make_artifact(
         training_data_hash="test-random-weights",
     )
     return directory
+
+
+def share_backbone(members: list, backbone_of: list[int]) -> list:
+    """Give ``members`` the backbones ``backbone_of`` names, as stage 2 on shared stage-1 backbones does.
+
+    Member ``i`` takes every tensor of the first member of backbone ``backbone_of[i]`` except its head
+    and a history net's layers after the GRU, which stay its own.
+    """
+    from broker_plugin.inference.ensemble import MEMBER_OWN_PREFIXES
+
+    for i, g in enumerate(backbone_of):
+        source = members[backbone_of.index(g)].state_dict()
+        own = members[i].state_dict()
+        members[i].load_state_dict(
+            {k: (v if k.startswith(MEMBER_OWN_PREFIXES) else source[k].clone()) for k, v in own.items()}
+        )
+    return members
 
 
 def object_alerts(

@@ -220,9 +220,9 @@ class MemberLoop(EnsembleForward):
             setattr(self, key, value)
         self.members = nn.ModuleList(members)
         # Tokens per backbone, as the stacked form caches them: the caches of both paths are one format.
-        self.backbone_of = backbone_groups(members) if share_backbones else list(range(len(members)))
-        self.n_backbones = max(self.backbone_of) + 1
-        self._readers = [members[self.backbone_of.index(g)] for g in range(self.n_backbones)]
+        self.backbone_of = backbone_layout(members, share_backbones)
+        self._readers = [members[i] for i in first_of_each(self.backbone_of)]
+        self.n_backbones = len(self._readers)
         self.work_perm = tuple(range(len(self.token_shape)))
         self._pad: torch.Tensor | None = None
 
@@ -469,7 +469,7 @@ class _History(nn.Module):
         self.encoders = nn.ModuleList(encoders)
         self.backbone_of = list(backbone_of)
         #: One member per backbone, whose GRU reads the rows for all members of that backbone.
-        self.readers = [self.backbone_of.index(g) for g in range(max(self.backbone_of) + 1)]
+        self.readers = first_of_each(self.backbone_of)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """Encode rows ``(B, P, F)`` for every member: ``(M, B, out)``."""
@@ -683,10 +683,10 @@ class StackedConvEntion(EnsembleForward):
             raise ValueError("StackedConvEntion needs ConvEntion members with one configuration")
         for key, value in _shared_attributes(members).items():
             setattr(self, key, value)
-        backbone_of = backbone_groups(members) if share_backbones else list(range(len(members)))
-        self.n_backbones = max(backbone_of) + 1
+        backbone_of = backbone_layout(members, share_backbones)
         # One member per backbone runs the shared parts; every member keeps its own head.
-        shared = [members[backbone_of.index(g)] for g in range(self.n_backbones)]
+        shared = [members[i] for i in first_of_each(backbone_of)]
+        self.n_backbones = len(shared)
         self.register_buffer("member_backbone", torch.tensor(backbone_of), persistent=False)
         # On a GPU, fewer and larger kernels win: one grouped convolution per layer, no slicing (not yet
         # measured: benchmarks/bench_inference_gpu.py compares both settings).
@@ -891,6 +891,16 @@ def backbone_groups(members: Sequence[nn.Module]) -> list[int]:
             match = len(keys) - 1
         backbone_of.append(match)
     return backbone_of
+
+
+def backbone_layout(members: Sequence[nn.Module], share_backbones: bool) -> list[int]:
+    """Each member's backbone: :func:`backbone_groups`, or one per member without ``share_backbones``."""
+    return backbone_groups(members) if share_backbones else list(range(len(members)))
+
+
+def first_of_each(backbone_of: Sequence[int]) -> list[int]:
+    """The first member of each backbone ``0, 1, ...``: the one that runs the shared parts."""
+    return [list(backbone_of).index(g) for g in range(max(backbone_of) + 1)]
 
 
 def can_stack(members: Sequence[nn.Module]) -> bool:

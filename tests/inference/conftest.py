@@ -57,23 +57,6 @@ def make_members(name: str, count: int = 2, **overrides) -> list[torch.nn.Module
     return members
 
 
-def share_backbone(members: list[torch.nn.Module], backbone_of: list[int]) -> list[torch.nn.Module]:
-    """Give ``members`` the backbones ``backbone_of`` names, as stage 2 on shared stage-1 backbones does.
-
-    Member ``i`` takes every tensor of the first member of backbone ``backbone_of[i]`` except its head
-    and a history net's layers after the GRU, which stay its own (random) ones.
-    """
-    from broker_plugin.inference.ensemble import MEMBER_OWN_PREFIXES
-
-    for i, g in enumerate(backbone_of):
-        source = members[backbone_of.index(g)].state_dict()
-        own = members[i].state_dict()
-        members[i].load_state_dict(
-            {k: (v if k.startswith(MEMBER_OWN_PREFIXES) else source[k].clone()) for k, v in own.items()}
-        )
-    return members
-
-
 @pytest.fixture
 def tiny_paper():
     return make_members("convention-paper", **TINY)

@@ -18,8 +18,9 @@ from broker_plugin.inference.errors import (
     ArtifactMissingError,
 )
 from broker_plugin.inference.preprocess import FluxNormalisation
+from tests.factories import share_backbone
 
-from .conftest import make_members, share_backbone
+from .conftest import make_members
 
 NORM = FluxNormalisation("asinh", scale=(50.0, 60.0, 70.0, 80.0, 90.0, 100.0))
 

@@ -21,8 +21,9 @@ from broker_plugin.inference.history import collate_history
 from broker_plugin.inference.incremental import ObjectCache
 from broker_plugin.inference.predictor import Predictor
 from broker_plugin.inference.preprocess import FluxNormalisation, ModelInput, collate, collate_context
+from tests.factories import share_backbone
 
-from .conftest import TINY, make_context_input, make_input, make_members, share_backbone
+from .conftest import TINY, make_context_input, make_input, make_members
 
 SHIPPED = bundled_model_dir()
 TOL = 1e-5
