@@ -146,7 +146,7 @@ class Workload:
             "bf16": bf16,
         }
         self.old = Predictor(art.members, stacked=False, **common)
-        # The stacked pass with every member's own copy of a backbone they share (before sharing it).
+        # The stacked pass with every member's own copy of a backbone they share (the cost without sharing).
         self.unshared = Predictor(art.members, share_backbones=False, **common)
         self.new = Predictor(art.members, **common)
         self.common = common

@@ -10,7 +10,7 @@ by default), then every ``--nets`` net with random weights and one member (the a
 Each row runs once per *variant*: every combination of ``--prepare-processes`` (the service setting: 0
 decodes in the consumer thread and normalises in the pipeline worker), ``--torch-threads`` (torch's
 intra-op threads of the inference thread) and ``--share-backbones`` (``no``: every ensemble member runs
-its own copy of a backbone it shares with others, the cost before members shared it; same outputs). With
+its own copy of a backbone it shares with others, the cost without sharing; same outputs). With
 several variants the runs are interleaved, repeated ``--repeats`` times in rotated order (the machine is
 shared: drift hits every variant alike), and the summary gives per variant the medians and the median
 ratio to the first variant of the same repeat.
@@ -186,7 +186,7 @@ def random_artifact(directory: Path, net: str) -> Path:
 class Variant:
     """How the service runs: its preparation processes, the torch threads of its inference, and whether
     ensemble members that share a stage-1 backbone run it once (False: each member its own copy, the
-    cost before that sharing; the same outputs)."""
+    cost without sharing; the same outputs)."""
 
     prepare_processes: int
     torch_threads: int

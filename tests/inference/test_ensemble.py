@@ -221,7 +221,7 @@ def test_shared_backbones_run_once_with_the_reference_numbers(name, backbone_of,
     worst = run_prefixes(members, prefixes, count=1)
     print(f"{name} backbones {backbone_of}: max |p_stacked - p_reference| = {worst:.2e}")
     assert worst <= TOL
-    # Every member's own copy (the cost before sharing): the same numbers.
+    # Every member's own copy (the cost without sharing): the same numbers.
     unshared = StackedConvEntion(members, share_backbones=False)
     assert unshared.n_backbones == len(members)
     frames = batch_inputs(members)
