@@ -1,6 +1,7 @@
 """``export``: the artifact the service loads, with the evaluation report beside it.
 
-All members (every fold and seed) go into one artifact through
+All members (every fold and seed), and the history trees of every fold when configured, go into one
+artifact through
 :func:`broker_plugin.inference.artifact.save_artifact` (safetensors + metadata + checksums); the report
 files (``evaluation.json`` and the PNGs) are copied next to it and are not part of the checksummed
 artifact, so they can be regenerated without changing the model id.
@@ -18,6 +19,7 @@ from broker_plugin_train.config import CLASSES
 from broker_plugin_train.finetune import member_path
 from broker_plugin_train.plan import Plan
 from broker_plugin_train.pretrain import load_net
+from broker_plugin_train.trees import load_trees
 
 
 def run_export(plan: Plan, out: str | Path | None = None) -> tuple[Path, str]:
@@ -45,6 +47,12 @@ def run_export(plan: Plan, out: str | Path | None = None) -> tuple[Path, str]:
         metrics["pooled_out_of_fold"] = {
             k: full["whole_history"][k] for k in ("accuracy", "macro_f1", "balanced_accuracy", "cohen_kappa")
         }
+    trees = load_trees(plan) if t.trees.enabled else None
+    trees_info = None
+    if trees is not None:
+        trees_info = {"net_weight": t.trees.net_weight, "learning_rate": t.trees.learning_rate,
+                      "iterations": [int(len(trees.tree_model[trees.tree_model == m]) // len(CLASSES))
+                                     for m in range(trees.n_models)]}  # fmt: skip
     model_id = save_artifact(
         target,
         members,
@@ -54,6 +62,8 @@ def run_export(plan: Plan, out: str | Path | None = None) -> tuple[Path, str]:
         class_names=CLASSES,
         metrics=metrics,
         member_info=info,
+        trees=trees,
+        trees_info=trees_info,
     )
     for name in ("metrics.json", "confusion.png", "early_classification.png", "reliability.png"):
         if (report_dir / name).exists():

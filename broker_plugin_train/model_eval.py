@@ -2,7 +2,8 @@
 
 The artifact is loaded and verified by the service's own loader, inputs go through the service's
 preprocessing with the artifact's normalisation, and the ensemble's mean probability is scored after
-each prefix and on whole histories. Members that share a frozen backbone share one front-end pass.
+each prefix and on whole histories (blended with the artifact's history trees, as the service does,
+with the members alone reported beside). Members that share a frozen backbone share one front-end pass.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import numpy as np
 import torch
 
 from broker_plugin.inference.artifact import load_artifact
+from broker_plugin.inference.trees import blend
 from broker_plugin.progress import progress
 from broker_plugin_train.config import TrainConfig
 from broker_plugin_train.evaluate import scores, write_report
 from broker_plugin_train.objects import ObjectSource
 from broker_plugin_train.plan import training_device
-from broker_plugin_train.prefix import head_probs, prefix_features
+from broker_plugin_train.prefix import head_probs, prefix_features, prefix_history_rows
 
 
 def _backbone_digest(net: torch.nn.Module) -> str:
@@ -59,6 +61,16 @@ def evaluate_artifact(
         member_probs.append(head_probs(net.head, cached[key]))
     probs = np.mean(member_probs, axis=0)
     y = source.labels[idx]
+    blended: dict[str, Any] = {}
+    if art.trees is not None:
+        rows = prefix_history_rows(first, inputs, prefixes)
+        n, views = rows.shape[:2]
+        tree_probs = art.trees.history_probs(rows.reshape(n * views, *rows.shape[2:])).reshape(n, views, -1)
+        blended = {
+            "net_only": scores(y, probs[:, -1], art.class_names),
+            "trees_only": scores(y, tree_probs[:, -1], art.class_names),
+        }
+        probs = blend(probs, tree_probs, art.net_weight)
     extra = {
         "model_id": art.model_id,
         "data": str(data),
@@ -69,6 +81,7 @@ def evaluate_artifact(
             {k: scores(y, p[:, -1], art.class_names)[k] for k in ("accuracy", "macro_f1")}
             for p in member_probs
         ],
+        **{k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in blended.items()},
     }
     if out is not None:
         return write_report(

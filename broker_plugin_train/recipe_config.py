@@ -126,6 +126,25 @@ class EvaluateSection(_Strict):
     reliability_bins: int = Field(10, ge=2, description="Bins of the reliability diagram.")
 
 
+class TreesSection(_Strict):
+    """Gradient-boosted trees on the photometric history's statistics, blended with the net."""
+
+    enabled: bool = Field(
+        False,
+        description="Fit the trees per fold (the unconfirmed pool and the fold's training part, every "
+        "prefix view) and ship them in the artifact; the answer is the product of the two experts.",
+    )
+    net_weight: float = Field(
+        0.5, ge=0, le=1, description="Exponent of the net's probabilities in the blend (trees: 1 - this)."
+    )
+    max_iter: int = Field(300, ge=1, description="Boosting iterations per model (fewer with early stopping).")
+    learning_rate: float = Field(0.08, gt=0, description="Shrinkage of each tree.")
+    max_leaf_nodes: int = Field(31, ge=2, description="Leaves per tree.")
+    early_stopping: bool = Field(
+        True, description="Stop when 10 % of the training rows, held aside, stop improving for 10 rounds."
+    )
+
+
 class TrainingSection(_Strict):
     """Everything ``pretrain``..``export`` need."""
 
@@ -143,6 +162,7 @@ class TrainingSection(_Strict):
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     finetune: FinetuneSection = Field(default_factory=FinetuneSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    trees: TreesSection = Field(default_factory=TreesSection)
     baselines: tuple[str, ...] = Field(
         ("lc-features",), description="Baselines the ``compare`` stage runs on the same folds."
     )

@@ -48,6 +48,17 @@ def run_finetune_stage(config: TrainConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_trees_stage(config: TrainConfig, args: argparse.Namespace) -> int:
+    """History trees per fold (``training.trees``); nothing to do when they are off."""
+    from broker_plugin_train.trees import run_trees
+
+    if not config.training.trees.enabled:
+        print("training.trees.enabled is false: no trees")
+        return 0
+    print(json.dumps(run_trees(_plan(config, args)), indent=1))
+    return 0
+
+
 def run_ensemble_stage(config: TrainConfig, args: argparse.Namespace) -> int:
     """Fold ensembles and fold statistics."""
     from broker_plugin_train.ensemble import run_ensemble
@@ -76,6 +87,7 @@ def protocol(config: TrainConfig, plan: Any) -> dict[str, Any]:
         "pretrain_lr_schedule": t.pretrain.lr_schedule,
         "pretrain_max_train_frames": t.pretrain.max_train_frames,
         "finetune_epochs": t.finetune.epochs,
+        "trees": t.trees.model_dump() if t.trees.enabled else None,
         "unfreeze_epochs": t.finetune.unfreeze_epochs,
         "test": "each confirmed object once, in its fold's test part (never trained on or selected on)",
     }
@@ -145,6 +157,7 @@ def run_all(config: TrainConfig, args: argparse.Namespace) -> int:
     for name, func in (
         ("pretrain", run_pretrain_stage),
         ("finetune", run_finetune_stage),
+        ("trees", run_trees_stage),
         ("ensemble", run_ensemble_stage),
         ("evaluate", run_evaluate_stage),
         ("export", run_export_stage),
@@ -167,9 +180,10 @@ def register(stage: Any) -> None:
     for name, func, help_ in (
         ("pretrain", run_pretrain_stage, "stage 1: train on the unconfirmed pool"),
         ("finetune", run_finetune_stage, "stage 2: new head on the frozen backbone, per fold and seed"),
-        ("ensemble", run_ensemble_stage, "average each fold's members; fold statistics"),
+        ("trees", run_trees_stage, "history trees per fold (training.trees), blended with the members"),
+        ("ensemble", run_ensemble_stage, "average each fold's members, blend the trees; fold statistics"),
         ("export", run_export_stage, "write the artifact the service loads"),
-        ("all", run_all, "pretrain, finetune, ensemble, evaluate, export"),
+        ("all", run_all, "pretrain, finetune, trees, ensemble, evaluate, export"),
     ):
         p = stage(name, func, help_)
         p.add_argument("--data", default=None, help="Dataset folder (default: the config's).")

@@ -112,18 +112,44 @@ def rubin_message(
     return encode_rubin_message(record, version)
 
 
+def make_trees(models: int = 2, seed: int = 0, iterations: int = 8):
+    """History trees fitted by scikit-learn on random statistics: real arrays, meaningless answers.
+
+    Returns the :class:`~broker_plugin.inference.trees.BoostedTrees` and the fitted estimators (the
+    reference). Every fifth value of one feature is NaN, so the splits learn where missing values go.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from broker_plugin.inference.history_statistics import HISTORY_STATISTICS
+    from broker_plugin_train.trees import from_sklearn
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(400, HISTORY_STATISTICS))
+    x[::5, 3] = np.nan
+    y = (x[:, 0] > 0).astype(int) + 2 * (np.nan_to_num(x[:, 3]) > 0.5)
+    estimators = [
+        HistGradientBoostingClassifier(max_iter=iterations, max_leaf_nodes=7, random_state=seed + m).fit(
+            x[m::models], y[m::models]
+        )
+        for m in range(models)
+    ]
+    return from_sklearn(estimators), estimators
+
+
 def make_artifact(
     directory: Path,
     net: str = "convention-small",
     members: int = 2,
     *,
     shared_backbone: bool = False,
+    trees: bool = False,
     **overrides: object,
 ) -> Path:
     """A model artifact with random (seeded) weights: real format, meaningless predictions.
 
     ``shared_backbone``: every member takes the first one's tensors except its head and history layers
-    after the GRU, as the default recipe's fold members share one frozen stage-1 backbone.
+    after the GRU, as the default recipe's fold members share one frozen stage-1 backbone. ``trees``:
+    with history trees (:func:`make_trees`; a history net only).
     """
     import torch
 
@@ -143,6 +169,7 @@ def make_artifact(
         normalisation=FluxNormalisation(),
         pixel_scale_arcsec=0.4,
         training_data_hash="test-random-weights",
+        trees=make_trees()[0] if trees else None,
     )
     return directory
 

@@ -8,11 +8,15 @@
     <dir>/backbone-<g>.safetensors  the tensors members share (one stage-1 backbone), stored once
     <dir>/member-<k>.safetensors   one per ensemble member: its own tensors (all of them when it shares
                                no backbone); tensors only, loading runs no code
+    <dir>/trees.safetensors    optional (format 3): the history trees' node arrays
+                               (:class:`~broker_plugin.inference.trees.BoostedTrees`), blended with
+                               the members with ``metadata["trees"]["net_weight"]``
     <dir>/SHA256SUMS           ``sha256sum -c`` compatible list of every file above
 
 Members fine-tuned from one frozen backbone (:func:`~broker_plugin.inference.ensemble.backbone_groups`)
 differ only in their heads and history layers, so format 2 stores the backbone once: the shipped five
-members take a fifth of the space. Format 1 (a whole net per member file) is still read.
+members take a fifth of the space. Format 3 adds the optional history trees. Formats 1 (a whole net per
+member file) and 2 are still read.
 
 Loading verifies every checksum, rebuilds each member through ``create_net`` with exactly the stored
 keys and shapes, and refuses an artifact that does not fit the caller (for instance a stamp pixel
@@ -34,6 +38,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_arrays
+from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -46,13 +52,16 @@ from broker_plugin.inference.errors import (
     ArtifactMissingError,
     InferenceError,
 )
+from broker_plugin.inference.history_statistics import HISTORY_STATISTICS
 from broker_plugin.inference.nets import create_net
 from broker_plugin.inference.preprocess import FluxNormalisation
+from broker_plugin.inference.trees import BoostedTrees
 from broker_plugin.records import BANDS
 
-FORMAT_VERSION = 2
-#: Artifact formats :func:`load_artifact` reads (1: every member file holds its whole net).
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+#: Artifact formats :func:`load_artifact` reads (1: every member file holds its whole net; 3: trees).
+READABLE_FORMATS = (1, 2, 3)
+TREES_FILE = "trees.safetensors"
 METADATA_FILE = "metadata.json"
 CHECKSUM_FILE = "SHA256SUMS"
 #: The classes of the paper (spec 2.1), in output order.
@@ -73,12 +82,20 @@ class Artifact:
         Short content hash naming this version.
     normalisation
         The flux normalisation the members were trained with.
+    trees
+        The history trees blended with the members, or None.
     """
 
     members: list[nn.Module]
     metadata: dict[str, Any]
     model_id: str
     normalisation: FluxNormalisation = field(repr=False)
+    trees: BoostedTrees | None = field(default=None, repr=False)
+
+    @property
+    def net_weight(self) -> float:
+        """The members' exponent in the blend with the trees (1.0 without trees)."""
+        return float(self.metadata["trees"]["net_weight"]) if self.trees is not None else 1.0
 
     @property
     def class_names(self) -> list[str]:
@@ -111,6 +128,8 @@ def save_artifact(
     metrics: dict[str, Any] | None = None,
     member_info: Sequence[dict[str, Any]] | None = None,
     created: datetime | None = None,
+    trees: BoostedTrees | None = None,
+    trees_info: dict[str, Any] | None = None,
 ) -> str:
     """Write an ensemble artifact to ``directory``; return its ``model_id``.
 
@@ -134,6 +153,11 @@ def save_artifact(
         Per-member JSON-ready facts (seed, fold, metrics).
     created
         Creation time; now (UTC) by default.
+    trees
+        History trees to blend with the members (history nets only).
+    trees_info
+        JSON-ready facts of the trees; its ``net_weight`` (default 0.5) is the members' exponent in the
+        blend.
     """
     first = members[0]
     if any((m.net_name, m.net_args) != (first.net_name, first.net_args) for m in members):
@@ -179,8 +203,24 @@ def save_artifact(
         "plugin_version": broker_plugin.__version__,
         "torch_version": torch.__version__,
     }
+    extra_files = []
+    if trees is not None:
+        if not getattr(first, "uses_history", False):
+            raise InferenceError("history trees need members that read the photometric history")
+        if trees.n_classes != len(class_names):
+            raise InferenceError(f"trees of {trees.n_classes} classes for {len(class_names)} class names")
+        save_arrays(trees.arrays(), out / TREES_FILE)
+        extra_files.append(TREES_FILE)
+        info_ = {"net_weight": 0.5, **(trees_info or {})}
+        metadata["trees"] = {
+            "file": TREES_FILE, "sha256": _sha256(out / TREES_FILE), "models": trees.n_models,
+            "trees": len(trees.feature), "features": "history_statistics", **info_,
+        }  # fmt: skip
+    else:
+        (out / TREES_FILE).unlink(missing_ok=True)
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     files = [METADATA_FILE] + [b["backbone_file"] for b in backbones.values()] + [e["file"] for e in entries]
+    files += extra_files
     sums = "".join(f"{_sha256(out / f)}  {f}\n" for f in files)
     (out / CHECKSUM_FILE).write_text(sums)
     return hashlib.sha256(sums.encode()).hexdigest()[:16]
@@ -262,8 +302,32 @@ def load_artifact(
     members = [_load_member(root, meta["net"], entry, sums, device, loaded) for entry in entries]
     if not members or members[0].num_classes != len(classes):
         raise ArtifactFormatError("no member, or class names do not match the net's outputs")
+    trees = _load_trees(root, meta, sums, len(classes), members[0])
     model_id = hashlib.sha256((root / CHECKSUM_FILE).read_bytes()).hexdigest()[:16]
-    return Artifact(members, meta, model_id, norm)
+    return Artifact(members, meta, model_id, norm, trees)
+
+
+def _load_trees(
+    root: Path, meta: dict[str, Any], sums: dict[str, str], n_classes: int, net: nn.Module
+) -> BoostedTrees | None:
+    spec = meta.get("trees")
+    if spec is None:
+        return None
+    try:
+        name, weight = spec["file"], float(spec["net_weight"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactFormatError(f"unreadable trees entry in {METADATA_FILE}: {exc}") from None
+    if name not in sums or sums[name] != spec.get("sha256"):
+        raise ArtifactChecksumError(f"trees {name!r} are not covered by {CHECKSUM_FILE} with their SHA-256")
+    if not 0.0 <= weight <= 1.0 or not getattr(net, "uses_history", False):
+        raise ArtifactFormatError("trees need a net_weight in [0, 1] and members that read the history")
+    try:
+        trees = BoostedTrees.from_arrays(load_arrays(root / name))
+    except (ValueError, SafetensorError) as exc:
+        raise ArtifactFormatError(f"cannot rebuild the trees in {name}: {exc}") from None
+    if trees.n_classes != n_classes or trees.n_features > HISTORY_STATISTICS:
+        raise ArtifactFormatError(f"trees in {name} do not fit {n_classes} classes and the statistics")
+    return trees
 
 
 def _load_member(

@@ -7,9 +7,12 @@ Two paths give the same numbers (tested):
 - :meth:`Predictor.update`: incremental, one :class:`~broker_plugin.inference.incremental.ObjectCache`
   per object in, updated caches out (the service stores them keyed by ``model_id``).
 
-The ensemble output is the mean of the members' probabilities; ``spread`` is their standard deviation
-(population, 0 for a single member). Runs on CUDA when available, else CPU, under
-``torch.inference_mode``; ``bf16=True`` adds bfloat16 autocast (sensible on GPUs only).
+The net ensemble's answer is the mean of the members' probabilities; ``spread`` is their standard
+deviation (population, 0 for a single member). An artifact with history trees
+(:mod:`~broker_plugin.inference.trees`) answers with the product of that mean and the trees'
+probabilities for the same output's history rows; ``spread`` stays the members'. Runs on CUDA when
+available, else CPU, under ``torch.inference_mode``; ``bf16=True`` adds bfloat16 autocast (sensible on
+GPUs only).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from broker_plugin.inference.preprocess import (
     select_window,
     window_start,
 )
+from broker_plugin.inference.trees import BoostedTrees, blend
 from broker_plugin.records import Frame
 
 
@@ -46,7 +50,8 @@ class Prediction:
     Attributes
     ----------
     probabilities
-        ``(classes,)`` mean of the members' class probabilities.
+        ``(classes,)`` the answer: the members' mean class probabilities, blended with the history
+        trees' when the artifact has them.
     spread
         ``(classes,)`` standard deviation of the members' probabilities.
     n_frames
@@ -88,6 +93,10 @@ class Predictor:
     share_backbones
         Run (and cache) once the backbone that members share (the default recipe's folds share one);
         False runs every member's own copy, the same outputs at the members' cost (for benchmarks).
+    trees
+        History trees blended with the members (history nets only); None: the members alone.
+    net_weight
+        The members' exponent in the blend with ``trees`` (the trees get ``1 - net_weight``).
     """
 
     def __init__(
@@ -102,6 +111,8 @@ class Predictor:
         max_batch_size: int = 64,
         stacked: bool = True,
         share_backbones: bool = True,
+        trees: BoostedTrees | None = None,
+        net_weight: float = 1.0,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.members = [m.to(self.device).eval() for m in members]
@@ -119,6 +130,11 @@ class Predictor:
         self.stamp: int = first.config.stamp
         self.uses_context: bool = self.engine.uses_context
         self.uses_history: bool = self.engine.uses_history
+        if trees is not None and not self.uses_history:
+            raise InferenceInputError("history trees need a net that reads the photometric history")
+        if trees is not None and trees.n_classes != len(self.class_names):
+            raise InferenceInputError(f"trees of {trees.n_classes} classes, not {len(self.class_names)}")
+        self.trees, self.net_weight = trees, net_weight
 
     @classmethod
     def from_artifact(
@@ -136,7 +152,7 @@ class Predictor:
         return cls(
             art.members, model_id=art.model_id, normalisation=art.normalisation,
             class_names=art.class_names, device=device, bf16=bf16, max_batch_size=max_batch_size,
-            stacked=stacked,
+            stacked=stacked, trees=art.trees, net_weight=art.net_weight,
         )  # fmt: skip
 
     def preprocess(self, frames: Sequence[Frame], before: Sequence[Frame] = ()) -> ModelInput:
@@ -160,9 +176,12 @@ class Predictor:
         for start in range(0, len(order), self.max_batch_size):
             yield list(order[start : start + self.max_batch_size])
 
-    @staticmethod
-    def _summarise(member_probs: np.ndarray, n_frames: int) -> Prediction:
-        return Prediction(member_probs.mean(axis=0), member_probs.std(axis=0), n_frames)
+    def _answers(self, member_probs: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        """``(B, classes)``: the members' mean, blended with the trees on history ``rows`` if any."""
+        mean = member_probs.mean(axis=0)
+        if self.trees is None or rows is None:
+            return mean
+        return blend(mean, self.trees.history_probs(rows), self.net_weight)
 
     @torch.inference_mode()
     def predict(self, inputs: Sequence[ModelInput]) -> list[Prediction]:
@@ -185,14 +204,17 @@ class Predictor:
                     torch.from_numpy(a).to(self.device)
                     for a in collate_context(picked, frames=frames, stamp=self.stamp)
                 ]
+            rows = None
             if self.uses_history:
                 if not self.uses_context:
                     tensors += [None, None]
-                tensors.append(torch.from_numpy(collate_history(picked)).to(self.device))
+                rows = collate_history(picked)
+                tensors.append(torch.from_numpy(rows).to(self.device))
             with self._autocast():
                 probs = self.ensemble(*tensors).float().softmax(dim=-1).cpu().numpy()
+            answers = self._answers(probs, rows)
             for j, i in enumerate(batch):
-                results[i] = self._summarise(probs[:, j], len(windows[i]))
+                results[i] = Prediction(answers[j], probs[:, j].std(axis=0), len(windows[i]))
         return [r for r in results if r is not None]
 
     def predict_frames(
@@ -270,9 +292,10 @@ class Predictor:
                     rows = collate_history([new[i][k : k + 1] for i in batch])
                 with self._autocast():
                     probs, updated = self.engine.step([current[i] for i in batch], x, band, extras, rows)
+                answers = self._answers(probs, rows)
                 for j, i in enumerate(batch):
                     current[i] = updated[j]
                     n = updated[j].n_frames
                     window = n - window_start(n, self.chunk_size, self.max_chunks)
-                    steps[i].append(self._summarise(probs[:, j], window))
+                    steps[i].append(Prediction(answers[j], probs[:, j].std(axis=0), window))
         return list(zip(steps, current, strict=True))

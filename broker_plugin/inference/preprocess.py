@@ -300,6 +300,11 @@ def band_ids(bands: Sequence[str], band_offset: int) -> np.ndarray:
         raise InferenceInputError(f"unknown band in {list(bands)}; expected one of {BANDS}") from None
 
 
+def measured_frames(masks: np.ndarray) -> np.ndarray:
+    """``(n,)`` the frames of ``masks`` ``(n, H, W)`` with a measured pixel: the ones a net reads."""
+    return np.asarray(masks, bool).any(axis=(1, 2))
+
+
 def arrays_to_input(
     flux: np.ndarray,
     bands: Sequence[str],
@@ -337,7 +342,7 @@ def arrays_to_input(
     if flux.ndim != 3 or flux.shape[1:] != (stamp, stamp) or len(bands) != len(flux):
         raise InferenceInputError(f"expected ({len(bands)}, {stamp}, {stamp}) frames, got {flux.shape}")
     masks = np.ones(flux.shape, bool) if masks is None else np.asarray(masks, bool)
-    keep = masks.any(axis=(1, 2))
+    keep = measured_frames(masks)
     ids = band_ids(bands, 0)[keep]
     x = norm.apply(np.where(masks, flux, 0.0)[keep], ids)
     x[~masks[keep]] = 0.0

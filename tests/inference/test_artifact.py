@@ -1,11 +1,13 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from broker_plugin.inference.artifact import (
     CHECKSUM_FILE,
+    FORMAT_VERSION,
     METADATA_FILE,
     _sha256,
     load_artifact,
@@ -153,7 +155,7 @@ def shared_artifact(tmp_path):
 def test_a_shared_backbone_is_stored_once_and_loads_bit_exact(shared_artifact):
     root, members, model_id = shared_artifact
     loaded = load_artifact(root)
-    assert loaded.model_id == model_id and loaded.metadata["format_version"] == 2
+    assert loaded.model_id == model_id and loaded.metadata["format_version"] == FORMAT_VERSION == 3
     for original, back in zip(members, loaded.members, strict=True):
         ref, got = original.state_dict(), back.state_dict()
         assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
@@ -187,3 +189,31 @@ def test_format_1_artifacts_with_whole_member_files_still_load(artifact):
     loaded = load_artifact(root)
     for original, back in zip(members, loaded.members, strict=True):
         assert all(torch.equal(v, back.state_dict()[k]) for k, v in original.state_dict().items())
+
+
+def test_history_trees_are_stored_checksummed_and_load_equal(tmp_path):
+    from broker_plugin.inference.errors import InferenceError
+
+    from ..factories import make_artifact, make_trees
+
+    directory = make_artifact(tmp_path / "a", "convention-alert-small", 2, shared_backbone=True, trees=True)
+    art = load_artifact(directory)
+    expected, _ = make_trees()
+    assert art.trees is not None and art.net_weight == 0.5
+    for name, array in expected.arrays().items():
+        np.testing.assert_array_equal(getattr(art.trees, name), array)
+    meta = json.loads((directory / "metadata.json").read_text())
+    assert meta["format_version"] == 3 and meta["trees"]["models"] == 2
+    assert "trees.safetensors" in (directory / "SHA256SUMS").read_text()
+    # The trees are part of the model: altering them is refused like altering a member.
+    data = bytearray((directory / "trees.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (directory / "trees.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ArtifactChecksumError):
+        load_artifact(directory)
+    # Without trees, an artifact of the same members has no trees file and the members alone answer.
+    plain = make_artifact(tmp_path / "b", "convention-alert-small", 2, shared_backbone=True)
+    assert load_artifact(plain).trees is None and load_artifact(plain).net_weight == 1.0
+    assert not (plain / "trees.safetensors").exists()
+    with pytest.raises(InferenceError, match="history"):
+        make_artifact(tmp_path / "c", "convention-small", 1, trees=True)

@@ -79,3 +79,42 @@ def test_from_artifact_and_frames(tmp_path):
     (ref,) = direct.predict_frames([frames])
     np.testing.assert_allclose(pred.probabilities, ref.probabilities, atol=1e-6)
     assert predictor.class_names == ["AGN", "SNIa", "Variable", "SNOther"]
+
+
+def test_history_trees_blend_with_the_members_in_every_path(tmp_path):
+    from broker_plugin.inference.history import collate_history
+    from broker_plugin.inference.trees import blend
+
+    from ..factories import make_artifact
+    from .conftest import make_context_input
+
+    directory = make_artifact(tmp_path / "a", "convention-alert-small", 2, shared_backbone=True, trees=True)
+    with_trees = Predictor.from_artifact(directory, device="cpu")
+    members_only = Predictor(
+        with_trees.members, model_id="m", normalisation=FluxNormalisation(), device="cpu"
+    )
+    assert with_trees.trees is not None and with_trees.net_weight == 0.5
+    inputs = [make_context_input(n, seed=n) for n in (4, 11, 7)]
+    full = with_trees.predict(inputs)
+    alone = members_only.predict(inputs)
+    tree_probs = with_trees.trees.history_probs(collate_history(inputs))
+    for got, net, trees in zip(full, alone, tree_probs, strict=True):
+        np.testing.assert_allclose(got.probabilities, blend(net.probabilities, trees, 0.5), atol=1e-6)
+        np.testing.assert_allclose(got.spread, net.spread, atol=1e-7)  # the members' spread
+        assert not np.allclose(got.probabilities, net.probabilities, atol=1e-3)
+    # Incremental, one frame at a time: every step's answer is the full recompute's at that prefix.
+    steps = with_trees.update_steps([None] * 3, inputs)
+    for inp, (answers, _) in zip(inputs, steps, strict=True):
+        for k, answer in enumerate(answers):
+            (ref,) = with_trees.predict([inp[: k + 1]])
+            np.testing.assert_allclose(answer.probabilities, ref.probabilities, atol=1e-5)
+
+
+def test_trees_need_a_history_net():
+    from ..factories import make_trees
+
+    members = make_members("convention-small", count=1)
+    with pytest.raises(InferenceInputError, match="history"):
+        Predictor(
+            members, model_id="m", normalisation=FluxNormalisation(), device="cpu", trees=make_trees()[0]
+        )

@@ -277,3 +277,57 @@ def test_seeds_can_share_one_stage_one_backbone(small_dataset: Path, tmp_path: P
     b = torch.load(run / "members" / "member-f0-s1.pt", weights_only=True)["state"]
     differ = {k for k in a if not torch.equal(a[k], b[k])}
     assert differ and all(k.startswith("head.") for k in differ)  # the seeds' heads, one backbone
+
+
+def test_history_trees_train_per_fold_blend_out_of_fold_and_ship(small_dataset: Path, tmp_path: Path):
+    from broker_plugin.inference.trees import BoostedTrees, blend, statistics_features
+    from broker_plugin_train.plan import make_plan
+    from broker_plugin_train.prefix import prefix_history_rows
+    from broker_plugin_train.trees import ARRAY_NAMES
+
+    args = [
+        *_args(tmp_path, small_dataset),
+        "--training.net.name=convention-alert-small",
+        "--training.trees.enabled=true",
+        "--training.trees.max_iter=5",
+    ]
+    assert main(["all", *args]) == 0
+    plan = make_plan(load_config(CONFIG, args[4:]), small_dataset)
+    run = tmp_path / "run"
+    net = plan.new_net(0)
+    features = np.load(run / "trees" / "features.npz")
+    transfer = np.sort(np.concatenate([s.test for s in plan.transfer_folds]))
+    # No skew: the trees' training features are the statistics of the rows the net reads at each view.
+    inputs = [plan.source.input_for(int(i), plan.normalisation(), net) for i in transfer[:4]]
+    rows = prefix_history_rows(net, inputs, (6, 24))
+    expected = np.stack([statistics_features(r) for r in rows])
+    np.testing.assert_array_equal(features["transfer"][:4], expected)
+    summary = json.loads((run / "ensemble" / "folds.json").read_text())
+    assert {"net_only", "trees_only", "fold_ensembles"} <= summary.keys()
+    blended = np.load(run / "ensemble" / "predictions.npz")
+    start = 0
+    for split in plan.transfer_folds:
+        stored = np.load(run / "trees" / f"fold-{split.fold}.npz")
+        np.testing.assert_array_equal(stored["indices"], split.test)
+        assert stored["probs"].shape == (len(split.test), 3, 4)  # prefixes 6 and 24, whole history
+        # The stored arrays are the fold's model: they reproduce its out-of-fold probabilities.
+        fold_trees = BoostedTrees.from_arrays({n: stored[n] for n in ARRAY_NAMES})
+        pos = np.searchsorted(transfer, split.test)
+        np.testing.assert_allclose(
+            fold_trees.predict_proba(features["transfer"][pos, -1]), stored["probs"][:, -1], atol=1e-9
+        )
+        # The fold's answer is the blend of its members' mean with its trees.
+        members = [
+            np.load(run / "members" / f"pred-{m.key}.npz")["probs"]
+            for m in plan.members
+            if m.fold == split.fold
+        ]
+        np.testing.assert_allclose(
+            blended["probs"][start : start + len(split.test)],
+            blend(np.mean(members, axis=0), stored["probs"], 0.5),
+            atol=1e-6,
+        )
+        start += len(split.test)
+    art = load_artifact(tmp_path / "model")
+    assert art.trees is not None and art.trees.n_models == len(plan.transfer_folds) and art.net_weight == 0.5
+    Predictor.from_artifact(tmp_path / "model", device="cpu")  # the service loads it
