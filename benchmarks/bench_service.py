@@ -186,11 +186,13 @@ def random_artifact(directory: Path, net: str) -> Path:
 class Variant:
     """How the service runs: its preparation processes, the torch threads of its inference, and whether
     ensemble members that share a stage-1 backbone run it once (False: each member its own copy, the
-    cost without sharing; the same outputs)."""
+    cost without sharing; the same outputs), and whether an artifact's history trees are blended in (False:
+    the members alone, the cost of the net)."""
 
     prepare_processes: int
     torch_threads: int
     share_backbones: bool = True
+    trees: bool = True
 
 
 def settings_for(bootstrap: str, model: Path, state: Path, topic: str, variant: Variant) -> Settings:
@@ -210,8 +212,10 @@ def settings_for(bootstrap: str, model: Path, state: Path, topic: str, variant: 
 
 
 class Running:
-    def __init__(self, settings: Settings, share_backbones: bool = True) -> None:
+    def __init__(self, settings: Settings, share_backbones: bool = True, trees: bool = True) -> None:
         self.parts = build_parts(settings)
+        if not trees:
+            self.parts.predictor.trees = None
         if not share_backbones:  # the predictor's engine, rebuilt with a backbone per member
             p = self.parts.predictor
             p.engine = IncrementalEngine(
@@ -260,7 +264,7 @@ def measure(
     create_topics(bootstrap, [f"{topic}-out", f"{topic}-dead"])
     settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic, variant)
     alerts = make_alerts(n, seed=1, first_object=1_000)
-    running = Running(settings, variant.share_backbones)
+    running = Running(settings, variant.share_backbones, variant.trees)
     start, cpu = time.monotonic(), _cpu_seconds()
     produce(bootstrap, topic, alerts)
     while committed_total(bootstrap, settings.kafka.group_id, topic) < n and time.monotonic() - start < 900:
@@ -274,7 +278,7 @@ def measure(
     create_topics(bootstrap, [f"{topic2}-out", f"{topic2}-dead"])
     settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant)
     paced = make_alerts(int(rate * seconds), seed=2, first_object=500_000)
-    running = Running(settings2, variant.share_backbones)
+    running = Running(settings2, variant.share_backbones, variant.trees)
     produce(bootstrap, topic2, paced, rate=rate)
     deadline = time.monotonic() + 300
     while (
@@ -292,6 +296,7 @@ def measure(
         "model": label, "ensemble_size": members, "repeat": run // args.runs_per_repeat,
         "prepare_processes": variant.prepare_processes, "torch_threads": variant.torch_threads,
         "share_backbones": variant.share_backbones,
+        "trees_variant": variant.trees, "trees": running.parts.predictor.trees is not None,
         "parameters": sum(p.numel() for p in running.parts.predictor.members[0].parameters()),
         "input_partitions": partitions, "keyed": False,
         "load_average_1min_before": round(os.getloadavg()[0], 2),
@@ -318,7 +323,8 @@ def _metrics_of(run: dict) -> dict[str, float | None]:
 
 
 def _variant_of(run: dict) -> tuple:
-    return run["prepare_processes"], run["torch_threads"], run.get("share_backbones", True)
+    return (run["prepare_processes"], run["torch_threads"], run.get("share_backbones", True),
+            run.get("trees_variant", True))  # fmt: skip
 
 
 def summarise(results: list[dict], variants: list[Variant]) -> list[dict]:
@@ -332,6 +338,7 @@ def summarise(results: list[dict], variants: list[Variant]) -> list[dict]:
             mine = [r for r in runs if _variant_of(r) == astuple(variant)]
             row: dict = {"model": model, "prepare_processes": variant.prepare_processes,
                          "torch_threads": variant.torch_threads, "share_backbones": variant.share_backbones,
+                         "trees": variant.trees,
                          "runs": len(mine)}  # fmt: skip
             for key in ("alerts_per_second", "cpu_s", "p50_s", "p99_s"):
                 values = [_metrics_of(r)[key] for r in mine if _metrics_of(r)[key] is not None]
@@ -358,6 +365,7 @@ def main() -> None:
     parser.add_argument("--prepare-processes", nargs="+", type=int, default=[1])
     parser.add_argument("--torch-threads", nargs="+", type=int, default=[2])
     parser.add_argument("--share-backbones", nargs="+", choices=["yes", "no"], default=["yes"])
+    parser.add_argument("--trees", nargs="+", choices=["yes", "no"], default=["yes"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--alerts", type=int, default=1800)
     parser.add_argument("--rate", type=float, default=300.0)
@@ -366,8 +374,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service_cpu.json")
     args = parser.parse_args()
     variants = [
-        Variant(p, t, s == "yes")
-        for s, p, t in itertools.product(args.share_backbones, args.prepare_processes, args.torch_threads)
+        Variant(p, t, s == "yes", h == "yes")
+        for h, s, p, t in itertools.product(
+            args.trees, args.share_backbones, args.prepare_processes, args.torch_threads
+        )
     ]
     results = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:

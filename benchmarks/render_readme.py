@@ -90,9 +90,9 @@ def service_table() -> str:
         f"code `{result.get('code', '?')}`, "
         f"load average {result['machine'].get('load_average_1min_after', 0):.1f} after the run.",
         "",
-        "| model | members | backbones | throughput [alerts/s] | p50 / p99 latency at "
+        "| model | members | backbones | history trees | throughput [alerts/s] | p50 / p99 latency at "
         f"{args.get('rate', 300):.0f}/s [s] | decode / normalise / store / inference / publish [s] |",
-        "|---|---:|---|---:|---:|---|",
+        "|---|---:|---|---|---:|---:|---|",
     ]
     for r in result["results"]:
         t, lat = r["throughput"], r["latency_at_rate"]
@@ -105,6 +105,7 @@ def service_table() -> str:
         backbones = "shared" if r.get("share_backbones", True) else "one per member"
         lines.append(
             f"| {r.get('model', r.get('net'))} | {r.get('ensemble_size', 1)} | {backbones} | "
+            f"{'blended' if r.get('trees') else '-'} | "
             f"{t['alerts_per_second']} | "
             f"{lat['p50_s']} / {lat['p99_s']} | {shares} |"
         )

@@ -94,6 +94,8 @@ def build_parts(settings: Settings) -> Parts:
         device=device,
         bf16=settings.model.bf16,
         max_batch_size=settings.service.batch_max_size,
+        trees=artifact.trees,
+        net_weight=artifact.net_weight,
     )
     info = model_info(settings, artifact)
     stamps = model_stamp_settings(settings, artifact)

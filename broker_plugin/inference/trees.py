@@ -106,8 +106,15 @@ class BoostedTrees:
         return int(self.feature[splits].max()) + 1 if splits.any() else 0
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays by name (:data:`ARRAY_NAMES`), for storage."""
-        return {name: getattr(self, name) for name in ARRAY_NAMES}
+        """The arrays by name (:data:`ARRAY_NAMES`), for storage: indices in the narrowest integer type
+        that holds them (thresholds and values stay float64, so decisions and scores are unchanged)."""
+        out = {}
+        for name in ARRAY_NAMES:
+            a = getattr(self, name)
+            if a.dtype == np.int64:
+                a = a.astype(np.int16 if np.abs(a).max(initial=0) < 2**15 else np.int32)
+            out[name] = a
+        return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> BoostedTrees:
