@@ -106,8 +106,11 @@ class BoostedTrees:
         return int(self.feature[splits].max()) + 1 if splits.any() else 0
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays by name (:data:`ARRAY_NAMES`), for storage: indices in the narrowest integer type
-        that holds them (thresholds and values stay float64, so decisions and scores are unchanged)."""
+        """The arrays by name (:data:`ARRAY_NAMES`), for storage.
+
+        Indices go in the narrowest integer type that holds them; thresholds and values stay float64,
+        so decisions and scores are unchanged.
+        """
         out = {}
         for name in ARRAY_NAMES:
             a = getattr(self, name)
