@@ -51,6 +51,7 @@ def run_export(plan: Plan, out: str | Path | None = None) -> tuple[Path, str]:
     trees_info = None
     if trees is not None:
         trees_info = {"net_weight": t.trees.net_weight, "learning_rate": t.trees.learning_rate,
+                      "ship": t.trees.ship,
                       "iterations": [int(len(trees.tree_model[trees.tree_model == m]) // len(CLASSES))
                                      for m in range(trees.n_models)]}  # fmt: skip
     model_id = save_artifact(

@@ -143,6 +143,12 @@ class TreesSection(_Strict):
     early_stopping: bool = Field(
         True, description="Stop when 10 % of the training rows, held aside, stop improving for 10 rounds."
     )
+    ship: Literal["refit", "folds"] = Field(
+        "refit",
+        description="What the artifact carries: one model refitted on the pool and every confirmed object "
+        "(the fold models' out-of-fold scores estimate it; the service walks a fifth of the trees), or "
+        "every fold's model, averaged.",
+    )
 
 
 class TrainingSection(_Strict):

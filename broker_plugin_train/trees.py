@@ -4,10 +4,11 @@ The features are the service's own: :func:`~broker_plugin.inference.trees.statis
 history rows of an output (every epoch the alert carries up to it), at each stage-2 prefix view and on
 the whole history, exactly the outputs the net's out-of-fold predictions are made for. Fold ``f``'s
 model trains on the unconfirmed pool and fold ``f``'s training part (every view of every object: early
-outputs read short histories) and scores fold ``f``'s test part, which it never saw; the service
-averages the folds' models (:class:`~broker_plugin.inference.trees.BoostedTrees`), as it averages the
-net's members. Unlike the net's head, the trees can use the whole pool: nothing upstream was fitted to
-those objects, so their features are no cleaner than a new object's.
+outputs read short histories) and scores fold ``f``'s test part, which it never saw. The artifact carries
+one model refitted by the same recipe on the pool and every confirmed object (``trees.ship = "refit"``,
+default: the fold models' scores estimate it, and the service walks a fifth of the trees) or every
+fold's model, averaged (``"folds"``). Unlike the net's head, the trees can use the whole pool: nothing
+upstream was fitted to those objects, so their features are no cleaner than a new object's.
 """
 
 from __future__ import annotations
@@ -137,6 +138,13 @@ def run_trees(plan: Plan) -> dict[str, Any]:
             summary.append({"fold": split.fold, "iterations": int(stored["iterations"]),
                             **{k: s[k] for k in ("accuracy", "macro_f1")}})  # fmt: skip
     (out / "folds.json").write_text(json.dumps(summary, indent=1) + "\n")
+    refit = out / "refit.npz"
+    if plan.config.training.trees.ship == "refit" and not refit.exists():
+        # The shipped model: the same recipe on every object the folds' models saw between them.
+        x = np.concatenate([x_pool, x_transfer]).reshape(-1, x_pool.shape[-1])
+        y = np.repeat(np.concatenate([labels[plan.pretrain_idx], labels[transfer]]), views)
+        model = _fit(plan, x, y, plan.config.training.seed * 1000 + 999)
+        np.savez(refit, **from_sklearn([model]).arrays(), iterations=model.n_iter_)
     return {"per_fold": summary}
 
 
@@ -149,7 +157,13 @@ def fold_probs(plan: Plan, fold: int, indices: np.ndarray) -> np.ndarray:
 
 
 def load_trees(plan: Plan) -> BoostedTrees:
-    """Every fold's model in one :class:`BoostedTrees` (the service averages them)."""
+    """The trees the artifact ships (``training.trees.ship``).
+
+    The refitted model, or every fold's model in one :class:`BoostedTrees` (the service averages them).
+    """
+    if plan.config.training.trees.ship == "refit":
+        with np.load(trees_dir(plan) / "refit.npz") as stored:
+            return BoostedTrees.from_arrays({n: stored[n] for n in ARRAY_NAMES})
     parts = []
     for split in plan.transfer_folds:
         with np.load(trees_dir(plan) / f"fold-{split.fold}.npz") as stored:

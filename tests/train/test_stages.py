@@ -329,5 +329,10 @@ def test_history_trees_train_per_fold_blend_out_of_fold_and_ship(small_dataset: 
         )
         start += len(split.test)
     art = load_artifact(tmp_path / "model")
-    assert art.trees is not None and art.trees.n_models == len(plan.transfer_folds) and art.net_weight == 0.5
+    # The shipped trees: one model refitted on every object (default), or every fold's (ship = "folds").
+    assert art.trees is not None and art.trees.n_models == 1 and art.net_weight == 0.5
+    refit = np.load(run / "trees" / "refit.npz")
+    np.testing.assert_array_equal(art.trees.value, refit["value"])
+    assert main(["export", *args, "--training.trees.ship=folds"]) == 0
+    assert load_artifact(tmp_path / "model").trees.n_models == len(plan.transfer_folds)
     Predictor.from_artifact(tmp_path / "model", device="cpu")  # the service loads it
