@@ -88,6 +88,7 @@ class BoostedTrees:
             raise ValueError("a tree belongs to a model that does not exist")
         if (self.feature[splits] < 0).any():
             raise ValueError("a split reads a negative feature index")
+        self._flat  # noqa: B018 - builds the walk's layout now: a malformed tree fails on loading
 
     @property
     def n_models(self) -> int:

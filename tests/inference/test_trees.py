@@ -61,6 +61,11 @@ def test_arrays_round_trip_and_bad_arrays_are_refused(fitted):
     loop = {**arrays, "right": np.where(arrays["leaf"], 0, 0)}
     with pytest.raises(ValueError, match="root"):
         BoostedTrees.from_arrays(loop)
+    backwards = {k: v.copy() for k, v in arrays.items()}
+    t, k = np.argwhere(~arrays["leaf"][:, 2:])[0]
+    backwards["left"][t, k + 2] = 1  # a child numbered before its parent: not a tree this code can walk
+    with pytest.raises(ValueError, match="before its parent"):
+        BoostedTrees.from_arrays(backwards)
     wrong_class = {**arrays, "tree_class": arrays["tree_class"] + 10}
     with pytest.raises(ValueError, match="class"):
         BoostedTrees.from_arrays(wrong_class)
