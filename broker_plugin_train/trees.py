@@ -150,7 +150,10 @@ def run_trees(plan: Plan) -> dict[str, Any]:
 
 def fold_probs(plan: Plan, fold: int, indices: np.ndarray) -> np.ndarray:
     """Fold ``fold``'s out-of-fold tree probabilities ``(n, views, K)`` for its test objects ``indices``."""
-    with np.load(trees_dir(plan) / f"fold-{fold}.npz") as stored:
+    path = trees_dir(plan) / f"fold-{fold}.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the trees stage (training.trees.enabled) first")
+    with np.load(path) as stored:
         if not np.array_equal(stored["indices"], indices):
             raise ValueError(f"fold {fold}'s trees scored other objects than its net members: rerun trees")
         return stored["probs"]
