@@ -3,7 +3,8 @@
 The artifact is loaded and verified by the service's own loader, inputs go through the service's
 preprocessing with the artifact's normalisation, and the ensemble's mean probability is scored after
 each prefix and on whole histories (blended with the artifact's history trees, as the service does,
-with the members alone reported beside). Members that share a frozen backbone share one front-end pass.
+with the members alone reported beside). Members that share a frozen backbone share one pass of the
+front end and the blocks; each member's head and history layers read it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from broker_plugin.inference.artifact import load_artifact
+from broker_plugin.inference.ensemble import MEMBER_OWN_PREFIXES
 from broker_plugin.inference.trees import blend
 from broker_plugin.progress import progress
 from broker_plugin_train.config import TrainConfig
@@ -26,9 +28,14 @@ from broker_plugin_train.prefix import head_probs, prefix_features, prefix_histo
 
 
 def _backbone_digest(net: torch.nn.Module) -> str:
+    """Digest of what members sharing a front end and blocks have in common.
+
+    Their heads and history layers after the GRU differ
+    (:data:`~broker_plugin.inference.ensemble.MEMBER_OWN_PREFIXES`).
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(net.state_dict().items()):
-        if not name.startswith("head."):
+        if not name.startswith(("head.", *MEMBER_OWN_PREFIXES)):
             digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()
 
@@ -52,13 +59,16 @@ def evaluate_artifact(
     first = art.members[0]
     inputs = [source.input_for(i, art.normalisation, first) for i in idx]
     prefixes = config.training.evaluate.curve_frames
-    cached: dict[str, np.ndarray] = {}
-    member_probs = []
-    for k, net in enumerate(progress(art.members, desc="evaluate", unit="member")):
-        key = _backbone_digest(net)
-        if key not in cached:
-            cached[key] = prefix_features(net, inputs, prefixes, label=f"member {k}")
-        member_probs.append(head_probs(net.head, cached[key]))
+    groups: dict[str, list[int]] = {}
+    for k, net in enumerate(art.members):
+        groups.setdefault(_backbone_digest(net), []).append(k)
+    member_probs: list[np.ndarray] = [np.empty(0)] * len(art.members)
+    for members in progress(groups.values(), desc="evaluate", unit=" backbone"):
+        # One front-end and blocks pass per shared backbone; each member's head and history layers on it.
+        nets = [art.members[k] for k in members]
+        features = prefix_features(nets, inputs, prefixes, label=f"members {members[0]}-{members[-1]}")
+        for k, feats in zip(members, features, strict=True):
+            member_probs[k] = head_probs(art.members[k].head, feats)
     probs = np.mean(member_probs, axis=0)
     y = source.labels[idx]
     blended: dict[str, Any] = {}

@@ -61,7 +61,7 @@ def _tokens(net: nn.Module, inputs: Sequence[ModelInput]) -> tuple[torch.Tensor,
 
 @torch.inference_mode()
 def prefix_features(
-    net: nn.Module,
+    net: nn.Module | Sequence[nn.Module],
     inputs: Sequence[ModelInput],
     prefixes: Sequence[int],
     batch_size: int = 16,
@@ -72,7 +72,10 @@ def prefix_features(
     Parameters
     ----------
     net
-        Put in eval mode (BatchNorm uses its frozen running statistics).
+        Put in eval mode (BatchNorm uses its frozen running statistics). A sequence of nets that share
+        one backbone (:func:`~broker_plugin.inference.ensemble.backbone_groups`: they differ in their
+        heads and history layers only) gives ``(nets, n, len(prefixes) + 1, F)``: the front end and the
+        blocks run once, with the first net's weights, and each net's head reads them.
     inputs
         Preprocessed objects (whole histories).
     prefixes
@@ -82,49 +85,56 @@ def prefix_features(
     label
         Name on the progress line.
     """
-    net.eval()
+    nets = [net] if isinstance(net, nn.Module) else list(net)
+    for n in nets:
+        n.eval()
+    first = nets[0]
     out: np.ndarray | None = None
     bar = progress(total=len(inputs), desc=label, unit=" objects", leave=False)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = [inputs[i] for i in idx]
-        if net.pad_window:
-            feats = _slow_prefix_features(net, batch, prefixes)
+        if first.pad_window:
+            feats = np.stack([_slow_prefix_features(n, batch, prefixes) for n in nets])
         else:
-            tokens, valid = _tokens(net, batch)
-            ranges = [prefix_windows(len(b), prefixes, net.chunk_size, net.max_chunks) for b in batch]
-            feats: list[torch.Tensor | None] = []
+            tokens, valid = _tokens(first, batch)
+            ranges = [prefix_windows(len(b), prefixes, first.chunk_size, first.max_chunks) for b in batch]
+            views: list[list[torch.Tensor] | None] = []
             for v in range(len(prefixes) + 1):
                 if v < len(prefixes) and all(r[v] == r[-1] for r in ranges):
                     # Every object of the batch is shorter than this prefix: its whole-history window.
-                    feats.append(None)
+                    views.append(None)
                     continue
                 length = max(r[v][1] - r[v][0] for r in ranges)
-                win = tokens.new_zeros(len(batch), length, *net.token_shape)
+                win = tokens.new_zeros(len(batch), length, *first.token_shape)
                 mask = torch.zeros(len(batch), length, dtype=torch.bool, device=win.device)
                 for k, r in enumerate(ranges):
                     lo, hi = r[v]
                     win[k, : hi - lo] = tokens[k, lo:hi]
                     mask[k, : hi - lo] = valid[k, lo:hi]
                 head = {}
-                if getattr(net, "uses_history", False):
+                if getattr(first, "uses_history", False):
                     # The rows of the window's last frame: the output after this prefix.
                     rows = np.stack(
-                        [_rows_at(b, r[v], net.chunk_size) for r, b in zip(ranges, batch, strict=True)]
+                        [_rows_at(b, r[v], first.chunk_size) for r, b in zip(ranges, batch, strict=True)]
                     )
                     head["history"] = torch.from_numpy(rows).to(win.device)
-                blocks = net.forward_blocks(win, mask)
-                feats.append(net.forward_head(blocks, mask, pre_logits=True, **head).float())
-            whole = feats[-1]
-            feats = torch.stack([whole if f is None else f for f in feats], dim=1).cpu().numpy()
+                blocks = first.forward_blocks(win, mask)
+                views.append([n.forward_head(blocks, mask, pre_logits=True, **head).float() for n in nets])
+            whole = views[-1]
+            assert whole is not None  # noqa: S101 - the whole-history view is always computed
+            feats = np.stack([
+                torch.stack([(whole if f is None else f)[m] for f in views], dim=1).cpu().numpy()
+                for m in range(len(nets))
+            ])  # fmt: skip
         if out is None:
-            out = np.zeros((len(inputs), *feats.shape[1:]), np.float32)
-        out[idx] = feats
+            out = np.zeros((len(nets), len(inputs), *feats.shape[2:]), np.float32)
+        out[:, idx] = feats
         bar.update(len(idx))
     bar.close()
     assert out is not None  # noqa: S101 - inputs is never empty here
-    return out
+    return out[0] if isinstance(net, nn.Module) else out
 
 
 def _rows_at(inp: ModelInput, window: tuple[int, int], chunk_size: int) -> np.ndarray:

@@ -67,3 +67,22 @@ def test_history_rows_of_each_view_feed_a_retrained_history_encoder():
     refreshed = refresh_history(net, feats, parts)
     assert not np.allclose(refreshed, feats, atol=1e-3)
     np.testing.assert_allclose(refreshed, prefix_features(net, inputs, prefixes, batch_size=2), atol=1e-5)
+
+
+def test_members_sharing_a_backbone_share_one_pass_and_keep_their_own_heads():
+    from ..factories import share_backbone
+
+    args = {"channels": (4, 8, 8, 8), "head_hidden": 16, "max_chunks": 6}
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        members.append(create_net("convention-alert-small", **args).eval())
+    share_backbone(members, [0, 0, 0])  # own heads and history layers, one front end and blocks
+    inputs = _inputs([4, 11, 25], context=True)
+    together = prefix_features(members, inputs, (3, 6, 12), batch_size=2)
+    assert together.shape[:3] == (3, 3, 4)
+    for member, feats in zip(members, together, strict=True):
+        np.testing.assert_allclose(
+            feats, prefix_features(member, inputs, (3, 6, 12), batch_size=2), atol=1e-6
+        )
+    assert not np.allclose(together[0], together[1], atol=1e-3)  # the heads differ
