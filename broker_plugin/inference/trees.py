@@ -11,7 +11,7 @@ in numpy: every tree at once, one level per step, for a whole micro-batch. The r
 scikit-learn's ``HistGradientBoostingClassifier``'s (tested equal to its ``predict_proba``): a missing
 (NaN) value goes to the side the node learnt, otherwise ``x <= threshold`` goes left. A multiclass model
 adds one tree per class and iteration to its baseline; its softmax is its probability; several models
-(one per fold) are averaged.
+(one per fold, when an artifact ships them all) are averaged.
 """
 
 from __future__ import annotations
