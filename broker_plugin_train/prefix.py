@@ -137,10 +137,15 @@ def prefix_features(
     return out[0] if isinstance(net, nn.Module) else out
 
 
+def output_frame(window: tuple[int, int], n_frames: int, chunk_size: int) -> int:
+    """Index of the frame whose output the token ``window`` of an ``n_frames``-frame object is (its last)."""
+    return min(window[1] * chunk_size, n_frames) - 1
+
+
 def _rows_at(inp: ModelInput, window: tuple[int, int], chunk_size: int) -> np.ndarray:
     """The history rows of the output at the last frame of the token ``window`` of ``inp``."""
     assert inp.history is not None  # noqa: S101 - only called for nets that read the history
-    return inp.history[min(window[1] * chunk_size, len(inp)) - 1]
+    return inp.history[output_frame(window, len(inp), chunk_size)]
 
 
 def prefix_history_rows(net: nn.Module, inputs: Sequence[ModelInput], prefixes: Sequence[int]) -> np.ndarray:

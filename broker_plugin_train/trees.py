@@ -26,7 +26,7 @@ from broker_plugin.progress import progress
 from broker_plugin_train.config import CLASSES
 from broker_plugin_train.evaluate import scores
 from broker_plugin_train.plan import Plan
-from broker_plugin_train.prefix import prefix_windows
+from broker_plugin_train.prefix import output_frame, prefix_windows
 
 
 def trees_dir(plan: Plan) -> Path:
@@ -37,7 +37,7 @@ def trees_dir(plan: Plan) -> Path:
 def output_frames(n_frames: int, prefixes: tuple[int, ...], chunk_size: int, max_chunks: int) -> list[int]:
     """Index of the frame whose output each prefix view (then the whole history) is, as the net's views."""
     windows = prefix_windows(n_frames, prefixes, chunk_size, max_chunks)
-    return [min(end * chunk_size, n_frames) - 1 for _, end in windows]
+    return [output_frame(window, n_frames, chunk_size) for window in windows]
 
 
 def object_features(plan: Plan, indices: np.ndarray, label: str) -> np.ndarray:
