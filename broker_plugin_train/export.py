@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from broker_plugin.inference.artifact import save_artifact
 from broker_plugin_train.config import CLASSES
 from broker_plugin_train.finetune import member_path
@@ -52,8 +54,8 @@ def run_export(plan: Plan, out: str | Path | None = None) -> tuple[Path, str]:
     if trees is not None:
         trees_info = {"net_weight": t.trees.net_weight, "learning_rate": t.trees.learning_rate,
                       "ship": t.trees.ship,
-                      "iterations": [int(len(trees.tree_model[trees.tree_model == m]) // len(CLASSES))
-                                     for m in range(trees.n_models)]}  # fmt: skip
+                      # One tree per class and iteration of each model.
+                      "iterations": (np.bincount(trees.tree_model) // trees.n_classes).tolist()}  # fmt: skip
     model_id = save_artifact(
         target,
         members,
