@@ -22,13 +22,17 @@ Incremental path: when the batch's new frames of an object arrive in time order 
 the object's cached tokens (see :mod:`broker_plugin.tracking`) are extended one new frame at a time,
 which gives the output of every new frame on the way. The cache is used only when it provably describes
 every earlier frame (its frame count matches the store's); otherwise it is rebuilt from the stored
-frames first. New frames that arrive out of time order make each such alert's known frames a different
-sequence: those are classified by full recompute of their windows and the cache is rebuilt from every
-stored frame. Either way the outputs are the same (incremental == recompute within 1e-5, tested).
+frames first. New frames that arrive out of time order (unkeyed alerts drained from many partitions
+after a pause) make each such alert's known frames a different sequence: each frame is inserted among the
+object's known frames in arrival order; the tokens of the chunks before it are kept, the chunks after
+it are embedded again (batched across objects) and the last known frame is stepped with the alert's own
+history. Either way the outputs are those of a full recompute of the known frames (within 1e-5, tested);
+redelivered frames are classified by full recompute.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import time
@@ -39,6 +43,7 @@ import numpy as np
 
 from broker_plugin import __version__
 from broker_plugin.exceptions import BrokerPluginError
+from broker_plugin.inference.incremental import ObjectCache, RebuildJob
 from broker_plugin.inference.predictor import Prediction, Predictor
 from broker_plugin.records import Alert, Classification, ClassProbability, Frame
 from broker_plugin.stamps import StampNormaliser
@@ -130,6 +135,22 @@ class _ObjectWork:
         return out
 
 
+@dataclass
+class _Insertion:
+    """An object whose new frames arrived out of time order, inserted one alert at a time.
+
+    ``known``: its known frames in time order (those before the batch, then each new frame inserted in
+    arrival order); ``cache``: the incremental cache of ``known`` (None: to be rebuilt); ``stored``: its
+    frames in the store after the batch.
+    """
+
+    item: _ObjectWork
+    new: list[int]
+    known: list[Frame]
+    stored: list[Frame]
+    cache: ObjectCache | None
+
+
 def _time_key(frame: Frame) -> tuple[float, int]:
     return frame.midpointMjdTai, frame.diaSourceId
 
@@ -138,6 +159,10 @@ def _without(stored: Sequence[Frame], new_frames: Sequence[Frame]) -> list[Frame
     """The stored frames that are not among ``new_frames``: those the object had before the batch."""
     new_ids = {f.diaSourceId for f in new_frames}
     return [f for f in stored if f.diaSourceId not in new_ids]
+
+
+def _ids(frames: Sequence[Frame]) -> list[int]:
+    return [f.diaSourceId for f in frames]
 
 
 def _meta(frames: Sequence[Frame]) -> tuple[tuple[float, str], ...]:
@@ -240,7 +265,7 @@ class Pipeline:
         stepped: list[tuple[_ObjectWork, list[int], tuple[tuple[float, str], ...]]] = []
         step_caches, step_inputs = [], []
         recomputes: list[tuple[_ObjectWork, int, list[Frame]]] = []
-        rebuilt: list[tuple[_ObjectWork, list[Frame]]] = []
+        inserted: list[_Insertion] = []
         classified = 0
         for item in objects:
             added = item.added
@@ -276,18 +301,13 @@ class Pipeline:
                 step_caches.append(track.cache)
                 step_inputs.append(self._predictor.preprocess(new_frames))
             else:
-                # New frames out of time order: each alert's known frames are a different sequence.
+                # New frames out of time order: each alert's frame is inserted among the known ones.
                 stored = stored if stored is not None else self._read(item, new)
                 before = _without(stored, new_frames)
-                for k, i in enumerate(new):
-                    if self._gets_output(item, k):
-                        recomputes.append((item, i, sorted(before + new_frames[: k + 1], key=_time_key)))
-                rebuilt.append((item, stored))
+                inserted.append(_Insertion(item, new, before, stored, self._cache_of(item, before, stored)))
         self._answer_stepped(stepped, step_caches, step_inputs)
         self._answer_recomputed(recomputes)
-        for item, stored in rebuilt:
-            cache = self._predictor.new_cache(self._predictor.preprocess(stored))
-            item.track = ObjectTrack(cache, _meta(stored[-self._recent_keep :]))
+        self._answer_inserted(inserted)
         self._store.put_caches([(w.key, version, w.track.to_bytes()) for w in objects if w.track is not None])
         return classified
 
@@ -319,6 +339,16 @@ class Pipeline:
         pruned = added.n_frames == self._max_frames and expected > added.n_frames
         return expected == added.n_frames or pruned
 
+    def _cache_of(self, item: _ObjectWork, before: list[Frame], stored: list[Frame]) -> ObjectCache | None:
+        """The stored cache when it describes exactly the frames ``before`` the batch, else None."""
+        blob = self._store.get_cache(item.key, self._model.version)
+        track = ObjectTrack.from_bytes(blob, self._model.version) if blob is not None else None
+        if track is None or not self._predictor.cache_fits(track.cache):
+            return None
+        # A store at its pruning limit may have dropped frames the cache counted: rebuild then.
+        exact = track.cache.n_frames == len(before) and len(stored) < self._max_frames
+        return track.cache if exact else None
+
     def _answer_stepped(
         self,
         stepped: list[tuple[_ObjectWork, list[int], tuple[tuple[float, str], ...]]],
@@ -347,6 +377,60 @@ class Pipeline:
         predictions = self._predictor.predict_frames([frames for _, _, frames in recomputes], triggers)
         for (item, i, frames), prediction in zip(recomputes, predictions, strict=True):
             item.answers[i] = (prediction, *window_meta(_meta(frames), prediction.n_frames))
+
+    def _answer_inserted(self, inserted: list[_Insertion]) -> None:
+        """Insert each out-of-order alert's frame among its object's known frames, one alert at a time.
+
+        Round ``k`` takes the k-th new frame of every such object: the frames known before it keep their
+        tokens up to the chunk where the frame lands, the chunks after it are embedded again (batched
+        across objects), and the last known frame is stepped with the alert's own history, which gives
+        the output that a full recompute of the known frames gives.
+        """
+        if not inserted:
+            return
+        predictor = self._predictor
+        cold = [x for x in inserted if x.cache is None]
+        for x, cache in zip(cold, self._rebuilt([x.known for x in cold]), strict=True):
+            x.cache = cache
+        for k in range(max(len(x.new) for x in inserted)):
+            active = [x for x in inserted if len(x.new) > k]
+            jobs, bases, inputs = [], [], []
+            for x in active:
+                frame = x.item.items[x.new[k]][1]
+                j = bisect.bisect_right([_time_key(f) for f in x.known], _time_key(frame))
+                *head, last = [*x.known[:j], frame, *x.known[j:]]
+                assert x.cache is not None  # noqa: S101 - set above
+                if j == len(x.known):  # after every known frame: a plain step
+                    bases.append(x.cache)
+                else:
+                    start = predictor.rebuild_start(x.cache, len(head), j)
+                    jobs.append(RebuildJob(
+                        predictor.preprocess(head[start:], head[:start], rows=False), start, x.cache
+                    ))  # fmt: skip
+                    bases.append(None)
+                inputs.append(predictor.preprocess([last], head, trigger=frame))
+                x.known = [*head, last]
+            rebuilt = iter(predictor.new_caches(jobs))
+            caches = [b if b is not None else next(rebuilt) for b in bases]
+            for x, (steps, cache) in zip(active, predictor.update_steps(caches, inputs), strict=True):
+                x.cache = cache
+                if self._gets_output(x.item, k):
+                    recent = _meta(x.known[-self._recent_keep :])
+                    x.item.answers[x.new[k]] = (steps[0], *window_meta(recent, steps[0].n_frames))
+        # The store may have pruned frames the known sequence holds: the cache then describes the store.
+        pruned = [
+            x for x in inserted if [f.diaSourceId for f in x.known] != [f.diaSourceId for f in x.stored]
+        ]
+        for x, cache in zip(pruned, self._rebuilt([x.stored for x in pruned]), strict=True):
+            x.cache, x.known = cache, x.stored
+        for x in inserted:
+            assert x.cache is not None  # noqa: S101 - set above
+            x.item.track = ObjectTrack(x.cache, _meta(x.known[-self._recent_keep :]))
+
+    def _rebuilt(self, sequences: list[list[Frame]]) -> list[ObjectCache]:
+        """Caches of objects' whole frame sequences (time order), embedded in one batch."""
+        predictor = self._predictor
+        return predictor.new_caches([RebuildJob(predictor.preprocess(s, rows=False)) for s in sequences])
 
     # ---- outputs ---------------------------------------------------------------------------------------
 

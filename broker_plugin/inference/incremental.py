@@ -196,37 +196,106 @@ class IncrementalEngine:
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
-    @torch.inference_mode()
     def rebuild(self, inp: ModelInput) -> ObjectCache:
         """Recompute the cache of an object from all its preprocessed frames (time order)."""
-        n_complete = len(inp) // self.chunk
-        keep = min(n_complete, self.max_chunks)
-        lo, hi = (n_complete - keep) * self.chunk, n_complete * self.chunk
-        aux = context = None
-        if self.uses_context:
-            aux, context = inp.aux, inp.context()
-        tokens = np.zeros((self.n_backbones, keep, *self.token_shape), np.float32)
-        if keep:
-            cx = self._tensor(inp.x[lo:hi]).view(keep, self.chunk, self.stamp, self.stamp)
-            cb = self._tensor(inp.band[lo:hi]).view(keep, self.chunk)
-            extras = ()
-            if aux is not None and context is not None:
-                extras = (
-                    self._tensor(aux[lo:hi]).view(keep, self.chunk, 2, self.stamp, self.stamp),
-                    self._tensor(context[lo:hi]).view(keep, self.chunk, -1),
-                )
-            tokens[:] = (
-                self.ensemble.to_cache(self.ensemble.embed_chunks(cx, cb, *extras)).float().cpu().numpy()
+        return self.rebuild_many([RebuildJob(inp)])[0]
+
+    @torch.inference_mode()
+    def rebuild_many(self, jobs: Sequence[RebuildJob]) -> list[ObjectCache]:
+        """Recompute the caches of several objects, their chunks embedded in one batch.
+
+        A job whose ``reuse`` cache holds tokens of complete chunks before its ``start`` takes them from
+        there instead of embedding them again (see :class:`RebuildJob`); the caches equal those of
+        :meth:`rebuild` over every frame (tested).
+
+        Raises
+        ------
+        CacheError
+            If a job's ``reuse`` belongs to another model, or lacks a token its window needs.
+        """
+        plans = [self._plan(job) for job in jobs]
+        slices = [job.inp[lo:hi] for job, (lo, hi, _) in zip(jobs, plans, strict=True)]
+        embedded = self._embed_frames(slices)
+        out, offset = [], 0
+        for job, (lo, hi, reused) in zip(jobs, plans, strict=True):
+            k = (hi - lo) // self.chunk
+            tokens = np.concatenate((reused, embedded[:, offset : offset + k]), axis=1)
+            offset += k
+            out.append(self._cache_from(job, hi, tokens))
+        return out
+
+    def rebuild_start(self, cache: ObjectCache, n_frames: int, shared: int) -> int:
+        """The ``start`` of a :class:`RebuildJob` over ``n_frames`` frames, ``shared`` of them ``cache``'s.
+
+        The chunk holding frame ``shared`` when ``cache`` holds the window's tokens before it, else the
+        window's first chunk (nothing reused).
+        """
+        c = self.chunk
+        n_complete = n_frames // c
+        first = n_complete - min(n_complete, self.max_chunks)
+        reuse_to = min(shared // c, n_complete)
+        if reuse_to <= first or not self.fits(cache):
+            return c * first
+        held_to = cache.n_frames // c
+        if first < held_to - cache.tokens.shape[1] or reuse_to > held_to:
+            return c * first
+        return c * reuse_to
+
+    def _plan(self, job: RebuildJob) -> tuple[int, int, np.ndarray]:
+        """``(lo, hi, reused)``: the job's input frames ``[lo, hi)`` to embed, and the reused tokens."""
+        c, start, n = self.chunk, job.start, job.start + len(job.inp)
+        if start % c or (start and not len(job.inp)):
+            raise InferenceInputError(f"a rebuild from frame {start} needs frames from a chunk boundary on")
+        n_complete = n // c
+        first = n_complete - min(n_complete, self.max_chunks)  # the oldest chunk the cache keeps
+        reuse_to = min(start // c, n_complete)  # chunks [first, reuse_to) come from job.reuse
+        empty = np.zeros((self.n_backbones, 0, *self.token_shape), np.float32)
+        if reuse_to <= first:
+            return (first * c - start, n_complete * c - start, empty)
+        if job.reuse is None or not self.fits(job.reuse):
+            raise CacheError("a rebuild that reuses tokens needs a cache of this engine")
+        held_to = job.reuse.n_frames // c
+        held_from = held_to - job.reuse.tokens.shape[1]
+        if first < held_from or reuse_to > held_to:
+            raise CacheError(
+                f"the cache holds chunks {held_from}..{held_to - 1}, not {first}..{reuse_to - 1}"
             )
-        empty = self.empty_cache()
-        pending_aux = aux[hi:].copy() if aux is not None else empty.pending_aux
-        pending_context = context[hi:].copy() if context is not None else empty.pending_context
+        reused = job.reuse.tokens[:, first - held_from : reuse_to - held_from]
+        return (reuse_to * c - start, n_complete * c - start, reused)
+
+    def _embed_frames(self, parts: Sequence[ModelInput]) -> np.ndarray:
+        """Tokens ``(G, chunks, *token_shape)`` of the complete chunks of every part, in order."""
+        total = sum(len(p) for p in parts) // self.chunk
+        if not total:
+            return np.zeros((self.n_backbones, 0, *self.token_shape), np.float32)
+        x = np.concatenate([p.x for p in parts])
+        band = np.concatenate([p.band for p in parts])
+        cx = self._tensor(x).view(total, self.chunk, self.stamp, self.stamp)
+        cb = self._tensor(band).view(total, self.chunk)
+        extras = ()
+        if self.uses_context:
+            aux = np.concatenate([p.aux for p in parts])  # type: ignore[misc]
+            context = np.concatenate([p.context() for p in parts])
+            extras = (
+                self._tensor(aux).view(total, self.chunk, 2, self.stamp, self.stamp),
+                self._tensor(context).view(total, self.chunk, -1),
+            )
+        return self.ensemble.to_cache(self.ensemble.embed_chunks(cx, cb, *extras)).float().cpu().numpy()
+
+    def _cache_from(self, job: RebuildJob, hi: int, tokens: np.ndarray) -> ObjectCache:
+        """The cache of the job's object: ``tokens``, and its frames from ``hi`` on as the pending chunk."""
+        inp, empty = job.inp, self.empty_cache()
+        if not len(inp):  # start is 0 then: an object without frames
+            return empty
+        pending_aux, pending_context = empty.pending_aux, empty.pending_context
+        if self.uses_context:
+            pending_aux, pending_context = inp.aux[hi:].copy(), inp[hi:].context()  # type: ignore[index]
         times = (math.nan, math.nan)
         if inp.mjd is not None and len(inp):
             times = (inp.first_mjd, float(inp.mjd[-1]))
         return ObjectCache(
-            self.model_id, len(inp), tokens, inp.x[hi:].copy(), inp.band[hi:].copy(), pending_aux,
-            pending_context, *times,
+            self.model_id, job.start + len(inp), np.ascontiguousarray(tokens), inp.x[hi:].copy(),
+            inp.band[hi:].copy(), pending_aux, pending_context, *times,
         )  # fmt: skip
 
     @torch.inference_mode()
@@ -341,6 +410,28 @@ class IncrementalEngine:
                 pending_aux, pending_ctx, first, last,
             ))  # fmt: skip
         return out
+
+
+@dataclass(frozen=True)
+class RebuildJob:
+    """One object's cache to recompute (:meth:`IncrementalEngine.rebuild_many`).
+
+    Attributes
+    ----------
+    inp
+        The object's preprocessed frames from frame ``start`` on (time order; for ``uses_context`` nets
+        preprocessed after the frames before ``start``, which set its context's time origin).
+    start
+        Index of ``inp``'s first frame in the object's sequence: a multiple of the chunk size (``inp`` is
+        not empty unless ``start`` is 0).
+    reuse
+        A cache of a sequence whose first ``start`` frames are this object's (e.g. before a late frame
+        was inserted after them): tokens of complete chunks before ``start`` come from it.
+    """
+
+    inp: ModelInput
+    start: int = 0
+    reuse: ObjectCache | None = None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from torch import nn
 from broker_plugin.inference.artifact import CLASS_NAMES, load_artifact
 from broker_plugin.inference.errors import InferenceInputError
 from broker_plugin.inference.history import collate_history, frame_history_rows
-from broker_plugin.inference.incremental import FrameExtras, IncrementalEngine, ObjectCache
+from broker_plugin.inference.incremental import FrameExtras, IncrementalEngine, ObjectCache, RebuildJob
 from broker_plugin.inference.preprocess import (
     FluxNormalisation,
     ModelInput,
@@ -155,16 +155,28 @@ class Predictor:
             stacked=stacked, trees=art.trees, net_weight=art.net_weight,
         )  # fmt: skip
 
-    def preprocess(self, frames: Sequence[Frame], before: Sequence[Frame] = ()) -> ModelInput:
+    def preprocess(
+        self,
+        frames: Sequence[Frame],
+        before: Sequence[Frame] = (),
+        *,
+        trigger: Frame | None = None,
+        rows: bool = True,
+    ) -> ModelInput:
         """Turn an object's frames (time order) into model input for this ensemble.
 
         ``before`` are the object's earlier frames, when ``frames`` are not its first (they set the
-        time origin of the context of ``uses_context`` nets).
+        time origin of the context of ``uses_context`` nets). ``trigger``: the frame whose alert asks for
+        the output after the last of ``frames`` (a late frame need not be the last in time); a history
+        net reads that alert's history there. ``rows=False`` skips the history rows: input only for a
+        cache (:meth:`new_caches`), which never holds them.
         """
+        history = None
+        if self.uses_history and frames and rows:
+            history = frame_history_rows([*frames[:-1], trigger if trigger is not None else frames[-1]])
         return frames_to_input(
             frames, self.normalisation, band_offset=self.band_offset, stamp=self.stamp,
-            with_context=self.uses_context, before=before,
-            history=frame_history_rows(frames) if self.uses_history and frames else None,
+            with_context=self.uses_context, before=before, history=history,
         )  # fmt: skip
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
@@ -226,11 +238,12 @@ class Predictor:
         need not be the last in time). A history net reads that alert's history; by default the last
         frame's.
         """
-        inputs = [self.preprocess(frames) for frames in sequences]
-        if self.uses_history and triggers is not None:
+        if triggers is None:
+            inputs = [self.preprocess(frames) for frames in sequences]
+        else:
             inputs = [
-                replace(inp, history=np.concatenate((inp.history[:-1], frame_history_rows([trigger]))))  # type: ignore[index]
-                for inp, trigger in zip(inputs, triggers, strict=True)
+                self.preprocess(frames, trigger=trigger)
+                for frames, trigger in zip(sequences, triggers, strict=True)
             ]
         return self.predict(inputs)
 
@@ -242,8 +255,23 @@ class Predictor:
         """Return an empty cache, or one rebuilt from an object's earlier frames ``history``."""
         if history is None or len(history) == 0:
             return self.engine.empty_cache()
+        return self.new_caches([RebuildJob(history)])[0]
+
+    def new_caches(self, jobs: Sequence[RebuildJob]) -> list[ObjectCache]:
+        """Rebuild several objects' caches at once (see :meth:`IncrementalEngine.rebuild_many`)."""
+        if not jobs:
+            return []
         with self._autocast():
-            return self.engine.rebuild(history)
+            return self.engine.rebuild_many(jobs)
+
+    def rebuild_start(self, cache: ObjectCache, n_frames: int, shared: int) -> int:
+        """Where a rebuild of ``n_frames`` frames whose first ``shared`` are ``cache``'s may start.
+
+        The first frame of the first chunk that :meth:`new_caches` must embed again: the chunk holding
+        frame ``shared`` when ``cache`` holds the tokens of the window's chunks before it, else the
+        window's first chunk (every token embedded again).
+        """
+        return self.engine.rebuild_start(cache, n_frames, shared)
 
     def update(
         self, caches: Sequence[ObjectCache | None], new: Sequence[ModelInput]

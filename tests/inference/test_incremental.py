@@ -1,9 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from broker_plugin.inference.errors import CacheError
-from broker_plugin.inference.incremental import IncrementalEngine, ObjectCache
+from broker_plugin.inference.errors import CacheError, InferenceInputError
+from broker_plugin.inference.incremental import IncrementalEngine, ObjectCache, RebuildJob
 from broker_plugin.inference.predictor import Predictor
 from broker_plugin.inference.preprocess import FluxNormalisation
 
@@ -113,3 +115,55 @@ def test_engine_refuses_training_mode(tiny_paper):
     tiny_paper[0].train()
     with pytest.raises(ValueError, match="eval"):
         IncrementalEngine(tiny_paper, model_id="m", device=torch.device("cpu"))
+
+
+def _changed_after(inp, j: int):
+    """``inp`` with every frame from ``j`` on different (as after a late frame landed at ``j``)."""
+    x = inp.x.copy()
+    x[j:] = x[j:] * -2.0 + 0.5
+    return dataclasses.replace(inp, x=x, band=np.concatenate((inp.band[:j], inp.band[j:][::-1])))
+
+
+@pytest.mark.parametrize(
+    ("name", "n_frames", "shared"),
+    [
+        ("convention-triplet-small", 10, 0),  # the first frame changed: nothing to reuse
+        ("convention-triplet-small", 10, 4),
+        ("convention-triplet-small", 11, 9),  # only the pending frames changed
+        ("convention-alert-small", 40, 20),
+        ("convention-alert-small", 150, 140),  # the window rolled: reuse inside the cache's chunks
+        ("convention-alert-small", 150, 30),  # before the window: the window's chunks embedded again
+        ("convention-small", 104, 100),
+    ],
+)
+def test_a_rebuild_reuses_the_tokens_before_the_changed_frames(name, n_frames, shared):
+    engine = IncrementalEngine(make_members(name, count=2), model_id="m1", device=torch.device("cpu"))
+    make = make_context_input if engine.uses_context else make_input
+    old = make(n_frames, 1)
+    new = _changed_after(old, shared)
+    reuse = engine.rebuild(old)
+    start = engine.rebuild_start(reuse, n_frames, shared)
+    window = 3 * max(0, n_frames // 3 - 33)
+    assert start == (3 * (shared // 3) if shared >= window else window)
+    reference = engine.rebuild(new)
+    # One batch with an unrelated object: the jobs' chunks are embedded together.
+    other = make(8, 1, seed=5)
+    got, alone = engine.rebuild_many([RebuildJob(new[start:], start, reuse), RebuildJob(other)])
+    assert got.n_frames == reference.n_frames and got.tokens.shape == reference.tokens.shape
+    np.testing.assert_allclose(got.tokens, reference.tokens, atol=1e-5)
+    np.testing.assert_array_equal(got.pending_x, reference.pending_x)
+    np.testing.assert_allclose(got.pending_context, reference.pending_context, atol=1e-6)
+    assert (got.first_mjd, got.last_mjd) == (
+        reference.first_mjd,
+        reference.last_mjd,
+    ) or not engine.uses_context
+    np.testing.assert_allclose(alone.tokens, engine.rebuild(other).tokens, atol=1e-5)
+
+
+def test_a_rebuild_refuses_a_cache_without_the_tokens_it_needs(tiny_paper):
+    engine = IncrementalEngine(tiny_paper, model_id="m1", device=torch.device("cpu"))
+    short = engine.rebuild(make_input(6, 0))
+    with pytest.raises(CacheError, match="holds chunks"):
+        engine.rebuild_many([RebuildJob(make_input(12, 0)[9:], 9, short)])
+    with pytest.raises(InferenceInputError, match="chunk boundary"):
+        engine.rebuild_many([RebuildJob(make_input(12, 0)[4:], 4, short)])
