@@ -77,13 +77,19 @@ class Parts:
         self.store.close()
 
 
+def inference_threads(settings: Settings) -> int:
+    """The intra-op threads of torch: ``model.torch_threads``, or the cores preparation processes leave."""
+    if settings.model.torch_threads:
+        return settings.model.torch_threads
+    return max(1, len(os.sched_getaffinity(0)) - settings.service.prepare_processes)
+
+
 def build_parts(settings: Settings) -> Parts:
     """Load the model, open the state store and assemble the pipeline.
 
-    ``model.torch_threads`` above 0 sets torch's intra-op threads of this process.
+    Sets torch's intra-op threads of this process to :func:`inference_threads`.
     """
-    if settings.model.torch_threads:
-        torch.set_num_threads(settings.model.torch_threads)
+    torch.set_num_threads(inference_threads(settings))
     artifact = load_artifact(settings.model.artifact)
     device = None if settings.model.device == "auto" else settings.model.device
     predictor = Predictor(

@@ -33,6 +33,7 @@ redelivered frames are classified by full recompute.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import logging
 import time
@@ -45,6 +46,7 @@ from broker_plugin import __version__
 from broker_plugin.exceptions import BrokerPluginError
 from broker_plugin.inference.incremental import ObjectCache, RebuildJob
 from broker_plugin.inference.predictor import Prediction, Predictor
+from broker_plugin.inference.preprocess import ModelInput
 from broker_plugin.records import Alert, Classification, ClassProbability, Frame
 from broker_plugin.stamps import StampNormaliser
 from broker_plugin.state.base import AddResult, StateStore, object_key
@@ -139,9 +141,11 @@ class _ObjectWork:
 class _Insertion:
     """An object whose new frames arrived out of time order, inserted one alert at a time.
 
-    ``known``: its known frames in time order (those before the batch, then each new frame inserted in
-    arrival order); ``cache``: the incremental cache of ``known`` (None: to be rebuilt); ``stored``: its
-    frames in the store after the batch.
+    ``known``: its frames before the batch, in time order; ``cache``: the incremental cache of the
+    known frames (None: to be rebuilt); ``stored``: its frames in the store after the batch. Set while
+    inserting: ``inputs`` the preprocessed rows of every frame (known and new, time order), ``order``
+    the rows of the frames known so far, ``ranks`` each new frame's row, ``rows`` the new frames'
+    history rows (history nets).
     """
 
     item: _ObjectWork
@@ -149,6 +153,10 @@ class _Insertion:
     known: list[Frame]
     stored: list[Frame]
     cache: ObjectCache | None
+    inputs: ModelInput | None = None
+    order: list[int] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
+    rows: np.ndarray | None = None
 
 
 def _time_key(frame: Frame) -> tuple[float, int]:
@@ -266,6 +274,7 @@ class Pipeline:
         step_caches, step_inputs = [], []
         recomputes: list[tuple[_ObjectWork, int, list[Frame]]] = []
         inserted: list[_Insertion] = []
+        rebuilt: list[tuple[_ObjectWork, list[Frame]]] = []
         classified = 0
         for item in objects:
             added = item.added
@@ -304,10 +313,21 @@ class Pipeline:
                 # New frames out of time order: each alert's frame is inserted among the known ones.
                 stored = stored if stored is not None else self._read(item, new)
                 before = _without(stored, new_frames)
-                inserted.append(_Insertion(item, new, before, stored, self._cache_of(item, before, stored)))
+                if all(f.mask.any() for f in (*before, *new_frames)):
+                    inserted.append(
+                        _Insertion(item, new, before, stored, self._cache_of(item, before, stored))
+                    )
+                    continue
+                # A frame without a measured pixel is no model input: full recomputes of each alert's frames.
+                for k, i in enumerate(new):
+                    if self._gets_output(item, k):
+                        recomputes.append((item, i, sorted(before + new_frames[: k + 1], key=_time_key)))
+                rebuilt.append((item, stored))
         self._answer_stepped(stepped, step_caches, step_inputs)
         self._answer_recomputed(recomputes)
         self._answer_inserted(inserted)
+        for item, cache in zip(rebuilt, self._rebuilt([stored for _, stored in rebuilt]), strict=True):
+            item[0].track = ObjectTrack(cache, _meta(item[1][-self._recent_keep :]))
         self._store.put_caches([(w.key, version, w.track.to_bytes()) for w in objects if w.track is not None])
         return classified
 
@@ -381,46 +401,58 @@ class Pipeline:
     def _answer_inserted(self, inserted: list[_Insertion]) -> None:
         """Insert each out-of-order alert's frame among its object's known frames, one alert at a time.
 
-        Round ``k`` takes the k-th new frame of every such object: the frames known before it keep their
-        tokens up to the chunk where the frame lands, the chunks after it are embedded again (batched
-        across objects), and the last known frame is stepped with the alert's own history, which gives
-        the output that a full recompute of the known frames gives.
+        Each object's frames (those before the batch and its new ones) are preprocessed once, in time
+        order; the known frames of each alert are a selection of those rows. Round ``k`` takes the k-th
+        new frame of every such object: the known frames keep their tokens up to the chunk where the frame
+        lands, the chunks after it are embedded again (batched across objects), and the last known frame
+        is stepped with the alert's own history, which gives the output that a full recompute of the
+        known frames gives.
         """
         if not inserted:
             return
         predictor = self._predictor
+        for x in inserted:
+            new_frames = [x.item.items[i][1] for i in x.new]
+            frames = sorted((*x.known, *new_frames), key=_time_key)
+            x.inputs = predictor.preprocess(frames, rows=False)
+            rank = {f.diaSourceId: r for r, f in enumerate(frames)}
+            x.order = [rank[f.diaSourceId] for f in x.known]
+            x.ranks = [rank[f.diaSourceId] for f in new_frames]
+            x.rows = predictor.history_rows(new_frames)
         cold = [x for x in inserted if x.cache is None]
-        for x, cache in zip(cold, self._rebuilt([x.known for x in cold]), strict=True):
+        caches = predictor.new_caches([RebuildJob(x.inputs.take(x.order)) for x in cold])
+        for x, cache in zip(cold, caches, strict=True):
             x.cache = cache
         for k in range(max(len(x.new) for x in inserted)):
             active = [x for x in inserted if len(x.new) > k]
             jobs, bases, inputs = [], [], []
             for x in active:
-                frame = x.item.items[x.new[k]][1]
-                j = bisect.bisect_right([_time_key(f) for f in x.known], _time_key(frame))
-                *head, last = [*x.known[:j], frame, *x.known[j:]]
-                assert x.cache is not None  # noqa: S101 - set above
-                if j == len(x.known):  # after every known frame: a plain step
+                assert x.cache is not None and x.inputs is not None  # noqa: S101 - set above
+                j = bisect.bisect_left(x.order, x.ranks[k])
+                x.order.insert(j, x.ranks[k])
+                known = x.inputs.take(x.order)
+                if j == len(x.order) - 1:  # after every known frame: a plain step
                     bases.append(x.cache)
                 else:
-                    start = predictor.rebuild_start(x.cache, len(head), j)
-                    jobs.append(RebuildJob(
-                        predictor.preprocess(head[start:], head[:start], rows=False), start, x.cache
-                    ))  # fmt: skip
+                    start = predictor.rebuild_start(x.cache, len(known) - 1, j)
+                    jobs.append(RebuildJob(known[start:-1], start, x.cache))
                     bases.append(None)
-                inputs.append(predictor.preprocess([last], head, trigger=frame))
-                x.known = [*head, last]
+                step = known[-1:]
+                inputs.append(
+                    step if x.rows is None else dataclasses.replace(step, history=x.rows[k : k + 1])
+                )
             rebuilt = iter(predictor.new_caches(jobs))
             caches = [b if b is not None else next(rebuilt) for b in bases]
             for x, (steps, cache) in zip(active, predictor.update_steps(caches, inputs), strict=True):
                 x.cache = cache
                 if self._gets_output(x.item, k):
-                    recent = _meta(x.known[-self._recent_keep :])
+                    frames = sorted((*x.known, *(x.item.items[i][1] for i in x.new[: k + 1])), key=_time_key)
+                    recent = _meta(frames[-self._recent_keep :])
                     x.item.answers[x.new[k]] = (steps[0], *window_meta(recent, steps[0].n_frames))
+        for x in inserted:
+            x.known = sorted((*x.known, *(x.item.items[i][1] for i in x.new)), key=_time_key)
         # The store may have pruned frames the known sequence holds: the cache then describes the store.
-        pruned = [
-            x for x in inserted if [f.diaSourceId for f in x.known] != [f.diaSourceId for f in x.stored]
-        ]
+        pruned = [x for x in inserted if _ids(x.known) != _ids(x.stored)]
         for x, cache in zip(pruned, self._rebuilt([x.stored for x in pruned]), strict=True):
             x.cache, x.known = cache, x.stored
         for x in inserted:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from broker_plugin.config import Settings
-from broker_plugin.factory import build_parts
+from broker_plugin.factory import build_parts, inference_threads
 
 
 def test_torch_threads_are_set_from_the_settings(service_settings: Settings) -> None:
@@ -16,8 +18,25 @@ def test_torch_threads_are_set_from_the_settings(service_settings: Settings) -> 
         parts = build_parts(service_settings.model_copy(update={"model": model}))
         parts.close()
         assert torch.get_num_threads() == wanted
-        build_parts(service_settings).close()  # 0: left as it is
-        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_by_default_inference_takes_the_cores_preparation_leaves(service_settings: Settings) -> None:
+    cores = len(os.sched_getaffinity(0))
+
+    def threads(prepare_processes: int) -> int:
+        service = service_settings.service.model_copy(update={"prepare_processes": prepare_processes})
+        return inference_threads(service_settings.model_copy(update={"service": service}))
+
+    assert service_settings.model.torch_threads == 0
+    assert threads(0) == cores
+    assert threads(1) == max(1, cores - 1)
+    assert threads(cores + 3) == 1
+    before = torch.get_num_threads()
+    try:
+        build_parts(service_settings).close()
+        assert torch.get_num_threads() == threads(service_settings.service.prepare_processes)
     finally:
         torch.set_num_threads(before)
 

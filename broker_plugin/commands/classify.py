@@ -70,9 +70,11 @@ def classify_path(
     with tempfile.TemporaryDirectory(prefix="broker-plugin-classify-") as tmp:
         url = state_url or f"sqlite:///{Path(tmp) / 'state.db'}"
         try:
-            parts = build_parts(
-                settings.model_copy(update={"state": settings.state.model_copy(update={"url": url})})
-            )
+            # No preparation processes here: normalising and inference take turns, on every core.
+            parts = build_parts(settings.model_copy(update={
+                "state": settings.state.model_copy(update={"url": url}),
+                "service": settings.service.model_copy(update={"prepare_processes": 0}),
+            }))  # fmt: skip
         except StateUrlError as exc:
             raise UserError(f"--state {redact_url(url)}: {exc}") from exc
         except ArtifactError as exc:

@@ -179,6 +179,10 @@ class Predictor:
             with_context=self.uses_context, before=before, history=history,
         )  # fmt: skip
 
+    def history_rows(self, frames: Sequence[Frame]) -> np.ndarray | None:
+        """The history rows of the output at each of ``frames`` (None for nets without history)."""
+        return frame_history_rows(frames) if self.uses_history and frames else None
+
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if not self.bf16:
             return contextlib.nullcontext()

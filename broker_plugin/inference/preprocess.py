@@ -275,6 +275,19 @@ class ModelInput:
             _cut(self.history, index),
         )  # fmt: skip
 
+    def take(self, indices: Sequence[int]) -> ModelInput:
+        """The frames at increasing ``indices`` as an object's whole sequence (the first of them starts it).
+
+        Every row is preprocessed on its own, so this equals preprocessing those frames alone.
+        """
+        idx = np.asarray(indices, np.intp)
+        mjd = _take(self.mjd, idx)
+        first = float(mjd[0]) if mjd is not None and len(idx) else math.nan
+        return ModelInput(
+            self.x[idx], self.band[idx], _take(self.aux, idx), _take(self.photometry, idx),
+            _take(self.presence, idx), mjd, first, math.nan, _take(self.history, idx),
+        )  # fmt: skip
+
     @property
     def has_context(self) -> bool:
         """Whether this input carries science, template, time and photometry."""
@@ -289,6 +302,10 @@ class ModelInput:
 
 
 def _cut(array: np.ndarray | None, index: slice) -> np.ndarray | None:
+    return None if array is None else array[index]
+
+
+def _take(array: np.ndarray | None, index: np.ndarray) -> np.ndarray | None:
     return None if array is None else array[index]
 
 

@@ -95,3 +95,25 @@ def test_static_images_normalise_scale_and_sky_free_and_as_one_by_one():
     np.testing.assert_allclose(calibrated, out, atol=1e-4)
     flat, _ = normalise_static_images(np.full((1, 32, 32), 5.0, np.float32), np.ones((1, 32, 32), bool))
     assert np.isfinite(flat).all() and not flat.any()
+
+
+def test_take_equals_preprocessing_the_taken_frames_alone():
+    rng = np.random.default_rng(3)
+    frames = []
+    for k in range(9):
+        science = rng.normal(100.0, 5.0, (32, 32)).astype(np.float32)
+        mask = rng.random((32, 32)) > 0.1
+        frames.append(Frame(
+            rng.normal(0.0, 30.0, (32, 32)).astype(np.float32), np.ones((32, 32), bool), StampFlag.NONE,
+            "ugriz"[k % 5], 60000.0 + 1.3 * k, k, science=np.where(mask, science, 0.0).astype(np.float32),
+            scienceMask=mask, psfFlux=float(rng.normal(500, 50)), psfFluxErr=20.0,
+        ))  # fmt: skip
+    norm = FluxNormalisation("asinh", scale=(50.0,) * 6)
+    full = frames_to_input(frames, norm, band_offset=1, with_context=True)
+    for picked in ([0, 1, 2], [2, 4, 5, 8], [3], [1, 2, 3, 4, 5, 6, 7, 8]):
+        alone = frames_to_input([frames[i] for i in picked], norm, band_offset=1, with_context=True)
+        taken = full.take(picked)
+        for name in ("x", "band", "aux", "photometry", "presence", "mjd"):
+            np.testing.assert_array_equal(getattr(taken, name), getattr(alone, name), err_msg=name)
+        np.testing.assert_array_equal(taken.context(), alone.context())
+        np.testing.assert_array_equal(taken[1:].context(), alone[1:].context())
