@@ -1,7 +1,7 @@
 """End-to-end service benchmark through the embedded Kafka-compatible broker: what users run.
 
 Usage: ``python benchmarks/bench_service.py [--models broker_plugin/models/convention-default] [--nets
-convention-small convention-paper] [--prepare-processes 1] [--torch-threads 2] [--share-backbones yes]
+convention-small convention-paper] [--prepare-processes 1] [--torch-threads 0] [--share-backbones yes]
 [--repeats 1] [--alerts 1800] [--rate 300] [--seconds 10] [--partitions 45]
 [--out benchmarks/results/service_cpu.json]``
 
@@ -9,11 +9,12 @@ Rows: every ``--models`` artifact as shipped (all ensemble members, trained weig
 by default), then every ``--nets`` net with random weights and one member (the architecture's cost).
 Each row runs once per *variant*: every combination of ``--prepare-processes`` (the service setting: 0
 decodes in the consumer thread and normalises in the pipeline worker), ``--torch-threads`` (torch's
-intra-op threads of the inference thread) and ``--share-backbones`` (``no``: every ensemble member runs
-its own copy of a backbone it shares with others, the cost without sharing; same outputs). With
-several variants the runs are interleaved, repeated ``--repeats`` times in rotated order (the machine is
-shared: drift hits every variant alike), and the summary gives per variant the medians and the median
-ratio to the first variant of the same repeat.
+intra-op threads of the inference thread; 0 the service's default: the cores preparation leaves) and
+``--share-backbones`` (``no``: every ensemble member runs its own copy of a backbone it shares with
+others, the cost without sharing; same outputs). With several variants the runs are interleaved,
+repeated ``--repeats`` times in rotated order (the machine is shared: drift hits every variant alike),
+and the summary gives per variant the medians and the median ratio to the first variant of the same
+repeat.
 Alerts are unkeyed, as Rubin's are, into an input topic of ``--partitions`` partitions (Rubin's: 45).
 For each run:
 
@@ -97,27 +98,31 @@ def history(obj: int, epoch: int) -> dict[str, list[dict]]:
 def make_alerts(n: int, seed: int, first_object: int) -> list[tuple[bytes, bytes]]:
     """``n`` (key, framed alert) of objects with ``EPOCHS`` epochs each, interleaved by epoch.
 
-    Each alert carries difference, science and template cutouts and the object's photometric history, as
-    a Rubin alert does.
+    Each alert carries difference, science and template cutouts on one pixel grid (as Rubin cuts them)
+    and the object's photometric history, as a Rubin alert does.
     """
     rng = np.random.default_rng(seed)
     version = latest_rubin_version()
-    cutouts = []
+    triplets = []
     for _ in range(64):  # distinct cutout bytes, reused: rendering is not what is measured
         size = int(rng.integers(30, 81))
         geometry = RubinCutoutGeometry(size=size, rotation_deg=float(rng.uniform(0, 360)))
         east, north = geometry.sky_offsets()
-        image = 500 * np.exp(-(east**2 + north**2) / 0.2) + rng.normal(0, 5, (size, size))
-        cutouts.append(write_rubin_cutout(image, np.full((size, size), 25.0), geometry, 10.0, -5.0))
+        source = np.exp(-(east**2 + north**2) / 0.2)
+        variance = np.full((size, size), 25.0)
+        planes = (500 * source, 2000 + 800 * source, 2000 + 300 * source)  # difference, science, template
+        noisy = [p + rng.normal(0, 5, (size, size)) for p in planes]
+        triplets.append([write_rubin_cutout(p, variance, geometry, 10.0, -5.0) for p in noisy])
     objects = max(1, n // EPOCHS)
     out = []
     for k in range(n):
         obj, epoch = first_object + k % objects, k // objects
+        difference, science, template = triplets[k % len(triplets)]
         record = rubin_alert_record(
             version, diaSourceId=obj * 100 + epoch, diaObjectId=obj, midpointMjdTai=60_000.0 + 2 * epoch,
             band="ugriz"[epoch % 5], ra=10.0, dec=-5.0, psfFlux=100.0, psfFluxErr=5.0,
-            cutoutDifference=cutouts[k % len(cutouts)], cutoutScience=cutouts[(k + 1) % len(cutouts)],
-            cutoutTemplate=cutouts[(k + 2) % len(cutouts)], **history(obj, epoch),
+            cutoutDifference=difference, cutoutScience=science, cutoutTemplate=template,
+            **history(obj, epoch),
         )  # fmt: skip
         out.append((str(obj).encode(), encode_rubin_message(record, version)))
     return out
@@ -363,7 +368,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", type=Path, default=[bundled_model_dir()])
     parser.add_argument("--nets", nargs="*", default=["convention-small", "convention-paper"])
     parser.add_argument("--prepare-processes", nargs="+", type=int, default=[1])
-    parser.add_argument("--torch-threads", nargs="+", type=int, default=[2])
+    parser.add_argument("--torch-threads", nargs="+", type=int, default=[0])
     parser.add_argument("--share-backbones", nargs="+", choices=["yes", "no"], default=["yes"])
     parser.add_argument("--trees", nargs="+", choices=["yes", "no"], default=["yes"])
     parser.add_argument("--repeats", type=int, default=1)
