@@ -4,9 +4,9 @@ Usage: ``python benchmarks/bench_simulate.py [--n 200] [--out benchmarks/results
 
 Times the first ``n`` objects of the default config in this one process, stage by stage: physics and
 cadence (``make_object``), the Gaussian-mixture renderer + noise (``render``), and the serving resampler
-(``resample_to_frame``), in CPU seconds (the machine is shared; CPU time is what one core spends) and
-wall seconds. The seed-size estimate divides the total CPU time by the 2 worker processes
-``simulate`` runs by default.
+(``ResamplePlan``: building each visit's plan and applying it), in CPU seconds (the machine is shared;
+CPU time is what one core spends) and wall seconds. The seed-size estimate divides the total CPU time by
+the 2 worker processes ``simulate`` runs by default.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from broker_plugin import __version__
+from broker_plugin.stamps import ResamplePlan
 from broker_plugin_train.config import load_config
 from broker_plugin_train.data import render as render_mod
 from broker_plugin_train.data.cadence import Survey
@@ -38,15 +39,19 @@ def main() -> None:
     make_object(config, survey, entries[0])  # load SALT3 and the filters once, outside the timing
 
     cpu = {"physics": 0.0, "render": 0.0, "resample": 0.0}
-    original = render_mod.resample_to_frame
+    originals = {name: ResamplePlan.__dict__[name] for name in ("build", "apply")}
 
-    def timed_resample(*a, **k):
-        t = time.process_time()
-        out = original(*a, **k)
-        cpu["resample"] += time.process_time() - t
-        return out
+    def timed(function):  # type: ignore[no-untyped-def]
+        def wrapper(*a, **k):  # type: ignore[no-untyped-def]
+            t = time.process_time()
+            out = function(*a, **k)
+            cpu["resample"] += time.process_time() - t
+            return out
 
-    render_mod.resample_to_frame = timed_resample
+        return wrapper
+
+    ResamplePlan.build = classmethod(timed(originals["build"].__func__))  # type: ignore[method-assign]
+    ResamplePlan.apply = timed(originals["apply"])  # type: ignore[method-assign]
     frames = 0
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for entry in entries:
@@ -57,7 +62,8 @@ def main() -> None:
         out = render_mod.render_frames(obj, config.render, pixel_rng(config.seed, entry.index))
         cpu["render"] += time.process_time() - t
         frames += len(out["frames"])
-    render_mod.resample_to_frame = original
+    for name, original in originals.items():
+        setattr(ResamplePlan, name, original)
     wall, total = time.perf_counter() - wall0, time.process_time() - cpu0
     cpu["render"] -= cpu["resample"]
     n_seed = config.population.counts.total

@@ -17,6 +17,7 @@ Each check turns a value that would crash, exhaust or poison later code into a t
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -51,17 +52,28 @@ def check_wcs_cards(cards: Iterable[tuple[str, object]]) -> None:
         ``(keyword, value)`` pairs: our own parsed cards or an astropy ``Header.items()``.
     """
     for keyword, value in cards:
-        if keyword in _COUNT_CARDS:
+        kind = _card_kind(keyword)
+        if kind == "count":
             if type(value) is not int or not 0 <= value <= _COUNT_CARDS[keyword]:
                 raise CutoutHeaderError(
                     f"{keyword} = {_shown(value)} is not an integer 0..{_COUNT_CARDS[keyword]}"
                 )
-        elif _REAL_CARDS.fullmatch(keyword):
+        elif kind == "real":
             if not is_finite_real(value):
                 raise CutoutHeaderError(f"{keyword} = {_shown(value)} is not a finite number")
-        elif _STRING_CARDS.fullmatch(keyword) and not isinstance(value, str):
+        elif kind == "string" and not isinstance(value, str):
             # An unquoted CTYPE would read as "no projection" here and as something else in astropy.
             raise CutoutHeaderError(f"{keyword} = {_shown(value)} is not a quoted string")
+
+
+@functools.lru_cache(maxsize=1024)  # the same few dozen keywords in every cutout
+def _card_kind(keyword: str) -> str | None:
+    """Which check a card gets: ``count``, ``real``, ``string`` or none."""
+    if keyword in _COUNT_CARDS:
+        return "count"
+    if _REAL_CARDS.fullmatch(keyword):
+        return "real"
+    return "string" if _STRING_CARDS.fullmatch(keyword) else None
 
 
 def _shown(value: object) -> str:

@@ -1,9 +1,10 @@
 """Turn an alert's cutouts into a model :class:`~broker_plugin.records.Frame`.
 
 The frame's ``data`` is the ``cutoutDifference``; its ``science`` and ``template`` planes are the
-``cutoutScience`` and ``cutoutTemplate`` sent through the same resampler (:func:`.resample_to_frame`) onto
+``cutoutScience`` and ``cutoutTemplate`` sent through the same resampler (:class:`.ResamplePlan`) onto
 the same frame grid, each from its own header (Rubin) or the same fixed geometry (ZTF), so one frame
-pixel is one patch of sky in all three. The alert's ``psfFlux`` and ``psfFluxErr`` are copied.
+pixel is one patch of sky in all three. Cutouts on the difference's grid (same shape, pixel -> sky map
+and source pixel, as surveys cut them) reuse its plan. The alert's ``psfFlux`` and ``psfFluxErr`` are copied.
 
 Rubin: the cutout's header holds a local linear WCS (or, from other producers, a standard celestial
 TAN header); its CD matrix, times 3600, is the pixel -> (east, north) [arcsec] map the resampler needs,
@@ -89,7 +90,7 @@ from broker_plugin.stamps.checks import (
 from broker_plugin.stamps.fast_fits import linear_transform
 from broker_plugin.stamps.fits_header import ImageHdu, locate_image, read_pixels
 from broker_plugin.stamps.fits_io import gunzip, read_image
-from broker_plugin.stamps.resample import resample_to_frame, samples_per_side
+from broker_plugin.stamps.resample import ResamplePlan, samples_per_side
 
 log = logging.getLogger(__name__)
 
@@ -265,10 +266,10 @@ class StampNormaliser:
                 flags |= StampFlag.SIGN_FLIPPED
             if min(image.shape) < ZTF_CUTOUT_SIDE:
                 flags |= StampFlag.EDGE_TRUNCATED
-        data, mask, flags = self._resample(image, finite, cd_arcsec, source, flags)
+        data, mask, flags, plan = self._resample(image, finite, cd_arcsec, source, flags)
         missing: list[tuple[str, str]] = []
-        science = self._plane(alert, "science", alert.cutoutScience, missing)
-        template = self._plane(alert, "template", alert.cutoutTemplate, missing)
+        science = self._plane(alert, "science", alert.cutoutScience, missing, plan)
+        template = self._plane(alert, "template", alert.cutoutTemplate, missing, plan)
         psf_flux, psf_flux_err = self._photometry(alert, missing)
         frame = Frame(
             data=data,
@@ -326,12 +327,18 @@ class StampNormaliser:
         return image * factor, finite, cd_arcsec, source
 
     def _plane(
-        self, alert: Alert, plane: str, raw: bytes | None, missing: list[tuple[str, str]]
+        self,
+        alert: Alert,
+        plane: str,
+        raw: bytes | None,
+        missing: list[tuple[str, str]],
+        difference: ResamplePlan,
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """A science or template plane ``(data, mask)`` on the frame grid, or ``None`` if unusable.
 
         The cutout goes through every check the difference does, its size first (an alert not made by
-        the decoder may hold any). Why a plane is missing is logged and appended to ``missing``.
+        the decoder may hold any), and is resampled with the ``difference``'s plan when it is on the same
+        grid. Why a plane is missing is logged and appended to ``missing``.
         """
         try:
             if not raw:
@@ -342,7 +349,7 @@ class StampNormaliser:
                     f"max_cutout_bytes={self._limits.max_cutout_bytes}"
                 )
             image, finite, cd_arcsec, source = self._read(alert, plane, raw)
-            data, mask, _ = self._resample(image, finite, cd_arcsec, source, StampFlag.NONE)
+            data, mask, _, _ = self._resample(image, finite, cd_arcsec, source, StampFlag.NONE, difference)
             # The frame's bound, checked here so that check_frame can never refuse the alert for a plane:
             # a frame pixel sums several cutout pixels, so pixels within the bound can add up beyond it.
             if float(np.abs(data).max(initial=0.0)) > MAX_PIXEL_FLUX_NJY:
@@ -401,29 +408,18 @@ class StampNormaliser:
             return image, cd_arcsec, source
         return image, *transform
 
-    def _resample(
-        self,
-        image: np.ndarray,
-        finite: np.ndarray,
-        cd_arcsec: np.ndarray,
-        source: tuple[float, float],
-        flags: StampFlag,
-    ) -> tuple[np.ndarray, np.ndarray, StampFlag]:
-        """A checked cutout on the frame grid: ``(data, mask, flags)``.
+    def _plan(
+        self, shape: tuple[int, int], cd_arcsec: np.ndarray, source: tuple[float, float]
+    ) -> ResamplePlan:
+        """The resampling plan of a checked cutout geometry.
 
         Raises
         ------
-        EmptyCutoutError
-            Too little of the frame is covered by finite cutout pixels.
         CutoutWcsError, CutoutTooLargeError
             The source is too far from the cutout, or resampling would take too many points.
         """
         size, scale = self._settings.size, self._settings.pixel_scale_arcsec
-        if not finite.any():
-            raise EmptyCutoutError("cutout has no finite pixel")
-        if not finite.all():
-            flags |= StampFlag.NONFINITE_PIXELS
-        source = check_source(source, image.shape, cd_arcsec, size, scale)
+        source = check_source(source, shape, cd_arcsec, size, scale)
         points = (size * samples_per_side(cd_arcsec, scale)) ** 2
         if points > self._limits.max_cutout_pixels:
             # Only a cutout far finer than the frame gets here: never sample more points than the largest
@@ -432,7 +428,35 @@ class StampNormaliser:
                 f"resampling this cutout takes {points} points, more than max_cutout_pixels="
                 f"{self._limits.max_cutout_pixels}"
             )
-        data, mask = resample_to_frame(image, cd_arcsec, source, size, scale)
+        return ResamplePlan.build(shape, cd_arcsec, source, size, scale)
+
+    def _resample(
+        self,
+        image: np.ndarray,
+        finite: np.ndarray,
+        cd_arcsec: np.ndarray,
+        source: tuple[float, float],
+        flags: StampFlag,
+        reuse: ResamplePlan | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, StampFlag, ResamplePlan]:
+        """A checked cutout on the frame grid: ``(data, mask, flags, plan)``.
+
+        ``reuse`` is taken as the plan when the cutout is on its grid; else the geometry's own is built.
+
+        Raises
+        ------
+        EmptyCutoutError
+            Too little of the frame is covered by finite cutout pixels.
+        CutoutWcsError, CutoutTooLargeError
+            The source is too far from the cutout, or resampling would take too many points.
+        """
+        if not finite.any():
+            raise EmptyCutoutError("cutout has no finite pixel")
+        if not finite.all():
+            flags |= StampFlag.NONFINITE_PIXELS
+        on_grid = reuse is not None and reuse.fits(image.shape, cd_arcsec, source)
+        plan = reuse if on_grid and reuse is not None else self._plan(image.shape, cd_arcsec, source)
+        data, mask = plan.apply(image, finite)
         valid = float(mask.mean())
         if valid < self._settings.min_valid_fraction:
             raise EmptyCutoutError(
@@ -441,6 +465,6 @@ class StampNormaliser:
             )
         if valid < 1.0:
             flags |= StampFlag.PARTIAL_COVERAGE
-        if np.sqrt(abs(np.linalg.det(cd_arcsec))) > scale * 1.001:
+        if np.sqrt(abs(np.linalg.det(plan.cd_arcsec))) > self._settings.pixel_scale_arcsec * 1.001:
             flags |= StampFlag.UPSAMPLED
-        return data, mask, flags
+        return data, mask, flags, plan

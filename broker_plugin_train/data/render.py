@@ -23,7 +23,7 @@ static light plus the matched template's noise, far below the difference's own n
 difference images share them, the co-add has none (the whole epoch is NaN when the visit is lost).
 
 Training frames are made exactly as serving makes them: each epoch is rendered on a native survey grid
-and every image is sent through :func:`broker_plugin.stamps.resample_to_frame`, the function serving
+and every image is sent through :class:`broker_plugin.stamps.ResamplePlan`, the resampler serving
 uses on every alert cutout, so there is no training/serving skew in resampling, masking or flux
 scaling. The fixed look's grid is SDSS-like (0.4"/px, its orientation jittered per visit, covering the
 whole frame); a domain-randomised object (:mod:`broker_plugin_train.data.domain`) has a native pixel scale of
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from broker_plugin.stamps import RubinCutoutGeometry, resample_to_frame
+from broker_plugin.stamps import ResamplePlan, RubinCutoutGeometry
 from broker_plugin_train.config import RenderConfig
 from broker_plugin_train.data import scene
 from broker_plugin_train.data.bandpasses import mag_to_njy
@@ -474,10 +474,12 @@ def render_frames(obj: SimObject, config: RenderConfig, rng: np.random.Generator
         add_artefacts(images["frames"][i], False, config, rng)
         if both:
             share_artefacts(images["frames"][i], images["science"][i])
+        # The visit's cutouts share one grid, hence one resampling plan.
+        plan = ResamplePlan.build(
+            images["frames"][i].shape, geom.cd_arcsec, geom.source_xy, side, config.frame_pixel_scale_arcsec
+        )
         for name, image in images.items():
-            planes[name][i], masks[name][i] = resample_to_frame(
-                image[i], geom.cd_arcsec, geom.source_xy, side, config.frame_pixel_scale_arcsec
-            )
+            planes[name][i], masks[name][i] = plan.apply(image[i])
     flux[missing], err[missing] = np.nan, np.nan
     result = {"frames": planes["frames"], "masks": masks["frames"], "psf_flux": flux, "psf_flux_err": err}
     if both:

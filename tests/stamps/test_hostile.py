@@ -18,11 +18,11 @@ from broker_plugin import exceptions as exc
 from broker_plugin.config import LimitsSettings, StampSettings
 from broker_plugin.records import MAX_PIXEL_FLUX_NJY, Frame, StampFlag, check_frame
 from broker_plugin.stamps import StampNormaliser
-from broker_plugin.stamps import normalise as normalise_module
 from broker_plugin.stamps.checks import check_pixel_matrix, pixel_scales
 from broker_plugin.stamps.fast_fits import parse_primary_image
 from broker_plugin.stamps.fits_header import card_value, locate_image
 from broker_plugin.stamps.fits_io import gunzip, read_image
+from broker_plugin.stamps.resample import ResamplePlan
 from tests.factories import rubin_cutout_bytes
 from tests.stamps.hostile import (
     card,
@@ -403,8 +403,8 @@ def test_every_frame_passes_check_frame(monkeypatch, normaliser: StampNormaliser
         data[0, 0] = np.inf
         return data, mask
 
-    resample = normalise_module.resample_to_frame
-    monkeypatch.setattr(normalise_module, "resample_to_frame", poisoned)
+    resample = ResamplePlan.apply
+    monkeypatch.setattr(ResamplePlan, "apply", poisoned)
     with pytest.raises(exc.InvalidFrameError, match="non-finite"):
         normaliser.normalise(rubin_alert(rubin_cutout()))
 

@@ -27,6 +27,7 @@ from broker_plugin.stamps import normalise as normalise_module
 from broker_plugin.stamps.checks import flux_factor
 from broker_plugin.stamps.fast_fits import linear_transform, parse_primary_image
 from broker_plugin.stamps.normalise import NJY_AB_ZEROPOINT, ztf_source_pixel
+from broker_plugin.stamps.resample import ResamplePlan
 from tests.factories import ZTF_GOLDEN, rubin_cutout_bytes
 from tests.hostile import fits_with_cards, rubin_cutout_with, tan_cutout
 from tests.stamps.hostile import (
@@ -191,6 +192,32 @@ def test_ztf_sign_flip_is_for_the_difference_only(recorder: Recorder) -> None:
     assert np.array_equal(flipped.data, -as_positive.data)
     assert flipped.science.tobytes() == as_positive.science.tobytes()  # type: ignore[union-attr]
     assert flipped.template.tobytes() == as_positive.template.tobytes()  # type: ignore[union-attr]
+
+
+def test_planes_on_the_difference_grid_share_its_plan_and_others_get_their_own(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[tuple[int, int]] = []
+    build = ResamplePlan.build.__func__  # type: ignore[attr-defined]
+
+    def counted(cls, shape, *args):  # type: ignore[no-untyped-def]
+        built.append(tuple(shape))
+        return build(cls, shape, *args)
+
+    monkeypatch.setattr(ResamplePlan, "build", classmethod(counted))
+    same = rubin_cutout_bytes(size=40, rotation_deg=30.0, flux=500.0)
+    alert = dataclasses.replace(rubin_alert(rubin_cutout()), cutoutScience=same, cutoutTemplate=same)
+    frame = recorder.normaliser.normalise(alert)
+    assert built == [(40, 40)]  # one grid, one plan
+    other = rubin_cutout_bytes(size=44, rotation_deg=75.0, flux=500.0)  # another grid: its own plan
+    built.clear()
+    moved = recorder.normaliser.normalise(dataclasses.replace(alert, cutoutTemplate=other))
+    assert built == [(40, 40), (44, 44)]
+    image, cards = parse_primary_image(other)  # type: ignore[misc]
+    cd, source = linear_transform(cards, alert.ra, alert.dec)  # type: ignore[misc]
+    _assert_plane(moved.template, moved.templateMask, _resampled(image, cd, source))
+    assert moved.science.tobytes() == frame.science.tobytes()  # type: ignore[union-attr]
+    assert recorder.heard == []
 
 
 # --- a plane that cannot be made costs the plane, not the alert ------------------------------------------

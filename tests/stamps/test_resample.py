@@ -2,9 +2,10 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from broker_plugin.stamps import RubinCutoutGeometry, resample_to_frame
-from broker_plugin.stamps.resample import frame_sky_offsets
+from broker_plugin.stamps.resample import ResamplePlan, frame_sky_offsets, samples_per_side
 from tests.factories import gaussian_source
 
 SIZE, SCALE = 32, 0.4
@@ -79,3 +80,67 @@ def test_upsampling_coarse_pixels_conserves_flux() -> None:
     data, mask = resample_to_frame(image, cd, (31.0, 31.0), SIZE, SCALE)
     assert mask.all()
     assert data.sum() == pytest.approx(800.0, rel=0.02)
+
+
+def reference_resample(
+    image: np.ndarray, cd: np.ndarray, source: tuple[float, float], size: int, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The resampler's definition, spelled out with scipy's interpolation: the plan must agree with it."""
+    n = samples_per_side(cd, scale)
+    sub = ((np.arange(n) + 0.5) / n - 0.5) * scale
+    fine = ((np.arange(size) - (size - 1) / 2)[:, None] * scale + sub[None, :]).ravel()
+    east, north = np.meshgrid(-fine, fine)
+    inv = np.linalg.inv(cd)
+    x = source[0] + inv[0, 0] * east + inv[0, 1] * north
+    y = source[1] + inv[1, 0] * east + inv[1, 1] * north
+    finite = np.isfinite(image)
+    coords = np.stack([y.ravel(), x.ravel()])
+    values = ndimage.map_coordinates(np.where(finite, image, 0.0), coords, order=1, mode="nearest")
+    weight = ndimage.map_coordinates(finite.astype(float), coords, order=1, mode="nearest")
+    rows, cols = image.shape
+    inside = (x >= -0.5) & (x <= cols - 0.5) & (y >= -0.5) & (y <= rows - 0.5)
+    good = (inside.ravel() & (weight >= 0.999)).reshape(size, n, size, n).all(axis=(1, 3))
+    data = values.reshape(size, n, size, n).mean(axis=(1, 3)) * scale**2 / abs(np.linalg.det(cd))
+    return np.where(good, data, 0.0).astype(np.float32), good
+
+
+def test_the_plan_agrees_with_the_definition_on_any_geometry() -> None:
+    rng = np.random.default_rng(7)
+    for k in range(200):
+        shape = (int(rng.integers(4, 90)), int(rng.integers(4, 90)))
+        theta, pixel = rng.uniform(0, 2 * np.pi), rng.choice([0.1, 0.2, 0.4, 1.01, 2.5])
+        cd = pixel * np.array([[-np.cos(theta), np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+        source = (rng.uniform(-3, shape[1] + 2), rng.uniform(-3, shape[0] + 2))
+        image = rng.normal(0, 100, shape)
+        if k % 3 == 0:  # bad pixels: masked with their neighbourhood
+            image[rng.integers(0, shape[0], 4), rng.integers(0, shape[1], 4)] = np.nan
+        data, mask = resample_to_frame(image, cd, source, SIZE, SCALE)
+        want, want_mask = reference_resample(image, cd, source, SIZE, SCALE)
+        assert np.array_equal(mask, want_mask), k
+        np.testing.assert_allclose(data, want, rtol=1e-6, atol=1e-9 * np.abs(want).max(initial=1.0))
+
+
+def test_one_plan_resamples_every_image_on_its_grid_as_alone() -> None:
+    geometry = RubinCutoutGeometry(size=50, rotation_deg=21.0)
+    plan = ResamplePlan.build((50, 50), geometry.cd_arcsec, geometry.source_xy, SIZE, SCALE)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        image = rng.normal(0, 10, (50, 50))
+        image[rng.integers(0, 50), rng.integers(0, 50)] = np.inf
+        alone = resample_to_frame(image, geometry.cd_arcsec, geometry.source_xy, SIZE, SCALE)
+        got = plan.apply(image)
+        assert got[0].tobytes() == alone[0].tobytes() and np.array_equal(got[1], alone[1])
+    assert plan.fits((50, 50), geometry.cd_arcsec.copy(), geometry.source_xy)
+    assert not plan.fits((50, 51), geometry.cd_arcsec, geometry.source_xy)
+    assert not plan.fits((50, 50), geometry.cd_arcsec * 1.0000001, geometry.source_xy)
+    assert not plan.fits((50, 50), geometry.cd_arcsec, (geometry.source_xy[0] + 0.01, geometry.source_xy[1]))
+    with pytest.raises(ValueError, match="grid"):
+        plan.apply(np.zeros((50, 51)))
+
+
+def test_a_plan_is_not_changed_by_the_frames_made_with_it() -> None:
+    plan = ResamplePlan.build((40, 40), np.diag([-0.2, 0.2]), (19.5, 19.5), SIZE, SCALE)
+    covered = plan.covered.copy()
+    _, mask = plan.apply(np.ones((40, 40)))
+    mask[:] = False  # a caller owns the mask it is given
+    assert np.array_equal(plan.covered, covered)
