@@ -40,7 +40,8 @@ ZTF_DIRS = (ROOT.parent / "shared" / "data" / "ztf", Path("/work/shared/data/ztf
 
 
 def rubin_messages(n: int, seed: int = 0) -> list[bytes]:
-    """``n`` latest-schema Rubin alerts, cutouts 30..102 px at random rotations, noise + a source."""
+    """``n`` latest-schema Rubin alerts: difference, science and template cutouts on one grid (as Rubin
+    cuts them), 30..102 px at random rotations, noise + a source."""
     rng = np.random.default_rng(seed)
     version = latest_rubin_version()
     out = []
@@ -48,8 +49,12 @@ def rubin_messages(n: int, seed: int = 0) -> list[bytes]:
         size = int(rng.integers(30, 103))
         geometry = RubinCutoutGeometry(size=size, rotation_deg=float(rng.uniform(0, 360)))
         east, north = geometry.sky_offsets()
-        image = 300 * np.exp(-(east**2 + north**2) / 0.2) + rng.normal(0, 5, (size, size))
-        cutout = write_rubin_cutout(image, np.full((size, size), 25.0), geometry, 10.0, -5.0)
+        source = np.exp(-(east**2 + north**2) / 0.2)
+        variance = np.full((size, size), 25.0)
+        difference, science, template = (
+            write_rubin_cutout(plane + rng.normal(0, 5, (size, size)), variance, geometry, 10.0, -5.0)
+            for plane in (300 * source, 2000 + 600 * source, 2000 + 300 * source)
+        )
         record = rubin_alert_record(
             version,
             diaSourceId=i,
@@ -60,7 +65,9 @@ def rubin_messages(n: int, seed: int = 0) -> list[bytes]:
             dec=-5.0,
             psfFlux=1.0,
             psfFluxErr=1.0,
-            cutoutDifference=cutout,
+            cutoutDifference=difference,
+            cutoutScience=science,
+            cutoutTemplate=template,
         )
         out.append(encode_rubin_message(record, version))
     return [out[i % len(out)] for i in range(n)]

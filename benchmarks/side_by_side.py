@@ -1,13 +1,14 @@
-"""The service benchmark on two versions of the code, side by side in one run.
+"""A benchmark on two versions of the code, side by side in one run.
 
-Usage: ``python benchmarks/side_by_side.py --before REF [--repeats 2]
-[--out benchmarks/results/service_side_by_side.json] [-- BENCH_SERVICE_ARGUMENTS ...]``
+Usage: ``python benchmarks/side_by_side.py --before REF [--bench service|decode] [--repeats 2]
+[--out benchmarks/results/<bench>_side_by_side.json] [-- BENCHMARK_ARGUMENTS ...]``
 
-Checks ``REF`` out into a temporary git worktree, then runs this tree's ``benchmarks/bench_service.py``
-(the same alerts, arguments and measurement) alternately against the package of ``REF`` and of this
-tree (``PYTHONPATH``), ``--repeats`` times in rotated order, so that the drift of a shared machine hits
-both alike. Writes every run's rows and, per model row, the medians of both versions and the median of
-the paired ratios after / before.
+Checks ``REF`` out into a temporary git worktree, then runs this tree's benchmark script
+(``bench_service.py`` or ``bench_decode.py``: the same alerts, arguments and measurement) alternately
+against the package of ``REF`` and of this tree (``PYTHONPATH``), ``--repeats`` times in rotated order,
+so that the drift of a shared machine hits both alike. Writes every run's metrics and, per row (a model
+of the service benchmark, a survey of the decode benchmark), the medians of both versions and the median
+of the paired ratios after / before.
 """
 
 from __future__ import annotations
@@ -18,12 +19,44 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("alerts_per_second", "p50_s", "p99_s")
+
+#: Rows of ``{metric: value}`` from one result file, per benchmark.
+Extract = Callable[[dict], dict[str, dict[str, float | None]]]
+
+
+def _service(result: dict) -> dict[str, dict[str, float | None]]:
+    rows = {}
+    for row in result["results"]:
+        latency = row["latency_at_rate"]
+        rows[row["model"]] = {
+            "alerts_per_second": row["throughput"]["alerts_per_second"],
+            "p50_s": latency["p50_s"],
+            "p99_s": latency["p99_s"],
+        }
+    return rows
+
+
+def _decode(result: dict) -> dict[str, dict[str, float | None]]:
+    return {
+        survey: {
+            "alerts_per_cpu_second": result[survey]["alerts_per_cpu_second"],
+            "avro_decode_ms": result[survey]["ms_per_alert"]["avro_decode"],
+            "stamp_normalise_ms": result[survey]["ms_per_alert"]["stamp_normalise"],
+        }
+        for survey in ("rubin", "ztf")
+    }
+
+
+BENCHES: dict[str, tuple[str, Extract]] = {
+    "service": ("bench_service.py", _service),
+    "decode": ("bench_decode.py", _decode),
+}
 
 
 def _rev(ref: str) -> str:
@@ -32,27 +65,21 @@ def _rev(ref: str) -> str:
     ).stdout.strip()
 
 
-def _metrics(row: dict) -> dict[str, float | None]:
-    lat = row["latency_at_rate"]
-    return {"alerts_per_second": row["throughput"]["alerts_per_second"], "p50_s": lat["p50_s"],
-            "p99_s": lat["p99_s"]}  # fmt: skip
-
-
-def run_bench(package: Path, bench_args: list[str], out: Path) -> list[dict]:
-    """One run of this tree's service benchmark with ``package`` first on the import path."""
+def run_bench(script: str, package: Path, bench_args: list[str], out: Path) -> dict:
+    """One run of this tree's benchmark ``script`` with ``package`` first on the import path."""
     env = {**os.environ, "PYTHONPATH": str(package)}
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench_service.py"), *bench_args, "--out", str(out)]
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *bench_args, "--out", str(out)]
     subprocess.run(command, cwd=ROOT, env=env, check=True)
-    return json.loads(out.read_text())["results"]
+    return json.loads(out.read_text())
 
 
-def summarise(runs: dict[str, list[list[dict]]]) -> list[dict]:
-    """Per model row: both versions' medians and the median paired ratio after / before."""
+def summarise(runs: dict[str, list[dict[str, dict[str, float | None]]]]) -> list[dict]:
+    """Per row: both versions' medians and the median paired ratio after / before, per metric."""
     out = []
-    for i, first in enumerate(runs["after"][0]):
-        row: dict = {"model": first["model"]}
-        for key in METRICS:
-            values = {v: [_metrics(r[i])[key] for r in runs[v]] for v in ("before", "after")}
+    for name, metrics in runs["after"][0].items():
+        row: dict = {"row": name}
+        for key in metrics:
+            values = {v: [r[name][key] for r in runs[v]] for v in ("before", "after")}
             for version, found in values.items():
                 kept = [x for x in found if x is not None]
                 row[f"{key}_{version}"] = round(float(np.median(kept)), 3) if kept else None
@@ -65,14 +92,15 @@ def summarise(runs: dict[str, list[list[dict]]]) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git ref of the code to compare with")
+    parser.add_argument("--bench", choices=sorted(BENCHES), default="service")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "service_side_by_side.json"
-    )
-    parser.add_argument("bench_args", nargs=argparse.REMAINDER, help="after --: bench_service.py arguments")
+    parser.add_argument("--out", type=Path, help="default benchmarks/results/<bench>_side_by_side.json")
+    parser.add_argument("bench_args", nargs=argparse.REMAINDER, help="after --: the benchmark's arguments")
     args = parser.parse_args()
+    script, extract = BENCHES[args.bench]
+    out_path = args.out or ROOT / "benchmarks" / "results" / f"{args.bench}_side_by_side.json"
     bench_args = [a for a in args.bench_args if a != "--"]
-    runs: dict[str, list[list[dict]]] = {"before": [], "after": []}
+    runs: dict[str, list[dict[str, dict[str, float | None]]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="side-by-side-") as tmp:
         tree = Path(tmp) / "before"
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.before], cwd=ROOT, check=True)
@@ -80,18 +108,17 @@ def main() -> int:
             for repeat in range(args.repeats):
                 order = [("before", tree), ("after", ROOT)]
                 for version, package in order if repeat % 2 == 0 else order[::-1]:
-                    runs[version].append(
-                        run_bench(package, bench_args, Path(tmp) / f"{version}-{repeat}.json")
-                    )
+                    result = run_bench(script, package, bench_args, Path(tmp) / f"{version}-{repeat}.json")
+                    runs[version].append(extract(result))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     result = {
-        "benchmark": "service end to end, two code versions side by side",
+        "benchmark": f"{script}, two code versions side by side",
         "command": " ".join(["python", "benchmarks/side_by_side.py", *sys.argv[1:]]),
         "before": _rev(args.before), "after": _rev("HEAD"), "repeats": args.repeats,
         "summary": summarise(runs), "runs": runs,
     }  # fmt: skip
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["summary"], indent=2))
     return 0
 
