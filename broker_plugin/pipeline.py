@@ -271,7 +271,8 @@ class Pipeline:
         """Answer every alert that gets an output; update and store the caches. Return objects classified."""
         version = self._model.version
         stepped: list[tuple[_ObjectWork, list[int], tuple[tuple[float, str], ...]]] = []
-        step_caches, step_inputs = [], []
+        step_caches: list[ObjectCache] = []
+        step_frames: list[list[Frame]] = []
         recomputes: list[tuple[_ObjectWork, int, list[Frame]]] = []
         inserted: list[_Insertion] = []
         rebuilt: list[tuple[_ObjectWork, list[Frame]]] = []
@@ -308,7 +309,7 @@ class Pipeline:
                     track = ObjectTrack(cache, _meta(before[-self._recent_keep :]))
                 stepped.append((item, new, track.recent))
                 step_caches.append(track.cache)
-                step_inputs.append(self._predictor.preprocess(new_frames))
+                step_frames.append(new_frames)
             else:
                 # New frames out of time order: each alert's frame is inserted among the known ones.
                 stored = stored if stored is not None else self._read(item, new)
@@ -323,7 +324,7 @@ class Pipeline:
                     if self._gets_output(item, k):
                         recomputes.append((item, i, sorted(before + new_frames[: k + 1], key=_time_key)))
                 rebuilt.append((item, stored))
-        self._answer_stepped(stepped, step_caches, step_inputs)
+        self._answer_stepped(stepped, step_caches, self._predictor.preprocess_many(step_frames))
         self._answer_recomputed(recomputes)
         self._answer_inserted(inserted)
         for item, cache in zip(rebuilt, self._rebuilt([stored for _, stored in rebuilt]), strict=True):
@@ -411,10 +412,14 @@ class Pipeline:
         if not inserted:
             return
         predictor = self._predictor
-        for x in inserted:
+        sequences = [
+            sorted((*x.known, *(x.item.items[i][1] for i in x.new)), key=_time_key) for x in inserted
+        ]
+        for x, frames, inputs in zip(
+            inserted, sequences, predictor.preprocess_many(sequences, rows=False), strict=True
+        ):
             new_frames = [x.item.items[i][1] for i in x.new]
-            frames = sorted((*x.known, *new_frames), key=_time_key)
-            x.inputs = predictor.preprocess(frames, rows=False)
+            x.inputs = inputs
             rank = {f.diaSourceId: r for r, f in enumerate(frames)}
             x.order = [rank[f.diaSourceId] for f in x.known]
             x.ranks = [rank[f.diaSourceId] for f in new_frames]
@@ -462,7 +467,7 @@ class Pipeline:
     def _rebuilt(self, sequences: list[list[Frame]]) -> list[ObjectCache]:
         """Caches of objects' whole frame sequences (time order), embedded in one batch."""
         predictor = self._predictor
-        return predictor.new_caches([RebuildJob(predictor.preprocess(s, rows=False)) for s in sequences])
+        return predictor.new_caches([RebuildJob(i) for i in predictor.preprocess_many(sequences, rows=False)])
 
     # ---- outputs ---------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ GPUs only).
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from broker_plugin.inference.preprocess import (
     ModelInput,
     collate,
     collate_context,
-    frames_to_input,
+    frames_to_inputs,
     select_window,
     window_start,
 )
@@ -171,12 +172,34 @@ class Predictor:
         net reads that alert's history there. ``rows=False`` skips the history rows: input only for a
         cache (:meth:`new_caches`), which never holds them.
         """
-        history = None
-        if self.uses_history and frames and rows:
-            history = frame_history_rows([*frames[:-1], trigger if trigger is not None else frames[-1]])
-        return frames_to_input(
-            frames, self.normalisation, band_offset=self.band_offset, stamp=self.stamp,
-            with_context=self.uses_context, before=before, history=history,
+        return self.preprocess_many([frames], [before], triggers=[trigger], rows=rows)[0]
+
+    def preprocess_many(
+        self,
+        sequences: Sequence[Sequence[Frame]],
+        befores: Sequence[Sequence[Frame]] | None = None,
+        *,
+        triggers: Sequence[Frame | None] | None = None,
+        rows: bool = True,
+    ) -> list[ModelInput]:
+        """:meth:`preprocess` of several objects (one entry of ``befores`` and ``triggers`` each).
+
+        The same inputs as one call per object, with the array work done once for all their frames
+        (:func:`~broker_plugin.inference.preprocess.frames_to_inputs`).
+        """
+        histories: list[np.ndarray | None] | None = None
+        if self.uses_history and rows:
+            triggers = triggers if triggers is not None else [None] * len(sequences)
+            outputs_at = [
+                [*frames[:-1], trigger if trigger is not None else frames[-1]] if frames else []
+                for frames, trigger in zip(sequences, triggers, strict=True)
+            ]
+            every = frame_history_rows([f for frames in outputs_at for f in frames])
+            bounds = np.cumsum([0, *(len(frames) for frames in outputs_at)])
+            histories = [every[a:b] if b > a else None for a, b in itertools.pairwise(bounds.tolist())]
+        return frames_to_inputs(
+            sequences, self.normalisation, band_offset=self.band_offset, stamp=self.stamp,
+            with_context=self.uses_context, befores=befores, histories=histories,
         )  # fmt: skip
 
     def history_rows(self, frames: Sequence[Frame]) -> np.ndarray | None:
@@ -242,14 +265,7 @@ class Predictor:
         need not be the last in time). A history net reads that alert's history; by default the last
         frame's.
         """
-        if triggers is None:
-            inputs = [self.preprocess(frames) for frames in sequences]
-        else:
-            inputs = [
-                self.preprocess(frames, trigger=trigger)
-                for frames, trigger in zip(sequences, triggers, strict=True)
-            ]
-        return self.predict(inputs)
+        return self.predict(self.preprocess_many(sequences, triggers=triggers))
 
     def cache_fits(self, cache: ObjectCache) -> bool:
         """Whether a stored ``cache`` can be extended by this predictor (else rebuild it)."""

@@ -474,6 +474,73 @@ def frames_to_input(
     )  # fmt: skip
 
 
+def frames_to_inputs(
+    groups: Sequence[Sequence[Frame]],
+    norm: FluxNormalisation,
+    *,
+    band_offset: int,
+    stamp: int = 32,
+    with_context: bool = False,
+    befores: Sequence[Sequence[Frame]] | None = None,
+    histories: Sequence[np.ndarray | None] | None = None,
+) -> list[ModelInput]:
+    """:func:`frames_to_input` of several objects: the same inputs, with the array work done once.
+
+    Every frame is preprocessed on its own (its normalisation, planes and photometry read no other
+    frame), so all groups' frames go through one :func:`frames_to_input` and are cut back into groups;
+    only the time origin (``first_mjd``, ``prev_mjd``) is each group's, from its ``befores``. Should
+    the whole refuse (a frame no net can read), each group is preprocessed alone, so the error names
+    the group it belongs to, as one call per group would.
+
+    Parameters
+    ----------
+    groups
+        Each object's frames (time order).
+    befores
+        Each object's frames before its group (default: none).
+    histories
+        Each group's history rows (all or none), as ``frames_to_input``'s ``history``.
+    """
+    befores = befores if befores is not None else [()] * len(groups)
+    histories = histories if histories is not None else [None] * len(groups)
+    if len(befores) != len(groups) or len(histories) != len(groups):
+        raise ValueError("one 'befores' and one 'histories' entry per group")
+    kwargs: dict[str, Any] = {"band_offset": band_offset, "stamp": stamp, "with_context": with_context}
+
+    def one_by_one() -> list[ModelInput]:
+        return [
+            frames_to_input(g, norm, before=b, history=h, **kwargs)
+            for g, b, h in zip(groups, befores, histories, strict=True)
+        ]
+
+    filled = [(g, h) for g, h in zip(groups, histories, strict=True) if g]
+    with_rows = [h is not None for _, h in filled]
+    if len(filled) < 2 or (any(with_rows) and not all(with_rows)):
+        return one_by_one()
+    flat = [f for g, _ in filled for f in g]
+    rows = np.concatenate([h for _, h in filled if h is not None]) if all(with_rows) else None
+    try:
+        whole = frames_to_input(flat, norm, history=rows, **kwargs)
+    except InferenceInputError:
+        return one_by_one()
+    kept = np.cumsum([0, *(bool(f.mask.any()) for f in flat)])
+    out, start = [], 0
+    for group, before in zip(groups, befores, strict=True):
+        if not group:
+            out.append(frames_to_input(group, norm, **kwargs))
+            continue
+        end = start + len(group)
+        part = whole[int(kept[start]) : int(kept[end])]
+        start = end
+        if part.mjd is None:
+            out.append(replace(part, first_mjd=math.nan, prev_mjd=math.nan))
+            continue
+        measured = [f.midpointMjdTai for f in before if f.mask.any()]
+        first = measured[0] if measured else (float(part.mjd[0]) if len(part) else math.nan)
+        out.append(replace(part, first_mjd=first, prev_mjd=measured[-1] if measured else math.nan))
+    return out
+
+
 def window_start(n_frames: int, chunk_size: int, max_chunks: int) -> int:
     """Return the index of the first frame of the window over ``n_frames`` frames (chunk aligned)."""
     n_chunks = -(-n_frames // chunk_size)

@@ -100,9 +100,9 @@ class BoostedTrees:
         """Classes of every model."""
         return int(self.baseline.shape[1])
 
-    @property
+    @functools.cached_property
     def n_features(self) -> int:
-        """Smallest feature vector the splits can read."""
+        """Smallest feature vector the splits can read (a scan of every node: computed once)."""
         splits = ~self.leaf
         return int(self.feature[splits].max()) + 1 if splits.any() else 0
 

@@ -118,3 +118,39 @@ def test_trees_need_a_history_net():
         Predictor(
             members, model_id="m", normalisation=FluxNormalisation(), device="cpu", trees=make_trees()[0]
         )
+
+
+def test_several_objects_preprocessed_at_once_equal_one_call_each(tmp_path):
+    from broker_plugin.records import PhotometryHistory
+
+    from ..factories import make_artifact
+
+    directory = make_artifact(tmp_path / "a", "convention-alert-small", 1, trees=True)
+    predictor = Predictor.from_artifact(directory, device="cpu")
+    rng = np.random.default_rng(2)
+
+    def frame(mjd: float, source: int) -> Frame:
+        points = np.sort(rng.uniform(mjd - 40, mjd, 4))
+        history = PhotometryHistory.from_points(
+            points, np.ones(4, int), rng.normal(300, 50, 4), np.full(4, 30.0), rng.random(4) > 0.5
+        )
+        return Frame(
+            rng.normal(0, 20, (32, 32)).astype(np.float32), np.ones((32, 32), bool), StampFlag.NONE,
+            "gri"[source % 3], mjd, source, psfFlux=float(rng.normal(400, 40)), psfFluxErr=25.0,
+            history=history,
+        )  # fmt: skip
+
+    sequences = [[frame(60000.0 + 3 * k, 10 * g + k) for k in range(n)] for g, n in enumerate((4, 1, 0, 6))]
+    befores = [[frame(59990.0, 900 + g)] if g % 2 else [] for g in range(4)]
+    triggers = [frame(60050.0, 800), None, None, frame(60001.0, 801)]  # late alerts ask for outputs
+    together = predictor.preprocess_many(sequences, befores, triggers=triggers)
+    for frames, before, trigger, got in zip(sequences, befores, triggers, together, strict=True):
+        alone = predictor.preprocess(frames, before, trigger=trigger)
+        for name in ("x", "band", "aux", "photometry", "presence", "mjd", "history"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(alone, name), err_msg=name)
+        assert (got.first_mjd, got.prev_mjd) == pytest.approx((alone.first_mjd, alone.prev_mjd), nan_ok=True)
+    assert together[0].history is not None and together[2].history is None
+    # The trigger's history is read at the last frame: another trigger, other rows there only.
+    plain = predictor.preprocess(sequences[0], befores[0])
+    np.testing.assert_array_equal(plain.history[:-1], together[0].history[:-1])  # type: ignore[index]
+    assert not np.array_equal(plain.history[-1], together[0].history[-1])  # type: ignore[index]

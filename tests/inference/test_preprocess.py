@@ -7,6 +7,7 @@ from broker_plugin.inference.preprocess import (
     arrays_to_input,
     fit_flux_normalisation,
     frames_to_input,
+    frames_to_inputs,
     select_window,
     window_start,
 )
@@ -117,3 +118,59 @@ def test_take_equals_preprocessing_the_taken_frames_alone():
             np.testing.assert_array_equal(getattr(taken, name), getattr(alone, name), err_msg=name)
         np.testing.assert_array_equal(taken.context(), alone.context())
         np.testing.assert_array_equal(taken[1:].context(), alone[1:].context())
+
+
+def _random_frames(rng: np.random.Generator, n: int, first_id: int, *, science: bool = True) -> list[Frame]:
+    out = []
+    for k in range(n):
+        planes: dict = {}
+        if science and k % 3 != 1:  # some frames without science or template
+            mask = rng.random((32, 32)) > 0.1
+            image = np.where(mask, rng.normal(100.0, 5.0, (32, 32)), 0.0).astype(np.float32)
+            planes = {"science": image, "scienceMask": mask, "template": image * 0.9, "templateMask": mask}
+        measured = k % 4 != 2 or n < 3  # an unmeasured frame now and then: no model input
+        out.append(Frame(
+            rng.normal(0.0, 30.0, (32, 32)).astype(np.float32), np.full((32, 32), measured), StampFlag.NONE,
+            "ugriz"[k % 5], 60000.0 + 1.7 * k + first_id, first_id + k, psfFlux=float(rng.normal(500, 50)),
+            psfFluxErr=20.0, **planes,
+        ))  # fmt: skip
+    return out
+
+
+def _assert_same_input(got, want) -> None:  # type: ignore[no-untyped-def]
+    for name in ("x", "band", "aux", "photometry", "presence", "mjd", "history"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    np.testing.assert_equal((got.first_mjd, got.prev_mjd), (want.first_mjd, want.prev_mjd))
+    if want.has_context:
+        np.testing.assert_array_equal(got.context(), want.context())
+
+
+@pytest.mark.parametrize("with_context", [True, False])
+def test_several_objects_at_once_equal_each_preprocessed_alone(with_context: bool) -> None:
+    rng = np.random.default_rng(11)
+    groups = [_random_frames(rng, n, 1000 * (g + 1), science=g != 2) for g, n in enumerate([5, 1, 7, 0, 3])]
+    befores = [_random_frames(rng, n, 100 * (g + 1)) for g, n in enumerate([2, 0, 4, 1, 0])]
+    histories = [rng.normal(size=(len(g), 6, 3)).astype(np.float32) if g else None for g in groups]
+    norm = FluxNormalisation("asinh", scale=(50.0,) * 6)
+    kwargs = {"band_offset": 1, "with_context": with_context}
+    got = frames_to_inputs(groups, norm, befores=befores, histories=histories, **kwargs)
+    assert len(got) == len(groups)
+    for group, before, rows, inp in zip(groups, befores, histories, got, strict=True):
+        _assert_same_input(inp, frames_to_input(group, norm, before=before, history=rows, **kwargs))
+
+
+def test_several_objects_refused_as_each_would_be_alone() -> None:
+    rng = np.random.default_rng(5)
+    good, bad = _random_frames(rng, 3, 10), _random_frames(rng, 2, 20)
+    bad[1] = Frame(bad[1].data, bad[1].mask, StampFlag.NONE, "q", 60100.0, 99)  # a band no net knows
+    norm = FluxNormalisation()
+    with pytest.raises(InferenceInputError, match="unknown band") as alone:
+        frames_to_input(bad, norm, band_offset=1)
+    with pytest.raises(InferenceInputError) as together:
+        frames_to_inputs([good, bad], norm, band_offset=1)
+    assert str(together.value) == str(alone.value)
+    with pytest.raises(ValueError, match="one 'befores'"):
+        frames_to_inputs([good, bad], norm, band_offset=1, befores=[good])
