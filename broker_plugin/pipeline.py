@@ -271,8 +271,9 @@ class Pipeline:
         """Answer every alert that gets an output; update and store the caches. Return objects classified."""
         version = self._model.version
         stepped: list[tuple[_ObjectWork, list[int], tuple[tuple[float, str], ...]]] = []
-        step_caches: list[ObjectCache] = []
+        step_caches: list[ObjectCache | None] = []
         step_frames: list[list[Frame]] = []
+        cold: list[tuple[int, list[Frame]]] = []  # stepped objects without a usable cache: their frames
         recomputes: list[tuple[_ObjectWork, int, list[Frame]]] = []
         inserted: list[_Insertion] = []
         rebuilt: list[tuple[_ObjectWork, list[Frame]]] = []
@@ -303,12 +304,15 @@ class Pipeline:
                 blob = self._store.get_cache(item.key, version)
                 track = ObjectTrack.from_bytes(blob, version) if blob is not None else None
                 if track is None or not self._cache_is_current(track, added, len(new)):
+                    # Rebuilt below from the stored frames, with every other such object's in one batch.
                     stored = stored if stored is not None else self._read(item, new)
                     before = _without(stored, new_frames)
-                    cache = self._predictor.new_cache(self._predictor.preprocess(before) if before else None)
-                    track = ObjectTrack(cache, _meta(before[-self._recent_keep :]))
-                stepped.append((item, new, track.recent))
-                step_caches.append(track.cache)
+                    cold.append((len(stepped), before))
+                    stepped.append((item, new, _meta(before[-self._recent_keep :])))
+                    step_caches.append(None)
+                else:
+                    stepped.append((item, new, track.recent))
+                    step_caches.append(track.cache)
                 step_frames.append(new_frames)
             else:
                 # New frames out of time order: each alert's frame is inserted among the known ones.
@@ -324,6 +328,8 @@ class Pipeline:
                     if self._gets_output(item, k):
                         recomputes.append((item, i, sorted(before + new_frames[: k + 1], key=_time_key)))
                 rebuilt.append((item, stored))
+        for (k, _), cache in zip(cold, self._rebuilt([before for _, before in cold]), strict=True):
+            step_caches[k] = cache
         self._answer_stepped(stepped, step_caches, self._predictor.preprocess_many(step_frames))
         self._answer_recomputed(recomputes)
         self._answer_inserted(inserted)
@@ -465,9 +471,14 @@ class Pipeline:
             x.item.track = ObjectTrack(x.cache, _meta(x.known[-self._recent_keep :]))
 
     def _rebuilt(self, sequences: list[list[Frame]]) -> list[ObjectCache]:
-        """Caches of objects' whole frame sequences (time order), embedded in one batch."""
+        """Caches of objects' whole frame sequences (time order), embedded in one batch.
+
+        A sequence without a frame the model reads gets an empty cache.
+        """
         predictor = self._predictor
-        return predictor.new_caches([RebuildJob(i) for i in predictor.preprocess_many(sequences, rows=False)])
+        inputs = predictor.preprocess_many(sequences, rows=False)
+        built = iter(predictor.new_caches([RebuildJob(i) for i in inputs if len(i)]))
+        return [next(built) if len(i) else predictor.new_cache() for i in inputs]
 
     # ---- outputs ---------------------------------------------------------------------------------------
 
