@@ -29,8 +29,9 @@ For each run:
 - *cpu*: CPU seconds (user + system) of this process during the throughput run: the service's threads
   and the producing client, not the preparation processes (their work is the decode and normalise
   stages) nor the broker;
-- *latency*: alerts are produced at a fixed ``--rate`` for ``--seconds``; latency is publication time
-  minus the alert's ``producer_timestamp``, p50/p99 over every classification.
+- *latency*: alerts are produced at a fixed ``--rate`` for ``--seconds``, objects staggered (new ones
+  starting all along, beside objects at every later epoch: :func:`alert_order`); latency is publication
+  time minus the alert's ``producer_timestamp``, p50/p99 over every classification.
 
 Everything runs on this machine: broker, producer and service share its cores.
 """
@@ -95,8 +96,26 @@ def history(obj: int, epoch: int) -> dict[str, list[dict]]:
     return {"prvDiaForcedSources": forced, "prvDiaSources": sources}
 
 
-def make_alerts(n: int, seed: int, first_object: int) -> list[tuple[bytes, bytes]]:
-    """``n`` (key, framed alert) of objects with ``EPOCHS`` epochs each, interleaved by epoch.
+def alert_order(n: int, staggered: bool) -> list[tuple[int, int]]:
+    """``(object index, epoch)`` of ``n`` alerts of objects with ``EPOCHS`` epochs each, in stream order.
+
+    Not ``staggered``: interleaved by epoch (every object's first alert, then every second one, ...).
+    ``staggered``: objects start one after another through the stream, an object's epochs a quarter of
+    the objects apart, so that at any moment the stream mixes new objects with objects at every later
+    epoch, as a survey's stream does (a steady mix of first outputs and cached steps, not every object
+    switching stage at once).
+    """
+    objects = max(1, n // EPOCHS)
+    if not staggered:
+        return [(k % objects, k // objects) for k in range(n)]
+    period = objects / 4
+    spacing = (n - (EPOCHS - 1) * period) / objects
+    slots = sorted((j * spacing + e * period, j, e) for j in range(objects) for e in range(EPOCHS))
+    return [(j, e) for _, j, e in slots[:n]]
+
+
+def make_alerts(n: int, seed: int, first_object: int, staggered: bool = False) -> list[tuple[bytes, bytes]]:
+    """``n`` (key, framed alert) of objects with ``EPOCHS`` epochs each, in :func:`alert_order`.
 
     Each alert carries difference, science and template cutouts on one pixel grid (as Rubin cuts them)
     and the object's photometric history, as a Rubin alert does.
@@ -113,10 +132,9 @@ def make_alerts(n: int, seed: int, first_object: int) -> list[tuple[bytes, bytes
         planes = (500 * source, 2000 + 800 * source, 2000 + 300 * source)  # difference, science, template
         noisy = [p + rng.normal(0, 5, (size, size)) for p in planes]
         triplets.append([write_rubin_cutout(p, variance, geometry, 10.0, -5.0) for p in noisy])
-    objects = max(1, n // EPOCHS)
     out = []
-    for k in range(n):
-        obj, epoch = first_object + k % objects, k // objects
+    for k, (index, epoch) in enumerate(alert_order(n, staggered)):
+        obj = first_object + index
         difference, science, template = triplets[k % len(triplets)]
         record = rubin_alert_record(
             version, diaSourceId=obj * 100 + epoch, diaObjectId=obj, midpointMjdTai=60_000.0 + 2 * epoch,
@@ -282,7 +300,7 @@ def measure(
     create_topics(bootstrap, [topic2], partitions)
     create_topics(bootstrap, [f"{topic2}-out", f"{topic2}-dead"])
     settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant)
-    paced = make_alerts(int(rate * seconds), seed=2, first_object=500_000)
+    paced = make_alerts(int(rate * seconds), seed=2, first_object=500_000, staggered=True)
     running = Running(settings2, variant.share_backbones, variant.trees)
     produce(bootstrap, topic2, paced, rate=rate)
     deadline = time.monotonic() + 300
