@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/bench_service.py [--models broker_plugin/models/convention-default] [--nets
 convention-small convention-paper] [--prepare-processes 1] [--torch-threads 0] [--share-backbones yes]
-[--repeats 1] [--alerts 1800] [--rate 300] [--seconds 10] [--partitions 45]
+[--repeats 1] [--alerts 1800] [--rate 300] [--seconds 10] [--partitions 45] [--latency-order staggered]
 [--out benchmarks/results/service_cpu.json]``
 
 Rows: every ``--models`` artifact as shipped (all ensemble members, trained weights; the shipped default
@@ -30,8 +30,10 @@ For each run:
   and the producing client, not the preparation processes (their work is the decode and normalise
   stages) nor the broker;
 - *latency*: alerts are produced at a fixed ``--rate`` for ``--seconds``, objects staggered (new ones
-  starting all along, beside objects at every later epoch: :func:`alert_order`); latency is publication
-  time minus the alert's ``producer_timestamp``, p50/p99 over every classification.
+  starting all along, beside objects at every later epoch: :func:`alert_order`; ``--latency-order
+  interleaved``: every object's first alert, then every second one, ..., so that every object reaches
+  its first output at the same moment, a worst case); latency is publication time minus the alert's
+  ``producer_timestamp``, p50/p99 over every classification.
 
 Everything runs on this machine: broker, producer and service share its cores.
 """
@@ -300,7 +302,8 @@ def measure(
     create_topics(bootstrap, [topic2], partitions)
     create_topics(bootstrap, [f"{topic2}-out", f"{topic2}-dead"])
     settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant)
-    paced = make_alerts(int(rate * seconds), seed=2, first_object=500_000, staggered=True)
+    staggered = args.latency_order == "staggered"
+    paced = make_alerts(int(rate * seconds), seed=2, first_object=500_000, staggered=staggered)
     running = Running(settings2, variant.share_backbones, variant.trees)
     produce(bootstrap, topic2, paced, rate=rate)
     deadline = time.monotonic() + 300
@@ -394,6 +397,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--partitions", type=int, default=45)
+    parser.add_argument(
+        "--latency-order",
+        choices=["staggered", "interleaved"],
+        default="staggered",
+        help="the paced stream's order (alert_order): interleaved puts every object's first output at once",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service_cpu.json")
     args = parser.parse_args()
     variants = [
@@ -423,6 +432,7 @@ def main() -> None:
     report = {"benchmark": "service end to end (embedded broker)", "plugin_version": __version__,
               "code": code_version(),
               "arguments": {"alerts": args.alerts, "rate": args.rate, "seconds": args.seconds,
+                            "latency_order": args.latency_order,
                             "partitions": args.partitions, "repeats": args.repeats,
                             "variants": [astuple(v) for v in variants]},
               "machine": {"cpu": platform.machine(), "python": platform.python_version(),

@@ -112,6 +112,25 @@ def service_table() -> str:
     return "\n".join(lines)
 
 
+def side_by_side_table(name: str) -> str:
+    """The summary of ``benchmarks/side_by_side.py``'s ``<name>_side_by_side.json``: medians and ratios."""
+    result = _load(f"{name}_side_by_side.json")
+    if result is None:
+        return "(not measured yet)"
+    metrics = [k[: -len("_ratio")] for k in result["summary"][0] if k.endswith("_ratio")]
+    lines = [
+        f"Code `{result['before']}` (before) and `{result['after']}` (after), alternating, "
+        f"{result['repeats']} runs each: medians, and the median of the paired ratios after / before.",
+        "",
+        "| row | " + " | ".join(f"{m} before / after (ratio)" for m in metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for row in result["summary"]:
+        cells = [f"{row[f'{m}_before']} / {row[f'{m}_after']} ({row[f'{m}_ratio']}x)" for m in metrics]
+        lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def hostile_table() -> str:
     result = _load("hostile_memory.json")
     if result is None:
@@ -139,6 +158,8 @@ def render(text: str) -> str:
         ("bench-ensemble", ensemble_table()),
         ("bench-state", state_table()),
         ("bench-service", service_table()),
+        ("bench-service-side-by-side", side_by_side_table("service")),
+        ("bench-decode-side-by-side", side_by_side_table("decode")),
         ("bench-hostile", hostile_table()),
     )
     for name, table in tables:
