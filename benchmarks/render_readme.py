@@ -159,6 +159,7 @@ def render(text: str) -> str:
         ("bench-state", state_table()),
         ("bench-service", service_table()),
         ("bench-service-side-by-side", side_by_side_table("service")),
+        ("bench-service-interleaved-side-by-side", side_by_side_table("service_interleaved")),
         ("bench-decode-side-by-side", side_by_side_table("decode")),
         ("bench-hostile", hostile_table()),
     )

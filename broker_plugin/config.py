@@ -232,8 +232,8 @@ class ModelSettings(BaseModel):
         description=(
             "torch's intra-op threads for inference on CPU. 0: the cores this process may use minus"
             " service.prepare_processes (at least 1), so inference and preparation never wait for each"
-            " other's cores: on 2 cores with 1 preparation process, p99 latency at 300 alerts/s 0.6 s with"
-            " 1 thread vs 2.0 s with 2, the same throughput (benchmarks/results/service_cpu.json) [count]."
+            " other's cores; on 2 cores with 1 preparation process, 1 and 2 threads gave the same"
+            " throughput within the noise (benchmarks/results/service_threads.json) [count]."
         ),
     )
 
