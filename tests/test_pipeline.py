@@ -1,6 +1,7 @@
 """The records-level pipeline: gating by frames, incremental == rebuild, idempotency, rejects."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,17 +163,25 @@ def _stream(parts) -> list[Inbound]:
     return [*stream[:10], stream[4], *stream[10:]]
 
 
-def _outputs_by_batch_size(parts, service_settings: Settings, tmp_path, batch_size: int) -> list[tuple]:
-    other = service_settings.model_copy(update={"state": service_settings.state.model_copy(
-        update={"url": f"sqlite:///{tmp_path / f'causal-{batch_size}.db'}"})})  # fmt: skip
-    fresh = build_parts(other)
+def _classified_in_batches(settings: Settings, database: Path, items_of, batch_size: int) -> list:
+    """``(ref, Classification)`` of ``items_of(parts)``, a fresh pipeline taking ``batch_size`` at a time."""
+    other = settings.model_copy(
+        update={"state": settings.state.model_copy(update={"url": f"sqlite:///{database}"})}
+    )
+    parts = build_parts(other)
     try:
-        stream = _stream(fresh)
+        items = items_of(parts)
         outputs = []
-        for start in range(0, len(stream), batch_size):
-            outputs += fresh.pipeline.process(stream[start : start + batch_size]).classifications
+        for start in range(0, len(items), batch_size):
+            outputs += parts.pipeline.process(items[start : start + batch_size]).classifications
     finally:
-        fresh.close()
+        parts.close()
+    return outputs
+
+
+def _outputs_by_batch_size(parts, service_settings: Settings, tmp_path, batch_size: int) -> list[tuple]:
+    database = tmp_path / f"causal-{batch_size}.db"
+    outputs = _classified_in_batches(service_settings, database, _stream, batch_size)
     # Outputs of one batch come grouped by object (each object's in arrival order): compare by alert.
     return sorted(
         (c.diaSourceId, c.nFrames, c.bandsUsed, c.firstMidpointMjdTai, [p.probability for p in c.classes])
@@ -242,16 +251,7 @@ def test_late_frames_get_the_outputs_of_a_full_recompute(net_settings: Settings,
         reference_parts.close()
     assert len(expected) == 36
     for size in (1, 5, 64):
-        other = net_settings.model_copy(update={"state": net_settings.state.model_copy(
-            update={"url": f"sqlite:///{tmp_path / f'scrambled-{size}.db'}"})})  # fmt: skip
-        parts = build_parts(other)
-        try:
-            items = _scrambled(parts)
-            got = []
-            for start in range(0, len(items), size):
-                got += parts.pipeline.process(items[start : start + size]).classifications
-        finally:
-            parts.close()
+        got = _classified_in_batches(net_settings, tmp_path / f"scrambled-{size}.db", _scrambled, size)
         assert sorted(c.diaSourceId for _, c in got) == sorted(expected), size
         for _, c in got:
             n_frames, probabilities = expected[c.diaSourceId]
