@@ -438,15 +438,21 @@ def frame_context(frames: Sequence[Frame], before: Sequence[Frame] = ()) -> Fram
 
     science, science_masks = planes("science")
     template, template_masks = planes("template")
-    measured = [f for f in before if f.mask.any()]
     return FrameContext(
         np.array([f.midpointMjdTai for f in frames], np.float64),
         np.array([np.nan if f.psfFlux is None else f.psfFlux for f in frames], np.float64),
         np.array([np.nan if f.psfFluxErr is None else f.psfFluxErr for f in frames], np.float64),
-        science, science_masks, template, template_masks,
-        measured[0].midpointMjdTai if measured else math.nan,
-        measured[-1].midpointMjdTai if measured else math.nan,
+        science, science_masks, template, template_masks, *time_origin(before),
     )  # fmt: skip
+
+
+def time_origin(before: Sequence[Frame]) -> tuple[float, float]:
+    """``(first_mjd, prev_mjd)`` of frames that follow the object's ``before`` frames (NaN: none).
+
+    Only frames with a measured pixel count: the others are no model input.
+    """
+    measured = [f.midpointMjdTai for f in before if f.mask.any()]
+    return (measured[0], measured[-1]) if measured else (math.nan, math.nan)
 
 
 def frames_to_input(
@@ -532,12 +538,13 @@ def frames_to_inputs(
         end = start + len(group)
         part = whole[int(kept[start]) : int(kept[end])]
         start = end
-        if part.mjd is None:
-            out.append(replace(part, first_mjd=math.nan, prev_mjd=math.nan))
+        if part.mjd is None:  # no context: no time origin either (NaN, as the whole's)
+            out.append(part)
             continue
-        measured = [f.midpointMjdTai for f in before if f.mask.any()]
-        first = measured[0] if measured else (float(part.mjd[0]) if len(part) else math.nan)
-        out.append(replace(part, first_mjd=first, prev_mjd=measured[-1] if measured else math.nan))
+        first, prev = time_origin(before)
+        if not math.isfinite(first) and len(part):  # these frames start the object, as in to_input
+            first = float(part.mjd[0])
+        out.append(replace(part, first_mjd=first, prev_mjd=prev))
     return out
 
 

@@ -5,8 +5,8 @@ north up (row index grows to the north) and east left (column index grows to the
 own linear transform is ``diag(-s, s)``. Each frame pixel is the flux that falls in it: the cutout is
 interpolated bilinearly (beyond the outer pixel centres, the edge pixel's value) at ``n x n`` points
 per frame pixel (``n`` = how many cutout pixels fit across a frame pixel), the surface brightness is
-averaged, and multiplied by the area ratio. Flux is therefore
-conserved whether the frame is coarser (Rubin, 0.2"/px) or finer (ZTF, 1.01"/px) than the cutout.
+averaged, and multiplied by the area ratio. Flux is therefore conserved whether the frame is coarser
+(Rubin, 0.2"/px) or finer (ZTF, 1.01"/px) than the cutout.
 
 A frame pixel is valid only if every one of its sample points lies inside the cutout and every cutout
 pixel it draws on is finite: pixels outside a cutout or near a NaN are masked (0 in ``data``), never
@@ -83,28 +83,19 @@ def _sample_points(
     return x, y
 
 
-def _block_sum(values: np.ndarray, n: int) -> np.ndarray:
-    """Sum over each ``n x n`` block of a ``(size*n, size*n)`` array: ``(size, size)``.
+def _block_reduce(values: np.ndarray, n: int, op: np.ufunc) -> np.ndarray:
+    """``op`` over each ``n x n`` block of a ``(size*n, size*n)`` array: ``(size, size)``.
 
-    One strided slice per sub-position: for the few samples per side a frame pixel has, several times
-    faster than a reduction over two axes of a 4-D view.
+    One strided slice per sub-position, reduced in place (``np.add``: the block sums; ``np.logical_and``:
+    whether a whole block is true): for the few samples per side a frame pixel has, several times faster
+    than a reduction over two axes of a 4-D view.
     """
     total = values[0::n, 0::n].copy()
     for i in range(n):
         for j in range(n):
             if i or j:
-                total += values[i::n, j::n]
+                op(total, values[i::n, j::n], out=total)
     return total
-
-
-def _block_all(values: np.ndarray, n: int) -> np.ndarray:
-    """Whether every element of each ``n x n`` block of a ``(size*n, size*n)`` bool array is true."""
-    every = values[0::n, 0::n].copy()
-    for i in range(n):
-        for j in range(n):
-            if i or j:
-                every &= values[i::n, j::n]
-    return every
 
 
 def _bilinear_terms(y: np.ndarray, x: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +182,7 @@ class ResamplePlan:
             index=index,
             weight=weight,
             inside=inside.ravel(),
-            covered=_block_all(inside, n),
+            covered=_block_reduce(inside, n, np.logical_and),
             flux_scale=pixel_scale_arcsec**2 / abs(float(np.linalg.det(cd))) / (n * n),
         )
 
@@ -233,9 +224,9 @@ class ResamplePlan:
             mask = self.covered.copy()  # the common case: no bad pixel to keep away from
         else:
             good = self.inside & (self._interpolate(finite.astype(np.float64)) >= _VALID_THRESHOLD)
-            mask = _block_all(good.reshape(side, side), self.n)
+            mask = _block_reduce(good.reshape(side, side), self.n, np.logical_and)
         # Mean surface brightness over the frame pixel, times frame/cutout pixel area ratio = frame flux.
-        data = _block_sum(values.reshape(side, side), self.n) * self.flux_scale
+        data = _block_reduce(values.reshape(side, side), self.n, np.add) * self.flux_scale
         return np.where(mask, data, 0.0).astype(np.float32), mask
 
 
