@@ -26,16 +26,18 @@ For each run:
   decode and normalise (in the preparation processes, or in the consumer and worker threads), wait (the
   worker waiting for preparation results), store, inference (with the token caches' reads and writes)
   and publish (produce, flush and bookkeeping: the rest of each micro-batch);
-- *cpu*: CPU seconds (user + system) of this process during the throughput run: the service's threads
-  and the producing client, not the preparation processes (their work is the decode and normalise
-  stages) nor the broker;
+- *cpu*: CPU seconds (user + system) of this process during the throughput run: the service's threads,
+  not the preparation processes (their work is the decode and normalise stages), the producer nor the
+  broker;
 - *latency*: alerts are produced at a fixed ``--rate`` for ``--seconds``, objects staggered (new ones
   starting all along, beside objects at every later epoch: :func:`alert_order`; ``--latency-order
   interleaved``: every object's first alert, then every second one, ..., so that every object reaches
   its first output at the same moment, a worst case); latency is publication time minus the alert's
   ``producer_timestamp``, p50/p99 over every classification.
 
-Everything runs on this machine: broker, producer and service share its cores.
+Everything runs on this machine: broker, producer and service share its cores. The producer is a
+process of its own (:class:`ProducerProcess`), as a survey's alert producer is never inside the
+service's interpreter; it builds its alerts before the clock starts.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import argparse
 import gc
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -53,6 +56,7 @@ import tempfile
 import threading
 import time
 from dataclasses import astuple, dataclass
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import numpy as np
@@ -281,6 +285,46 @@ def produce(
     producer.flush(60)
 
 
+def _produce_in_process(
+    bootstrap: str, topic: str, stream: tuple[int, int, int, bool], rate: float, ready: Event, go: Event
+) -> None:
+    """A producer process's work: build the stream ``(n, seed, first_object, staggered)``, say so, wait
+    for the go, produce it."""
+    alerts = make_alerts(*stream)
+    ready.set()
+    go.wait()
+    produce(bootstrap, topic, alerts, rate)
+
+
+class ProducerProcess:
+    """The alert stream's producer in a process of its own, as a survey's producer is outside the service.
+
+    The alerts are built in that process before :meth:`go`, so building them is not timed, and producing
+    them (librdkafka's copies under the GIL) does not share the service's interpreter.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, stream: tuple[int, int, int, bool], rate: float = 0.0):
+        context = multiprocessing.get_context("spawn")
+        self._ready, self._go = context.Event(), context.Event()
+        self._process = context.Process(
+            target=_produce_in_process, args=(bootstrap, topic, stream, rate, self._ready, self._go)
+        )
+        self._process.start()
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        if not self._ready.wait(timeout_s):
+            self._process.kill()
+            raise RuntimeError("the producer process did not build its alerts")
+
+    def go(self) -> None:
+        self._go.set()
+
+    def join(self, timeout_s: float = 900.0) -> None:
+        self._process.join(timeout_s)
+        if self._process.exitcode != 0:
+            raise RuntimeError(f"the producer process failed (exit code {self._process.exitcode})")
+
+
 def measure(
     label: str, model: Path, variant: Variant, bootstrap: str, tmp: Path, args: argparse.Namespace, run: int
 ) -> dict:
@@ -289,10 +333,12 @@ def measure(
     create_topics(bootstrap, [topic], partitions)
     create_topics(bootstrap, [f"{topic}-out", f"{topic}-dead"])
     settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic, variant)
-    alerts = make_alerts(n, seed=1, first_object=1_000)
+    producer = ProducerProcess(bootstrap, topic, (n, 1, 1_000, False))
     running = Running(settings, variant.share_backbones, variant.trees)
+    producer.wait_ready()
     start, cpu = time.monotonic(), _cpu_seconds()
-    produce(bootstrap, topic, alerts)
+    producer.go()
+    producer.join()
     while committed_total(bootstrap, settings.kafka.group_id, topic) < n and time.monotonic() - start < 900:
         time.sleep(0.2)
     elapsed, cpu = time.monotonic() - start, _cpu_seconds() - cpu
@@ -305,12 +351,15 @@ def measure(
     create_topics(bootstrap, [f"{topic2}-out", f"{topic2}-dead"])
     settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant)
     staggered = args.latency_order == "staggered"
-    paced = make_alerts(int(rate * seconds), seed=2, first_object=500_000, staggered=staggered)
+    n_paced = int(rate * seconds)
+    producer = ProducerProcess(bootstrap, topic2, (n_paced, 2, 500_000, staggered), rate=rate)
     running = Running(settings2, variant.share_backbones, variant.trees)
-    produce(bootstrap, topic2, paced, rate=rate)
+    producer.wait_ready()
+    producer.go()
+    producer.join()
     deadline = time.monotonic() + 300
     while (
-        committed_total(bootstrap, settings2.kafka.group_id, topic2) < len(paced)
+        committed_total(bootstrap, settings2.kafka.group_id, topic2) < n_paced
         and time.monotonic() < deadline
     ):
         time.sleep(0.2)
@@ -333,7 +382,7 @@ def measure(
                        "cpu_s": round(cpu, 2)},
         "stages_s": stages,
         "latency_at_rate": {
-            "rate_alerts_per_second": rate, "alerts": len(paced), "classifications": len(outputs),
+            "rate_alerts_per_second": rate, "alerts": n_paced, "classifications": len(outputs),
             "p50_s": round(float(np.percentile(latency, 50)), 3) if latency.size else None,
             "p99_s": round(float(np.percentile(latency, 99)), 3) if latency.size else None,
         },

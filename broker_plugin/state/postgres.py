@@ -272,12 +272,15 @@ class PostgresStateStore(StateStore):
         self.put_caches([(key, model_version, blob)])
 
     def put_caches(self, items: Sequence[tuple[str, str, bytes]]) -> None:
-        """Replace several cached blobs in one transaction: one commit, pipelined, for the micro-batch."""
+        """Replace several cached blobs in one transaction: one commit, pipelined, without waiting for its WAL flush."""
         if not items:
             return
         # Under the objects' locks (an expire running now cannot leave an entry behind as an orphan), the
         # same as add_batch takes, in one global order: no deadlock with a concurrent batch.
         with self._locked(*sorted({key for key, _, _ in items})) as conn, conn.pipeline():
+            # A cache is only a cache: no wait for the WAL flush (a crash may take back the last caches,
+            # which then describe fewer frames than are stored, and are rebuilt).
+            conn.execute("SET LOCAL synchronous_commit = off")
             for key, model_version, blob in items:
                 conn.execute(self._q.put_cache, (key, model_version, bytes(blob), key))
 

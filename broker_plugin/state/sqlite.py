@@ -1,7 +1,9 @@
 """The embedded state store: one SQLite file, one process, durable across kill -9.
 
 WAL journal with ``synchronous=FULL``: a commit has been fsynced to the WAL when ``add_frames`` returns,
-so neither a killed process nor a power cut loses it. One connection, guarded by a lock, is shared by
+so neither a killed process nor a power cut loses it. Token caches are written without their own fsync
+(``synchronous=NORMAL`` for that transaction): a cache a power cut takes back describes fewer frames
+than the store holds, and is rebuilt. One connection, guarded by a lock, is shared by
 all threads: SQLite serialises writers anyway, and one connection keeps the page cache warm.
 
 Templates live in their own table, one row per object and distinct template (see :mod:`.sequence`): a
@@ -152,20 +154,30 @@ class SqliteStateStore(StateStore):
                 )
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """The connection inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error), under the lock."""
+    def _transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """The connection inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error), under the lock.
+
+        ``durable=False``: the commit is not fsynced (``synchronous=NORMAL`` for this transaction): it is
+        atomic, and durable once the next durable commit fsyncs the WAL behind it.
+        """
         with self._lock:
             conn = self._conn
             if conn is None:
                 raise StateStoreClosedError("the state store is closed")
-            # IMMEDIATE takes the write lock up front: no reader-to-writer upgrade that could fail midway.
-            conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                # IMMEDIATE takes the write lock up front: no reader-to-writer upgrade that could fail midway.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous=FULL")
 
     @contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
@@ -260,8 +272,13 @@ class SqliteStateStore(StateStore):
         self.put_caches([(key, model_version, blob)])
 
     def put_caches(self, items: Sequence[tuple[str, str, bytes]]) -> None:
-        """Replace several cached blobs in one transaction (one fsync for the micro-batch)."""
-        with self._transaction() as conn:
+        """Replace several cached blobs in one transaction, not fsynced.
+
+        A cache is only a cache: one lost to a power cut is older than the frames (the store counts them)
+        and is rebuilt. The next frame write's fsync makes it durable anyway, and the pipeline no longer
+        waits on a second fsync per micro-batch.
+        """
+        with self._transaction(durable=False) as conn:
             conn.executemany(
                 "INSERT INTO token_cache (object_key, model_version, blob)"
                 " SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM objects WHERE object_key = ?)"

@@ -155,3 +155,63 @@ def test_undecodable_stored_bytes_are_skipped(tmp_path: Path) -> None:
         assert [f.diaSourceId for f in store.frames("k")] == [1]
         assert seen == [2, 3, 4]
         assert store.frame_count("k") == 1
+
+
+def _synchronous(store: SqliteStateStore) -> int:
+    assert store._conn is not None
+    return int(store._conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_sqlite_cache_writes_skip_the_fsync_and_frames_keep_it(tmp_path: Path) -> None:
+    from tests.state.conftest import make_frame
+
+    store = SqliteStateStore(tmp_path / "s.db")
+    full = _synchronous(store)
+    assert full == 2  # FULL
+    store.add_frames("o", [make_frame(1, 0.0)])
+    seen: list[int] = []
+    real = store._transaction
+
+    def spying(*, durable: bool = True):  # noqa: ANN202 - the context manager of the real method
+        seen.append(durable)
+        return real(durable=durable)
+
+    store._transaction = spying  # type: ignore[method-assign]
+    store.put_caches([("o", "v1", b"cache")])
+    store.add_frames("o", [make_frame(2, 1.0)])
+    assert seen == [False, True]
+    assert _synchronous(store) == full  # frame writes after a cache write are fsynced again
+    assert store.get_cache("o", "v1") == b"cache"
+    store.close()
+    reopened = SqliteStateStore(tmp_path / "s.db")
+    assert reopened.get_cache("o", "v1") == b"cache"
+    assert [f.diaSourceId for f in reopened.frames("o")] == [1, 2]
+    reopened.close()
+
+
+def test_sqlite_failed_cache_write_restores_durable_commits(tmp_path: Path) -> None:
+    from tests.state.conftest import make_frame
+
+    store = SqliteStateStore(tmp_path / "s.db")
+    store.add_frames("o", [make_frame(1, 0.0)])
+    with pytest.raises(sqlite3.IntegrityError):  # model_version is NOT NULL: the transaction rolls back
+        store.put_caches([("o", None, b"x")])  # type: ignore[list-item]
+    assert _synchronous(store) == 2
+    store.close()
+
+
+@pytest.mark.integration
+def test_postgres_cache_writes_do_not_change_the_session(postgres_schema: str) -> None:
+    from broker_plugin.state.postgres import PostgresStateStore
+    from tests.state.conftest import POSTGRES_DSN, make_frame
+
+    store = PostgresStateStore(POSTGRES_DSN, 10, schema=postgres_schema, table_prefix="sync_", pool_size=1)
+    try:
+        store.add_frames("o", [make_frame(1, 0.0)])
+        store.put_caches([("o", "v1", b"cache")])
+        assert store.get_cache("o", "v1") == b"cache"
+        with store._pool.connection() as conn:
+            # SET LOCAL ends with the cache transaction: the pooled connection commits synchronously again.
+            assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+    finally:
+        store.close()
