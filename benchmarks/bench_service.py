@@ -359,8 +359,7 @@ def measure(
     producer.join()
     deadline = time.monotonic() + 300
     while (
-        committed_total(bootstrap, settings2.kafka.group_id, topic2) < n_paced
-        and time.monotonic() < deadline
+        committed_total(bootstrap, settings2.kafka.group_id, topic2) < n_paced and time.monotonic() < deadline
     ):
         time.sleep(0.2)
     running.stop()

@@ -272,7 +272,7 @@ class PostgresStateStore(StateStore):
         self.put_caches([(key, model_version, blob)])
 
     def put_caches(self, items: Sequence[tuple[str, str, bytes]]) -> None:
-        """Replace several cached blobs in one transaction: one commit, pipelined, without waiting for its WAL flush."""
+        """Replace several cached blobs in one transaction: one pipelined commit, no wait for WAL flush."""
         if not items:
             return
         # Under the objects' locks (an expire running now cannot leave an entry behind as an orphan), the

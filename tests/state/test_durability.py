@@ -172,7 +172,7 @@ def test_sqlite_cache_writes_skip_the_fsync_and_frames_keep_it(tmp_path: Path) -
     seen: list[int] = []
     real = store._transaction
 
-    def spying(*, durable: bool = True):  # noqa: ANN202 - the context manager of the real method
+    def spying(*, durable: bool = True):
         seen.append(durable)
         return real(durable=durable)
 
