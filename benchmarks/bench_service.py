@@ -28,7 +28,8 @@ For each run:
   and publish (produce, flush and bookkeeping: the rest of each micro-batch);
 - *cpu*: CPU seconds (user + system) of this process during the throughput run: the service's threads,
   not the preparation processes (their work is the decode and normalise stages), the producer nor the
-  broker;
+  broker; *cpu by process*: the same for every process of the chain (service, preparation, broker,
+  producer) and their total, the work the cores had to do for the run;
 - *latency*: alerts are produced at a fixed ``--rate`` for ``--seconds``, objects staggered (new ones
   starting all along, beside objects at every later epoch: :func:`alert_order`; ``--latency-order
   interleaved``: every object's first alert, then every second one, ..., so that every object reaches
@@ -56,6 +57,7 @@ import tempfile
 import threading
 import time
 from dataclasses import astuple, dataclass
+from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -286,14 +288,22 @@ def produce(
 
 
 def _produce_in_process(
-    bootstrap: str, topic: str, stream: tuple[int, int, int, bool], rate: float, ready: Event, go: Event
+    bootstrap: str,
+    topic: str,
+    stream: tuple[int, int, int, bool],
+    rate: float,
+    ready: Event,
+    go: Event,
+    cpu: Synchronized,
 ) -> None:
     """A producer process's work: build the stream ``(n, seed, first_object, staggered)``, say so, wait
-    for the go, produce it."""
+    for the go, produce it, and report the CPU seconds producing took."""
     alerts = make_alerts(*stream)
     ready.set()
     go.wait()
+    before = _cpu_seconds()
     produce(bootstrap, topic, alerts, rate)
+    cpu.value = _cpu_seconds() - before
 
 
 class ProducerProcess:
@@ -306,8 +316,10 @@ class ProducerProcess:
     def __init__(self, bootstrap: str, topic: str, stream: tuple[int, int, int, bool], rate: float = 0.0):
         context = multiprocessing.get_context("spawn")
         self._ready, self._go = context.Event(), context.Event()
+        self._cpu = context.Value("d", 0.0)
         self._process = context.Process(
-            target=_produce_in_process, args=(bootstrap, topic, stream, rate, self._ready, self._go)
+            target=_produce_in_process,
+            args=(bootstrap, topic, stream, rate, self._ready, self._go, self._cpu),
         )
         self._process.start()
 
@@ -315,6 +327,11 @@ class ProducerProcess:
         if not self._ready.wait(timeout_s):
             self._process.kill()
             raise RuntimeError("the producer process did not build its alerts")
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds the producing took (after :meth:`join`)."""
+        return float(self._cpu.value)
 
     def go(self) -> None:
         self._go.set()
@@ -326,9 +343,16 @@ class ProducerProcess:
 
 
 def measure(
-    label: str, model: Path, variant: Variant, bootstrap: str, tmp: Path, args: argparse.Namespace, run: int
+    label: str,
+    model: Path,
+    variant: Variant,
+    broker: EmbeddedBroker,
+    tmp: Path,
+    args: argparse.Namespace,
+    run: int,
 ) -> dict:
     n, rate, seconds, partitions = args.alerts, args.rate, args.seconds, args.partitions
+    bootstrap, broker_pid = broker.bootstrap_servers, broker.pid
     topic = f"bench-{run}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
     create_topics(bootstrap, [topic], partitions)
     create_topics(bootstrap, [f"{topic}-out", f"{topic}-dead"])
@@ -336,12 +360,15 @@ def measure(
     producer = ProducerProcess(bootstrap, topic, (n, 1, 1_000, False))
     running = Running(settings, variant.share_backbones, variant.trees)
     producer.wait_ready()
+    processes = ProcessClock(running, broker_pid, producer)
+    processes.start()
     start, cpu = time.monotonic(), _cpu_seconds()
     producer.go()
     producer.join()
     while committed_total(bootstrap, settings.kafka.group_id, topic) < n and time.monotonic() - start < 900:
         time.sleep(0.2)
     elapsed, cpu = time.monotonic() - start, _cpu_seconds() - cpu
+    processes.stop()
     running.stop()
     stages = running.clock.report()
     settle(running)
@@ -378,7 +405,7 @@ def measure(
         "input_partitions": partitions, "keyed": False,
         "load_average_1min_before": round(os.getloadavg()[0], 2),
         "throughput": {"alerts": n, "seconds": round(elapsed, 2), "alerts_per_second": round(n / elapsed, 1),
-                       "cpu_s": round(cpu, 2)},
+                       "cpu_s": round(cpu, 2), "cpu_s_by_process": processes.seconds},
         "stages_s": stages,
         "latency_at_rate": {
             "rate_alerts_per_second": rate, "alerts": n_paced, "classifications": len(outputs),
@@ -401,6 +428,45 @@ def settle(running: Running) -> None:
     running.parts = running.service = running.clock = None  # type: ignore[assignment]
     gc.collect()
     time.sleep(SETTLE_S)
+
+
+def process_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user + system) a live process has used so far, from ``/proc`` (0 if gone or unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ProcessClock:
+    """CPU seconds of every process of the chain between :meth:`start` and :meth:`stop`: this process
+    (the service), its preparation processes, the broker and the producer (read just before it exits)."""
+
+    def __init__(self, running: Running, broker_pid: int | None, producer: ProducerProcess) -> None:
+        pool = running.service.preparation
+        self._pids = {"preparation": pool.process_ids() if pool else [], "broker": [broker_pid]}
+        self._producer = producer
+        self._start: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        out = {"service": _cpu_seconds()}
+        for name, pids in self._pids.items():
+            out[name] = sum(process_cpu_seconds(p) for p in pids)
+        return out
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> dict[str, float]:
+        end = self._read()
+        self.seconds = {k: round(end[k] - self._start[k], 2) for k in end}
+        self.seconds["producer"] = round(self._producer.cpu_seconds, 2)
+        self.seconds["total"] = round(sum(self.seconds.values()), 2)
+        return self.seconds
 
 
 def _cpu_seconds() -> float:
@@ -491,7 +557,7 @@ def main() -> None:
                 shift = repeat % len(variants)  # rotated: no variant always runs first or last
                 for variant in variants[shift:] + variants[:shift]:
                     results.append(
-                        measure(label, model, variant, broker.bootstrap_servers, Path(tmp), args, run)
+                        measure(label, model, variant, broker, Path(tmp), args, run)
                     )
                     run += 1
                     print(json.dumps(results[-1]), flush=True)
