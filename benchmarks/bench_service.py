@@ -329,6 +329,10 @@ class ProducerProcess:
             raise RuntimeError("the producer process did not build its alerts")
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
     def cpu_seconds(self) -> float:
         """CPU seconds the producing took (after :meth:`join`)."""
         return float(self._cpu.value)
@@ -352,7 +356,7 @@ def measure(
     run: int,
 ) -> dict:
     n, rate, seconds, partitions = args.alerts, args.rate, args.seconds, args.partitions
-    bootstrap, broker_pid = broker.bootstrap_servers, broker.pid
+    bootstrap = broker.bootstrap_servers
     topic = f"bench-{run}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
     create_topics(bootstrap, [topic], partitions)
     create_topics(bootstrap, [f"{topic}-out", f"{topic}-dead"])
@@ -360,7 +364,7 @@ def measure(
     producer = ProducerProcess(bootstrap, topic, (n, 1, 1_000, False))
     running = Running(settings, variant.share_backbones, variant.trees)
     producer.wait_ready()
-    processes = ProcessClock(running, broker_pid, producer)
+    processes = ProcessClock(producer)
     processes.start()
     start, cpu = time.monotonic(), _cpu_seconds()
     producer.go()
@@ -441,21 +445,45 @@ def process_cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _descendants(root: int) -> list[tuple[int, str]]:
+    """``(pid, command name)`` of every live descendant of process ``root``, from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        pid = int(entry.name)
+        names[pid] = head.split("(", 1)[1]
+        children.setdefault(int(tail.split()[1]), []).append(pid)
+    out, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out.append((pid, names[pid]))
+        todo += children.get(pid, [])
+    return out
+
+
 class ProcessClock:
     """CPU seconds of every process of the chain between :meth:`start` and :meth:`stop`: this process
-    (the service), its preparation processes, the broker and the producer (read just before it exits)."""
+    (the service), the broker (the ``tansu`` process), the producer (its own count) and the service's
+    preparation processes (every other descendant: the fork server and its workers). Read from
+    ``/proc``, so that it measures any version of the code alike."""
 
-    def __init__(self, running: Running, broker_pid: int | None, producer: ProducerProcess) -> None:
-        pool = running.service.preparation
-        self._pids = {"preparation": pool.process_ids() if pool else [], "broker": [broker_pid]}
+    def __init__(self, producer: ProducerProcess) -> None:
         self._producer = producer
         self._start: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
 
     def _read(self) -> dict[str, float]:
-        out = {"service": _cpu_seconds()}
-        for name, pids in self._pids.items():
-            out[name] = sum(process_cpu_seconds(p) for p in pids)
+        out = {"service": _cpu_seconds(), "preparation": 0.0, "broker": 0.0}
+        for pid, name in _descendants(os.getpid()):
+            if pid == self._producer.pid:
+                continue
+            out["broker" if name == "tansu" else "preparation"] += process_cpu_seconds(pid)
         return out
 
     def start(self) -> None:
@@ -556,9 +584,7 @@ def main() -> None:
             for label, model in rows:
                 shift = repeat % len(variants)  # rotated: no variant always runs first or last
                 for variant in variants[shift:] + variants[:shift]:
-                    results.append(
-                        measure(label, model, variant, broker, Path(tmp), args, run)
-                    )
+                    results.append(measure(label, model, variant, broker, Path(tmp), args, run))
                     run += 1
                     print(json.dumps(results[-1]), flush=True)
     report = {"benchmark": "service end to end (embedded broker)", "plugin_version": __version__,

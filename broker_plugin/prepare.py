@@ -439,14 +439,6 @@ class PreparationPool:
         if self._on_death is not None:
             self._on_death()
 
-    def process_ids(self) -> list[int]:
-        """Process ids of the running preparation processes (CPU accounting, diagnostics)."""
-        with self._lock:
-            executor = self._executor
-        # The executor's process table is its only handle on the processes (as in close()).
-        processes = getattr(executor, "_processes", None) or {}
-        return [p.pid for p in list(processes.values()) if p.pid is not None]
-
     def close(self, wait: bool = True) -> None:
         """Stop the processes.
 

@@ -301,11 +301,6 @@ class Service:
     # ---- consumer thread -------------------------------------------------------------------------------
 
     @property
-    def preparation(self) -> PreparationPool | None:
-        """The preparation processes' pool (None when the consumer thread and the pipeline prepare)."""
-        return self._preparation
-
-    @property
     def assignment(self) -> set[tuple[str, int]]:
         """Input partitions this instance currently owns."""
         return self._consumer.assignment

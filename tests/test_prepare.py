@@ -189,10 +189,8 @@ def test_close_stops_every_preparation_process(config: PrepareConfig) -> None:
     started = set(multiprocessing.active_children()) - before
     assert started and all(p.is_alive() for p in started)
     pool.result(pool.submit(object_alerts(6, 1, first_source=600)))
-    assert sorted(pool.process_ids()) == sorted(p.pid for p in started)
     pool.close()
     assert not any(p.is_alive() for p in started)
-    assert pool.process_ids() == []
     with pytest.raises(RuntimeError, match="not started"):
         pool.submit([b""])
 

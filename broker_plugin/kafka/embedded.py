@@ -66,11 +66,6 @@ class EmbeddedBroker:
         self.cluster_id = f"broker-plugin-{uuid.uuid4().hex[:12]}"
         self.bootstrap_servers = ""
 
-    @property
-    def pid(self) -> int | None:
-        """Process id of the running broker (None when stopped): for CPU accounting and diagnostics."""
-        return self._process.pid if self._process is not None and self._process.poll() is None else None
-
     def start(self) -> EmbeddedBroker:
         """Start the broker and wait until it answers as our cluster."""
         for _attempt in range(3):

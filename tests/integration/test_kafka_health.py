@@ -86,10 +86,7 @@ def test_a_stopped_broker_fails_readiness_then_liveness_and_recovers(service_set
         try:
             assert wait_until(lambda: status(running, "/readyz") == 200, 30)
             assert connected_gauge(running) == 1.0
-            running_pid = broker.pid
-            assert running_pid is not None and Path(f"/proc/{running_pid}").exists()
             broker.stop()
-            assert broker.pid is None
             stopped = time.monotonic()
             assert wait_until(lambda: status(running, "/readyz") == 503, 5, interval_s=0.05)
             assert connected_gauge(running) == 0.0
