@@ -112,6 +112,35 @@ def service_table() -> str:
     return "\n".join(lines)
 
 
+def service_cpu_table() -> str:
+    """Where the cores went during each row's throughput run, per process, and what that bounds."""
+    result = _load("service_cpu.json")
+    rows = [r for r in (result or {}).get("results", []) if r["throughput"].get("cpu_s_by_process")]
+    if not rows:
+        return "(not measured yet)"
+    cores = result["machine"]["cores"]
+    lines = [
+        f"CPU seconds of each process during the throughput run ({rows[0]['throughput']['alerts']:,} alerts, "
+        f"{cores} cores). *Busy*: total CPU over {cores} x the run's seconds. *Bound without inference*: "
+        f"{cores} cores divided by the CPU seconds per alert left after taking the whole inference stage "
+        "(its wall time) away, at 100 % busy: what no model, however cheap, could beat on this chain.",
+        "",
+        "| model | alerts/s | service | preparation | broker | producer | total | busy | "
+        "bound without inference [alerts/s] |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        t, cpu = r["throughput"], r["throughput"]["cpu_s_by_process"]
+        busy = cpu["total"] / (cores * t["seconds"])
+        left = cpu["total"] - r["stages_s"]["inference"]
+        bound = f"{cores * t['alerts'] / left:.0f}" if left > 0 else "-"
+        lines.append(
+            f"| {r['model']} | {t['alerts_per_second']} | {cpu['service']} | {cpu['preparation']} | "
+            f"{cpu['broker']} | {cpu['producer']} | {cpu['total']} | {busy:.0%} | {bound} |"
+        )
+    return "\n".join(lines)
+
+
 def side_by_side_table(name: str) -> str:
     """The summary of ``benchmarks/side_by_side.py``'s ``<name>_side_by_side.json``: medians and ratios."""
     result = _load(f"{name}_side_by_side.json")
@@ -158,6 +187,7 @@ def render(text: str) -> str:
         ("bench-ensemble", ensemble_table()),
         ("bench-state", state_table()),
         ("bench-service", service_table()),
+        ("bench-service-cpu", service_cpu_table()),
         ("bench-service-side-by-side", side_by_side_table("service")),
         ("bench-service-interleaved-side-by-side", side_by_side_table("service_interleaved")),
         ("bench-decode-side-by-side", side_by_side_table("decode")),
