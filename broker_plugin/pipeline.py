@@ -21,8 +21,8 @@ alert is classified anyway. A frame repeated inside one batch gets its first occ
 Incremental path: when the batch's new frames of an object arrive in time order after its stored ones,
 the object's cached tokens (see :mod:`broker_plugin.tracking`) are extended one new frame at a time,
 which gives the output of every new frame on the way. The cache is used only when it provably describes
-every earlier frame (its frame count matches the store's); otherwise it is rebuilt from the stored
-frames first. New frames that arrive out of time order (unkeyed alerts drained from many partitions
+every earlier frame (its frame count matches the store's and it ends with the newest stored frame);
+otherwise it is rebuilt from the stored frames first. New frames that arrive out of time order (unkeyed alerts drained from many partitions
 after a pause) make each such alert's known frames a different sequence: each frame is inserted among the
 object's known frames in arrival order; the tokens of the chunks before it are kept, the chunks after
 it are embedded again (batched across objects) and the last known frame is stepped with the alert's own
@@ -360,7 +360,16 @@ class Pipeline:
         return not added.inserted_before_last and all(a < b for a, b in itertools.pairwise(keys))
 
     def _cache_is_current(self, track: ObjectTrack, added: AddResult, n_new: int) -> bool:
+        """Whether the stored cache describes every frame stored before the batch.
+
+        Its frame count must match the store's, and its last frame must be the newest stored one: at
+        the pruning limit the count alone cannot tell a current cache from one a crash left a batch
+        behind (frames committed, their cache not).
+        """
         if not self._predictor.cache_fits(track.cache):
+            return False
+        last = added.last_before
+        if last is None or not track.recent or track.recent[-1][0] != last[0]:
             return False
         expected = track.cache.n_frames + n_new
         pruned = added.n_frames == self._max_frames and expected > added.n_frames

@@ -258,3 +258,35 @@ def test_late_frames_get_the_outputs_of_a_full_recompute(net_settings: Settings,
             assert c.nFrames == n_frames, (size, c.diaSourceId)
             worst = float(np.abs(np.subtract([p.probability for p in c.classes], probabilities)).max())
             assert worst <= 1e-5, (size, c.diaSourceId, worst)
+
+
+def test_a_cache_a_crash_left_behind_at_the_pruning_limit_is_rebuilt(
+    service_settings: Settings, tmp_path
+) -> None:
+    """Frames committed, their cache not (a crash between the two writes), the batch redelivered: at
+    the pruning limit the store's frame count stays the same, so only the cache's last frame shows that
+    it misses a frame. The next output must come from the stored frames, not from a sequence without
+    the lost batch's frame."""
+    state = service_settings.state.model_copy(
+        update={"url": f"sqlite:///{tmp_path / 'p.db'}", "max_frames_per_object": 5}
+    )
+    parts = build_parts(service_settings.model_copy(update={"state": state}))
+    try:
+        alerts = inbound(parts, object_alerts(16, 9, first_source=700))
+        for a in alerts[:7]:
+            parts.pipeline.process([a])
+        put_caches = parts.store.put_caches
+        parts.store.put_caches = lambda items: None  # the crash: alert 7's frame stored, its cache not
+        parts.pipeline.process([alerts[7]])
+        parts.store.put_caches = put_caches
+        parts.pipeline.process([alerts[7]])  # redelivered after the restart: a duplicate frame
+        ((_, last),) = parts.pipeline.process([alerts[8]]).classifications
+        stored = parts.store.frames("rubin:16")
+        assert [f.diaSourceId for f in stored] == [704, 705, 706, 707, 708]
+        trigger = parts.normaliser.normalise(alerts[8].alert)
+        (want,) = parts.predictor.predict_frames([stored], [trigger])
+    finally:
+        parts.close()
+    assert last.nFrames == want.n_frames == 5
+    got = np.array([p.probability for p in last.classes])
+    assert np.abs(got - np.asarray(want.probabilities)).max() <= 1e-5

@@ -62,11 +62,15 @@ class AddResult:
     inserted_before_last
         ``True`` if a new frame is older than a frame already stored (out-of-order arrival): cached tokens
         computed before it no longer describe the sequence.
+    last_before
+        ``(midpointMjdTai, diaSourceId)`` of the newest frame stored before the call (None: none was).
+        A cache of the object is current only if it ends with that frame.
     """
 
     new: tuple[int, ...]
     n_frames: int
     inserted_before_last: bool
+    last_before: tuple[float, int] | None = None
 
 
 class StateStore(abc.ABC):

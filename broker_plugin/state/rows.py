@@ -100,8 +100,9 @@ def add_result(
     kept = [row for row in rows if row.diaSourceId in inserted and row.diaSourceId not in pruned]
     before_last = last_before is not None and any(row.order < last_before for row in kept)
     return AddResult(
-        new=tuple(row.diaSourceId for row in kept), n_frames=n_frames, inserted_before_last=before_last
-    )
+        new=tuple(row.diaSourceId for row in kept), n_frames=n_frames, inserted_before_last=before_last,
+        last_before=None if last_before is None else (float(last_before[0]), int(last_before[1])),
+    )  # fmt: skip
 
 
 def read_frames(

@@ -70,10 +70,17 @@ def test_first_copy_wins(store: StateStore) -> None:
 
 def test_ordered_by_time_whatever_the_arrival(store: StateStore) -> None:
     key = "ztf:ZTF21acqeepb"
-    assert not store.add_frames(key, [make_frame(50, 5.0)]).inserted_before_last
+    first = store.add_frames(key, [make_frame(50, 5.0)])
+    assert not first.inserted_before_last and first.last_before is None
     late = store.add_frames(key, [make_frame(10, 1.0)])
     assert late.new == (10,)
     assert late.inserted_before_last
+    # The newest stored frame before the call, by time: what a current cache must end with.
+    assert late.last_before == (make_frame(50, 5.0).midpointMjdTai, 50)
+    assert store.add_frames(key, [make_frame(10, 1.0)]).last_before == (
+        make_frame(50, 5.0).midpointMjdTai,
+        50,
+    )
     assert not store.add_frames(key, [make_frame(60, 6.0)]).inserted_before_last
     # One call, frames out of order among themselves, one of them before the stored last.
     mixed = store.add_frames(key, [make_frame(80, 8.0), make_frame(30, 3.0)])
