@@ -22,12 +22,12 @@ Incremental path: when the batch's new frames of an object arrive in time order 
 the object's cached tokens (see :mod:`broker_plugin.tracking`) are extended one new frame at a time,
 which gives the output of every new frame on the way. The cache is used only when it provably describes
 every earlier frame (its frame count matches the store's and it ends with the newest stored frame);
-otherwise it is rebuilt from the stored frames first. New frames that arrive out of time order (unkeyed alerts drained from many partitions
-after a pause) make each such alert's known frames a different sequence: each frame is inserted among the
-object's known frames in arrival order; the tokens of the chunks before it are kept, the chunks after
-it are embedded again (batched across objects) and the last known frame is stepped with the alert's own
-history. Either way the outputs are those of a full recompute of the known frames (within 1e-5, tested);
-redelivered frames are classified by full recompute.
+otherwise it is rebuilt from the stored frames first. New frames that arrive out of time order (unkeyed
+alerts drained from many partitions after a pause) make each such alert's known frames a different
+sequence: each frame is inserted among the object's known frames in arrival order; the tokens of the
+chunks before it are kept, the chunks after it are embedded again (batched across objects) and the last
+known frame is stepped with the alert's own history. Either way the outputs are those of a full
+recompute of the known frames (within 1e-5, tested); redelivered frames are classified by full recompute.
 """
 
 from __future__ import annotations
