@@ -434,10 +434,8 @@ def settle(running: Running) -> None:
     time.sleep(SETTLE_S)
 
 
-def process_cpu_seconds(pid: int | None) -> float:
-    """CPU seconds (user + system) a live process has used so far, from ``/proc`` (0 if gone or unknown)."""
-    if pid is None:
-        return 0.0
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used so far, from ``/proc`` (0 once it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
