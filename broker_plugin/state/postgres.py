@@ -279,7 +279,7 @@ class PostgresStateStore(StateStore):
         # same as add_batch takes, in one global order: no deadlock with a concurrent batch.
         with self._locked(*sorted({key for key, _, _ in items})) as conn, conn.pipeline():
             # A cache is only a cache: no wait for the WAL flush (a crash may take back the last caches,
-            # which then describe fewer frames than are stored, and are rebuilt).
+            # which are then older than the stored frames, and are rebuilt).
             conn.execute("SET LOCAL synchronous_commit = off")
             for key, model_version, blob in items:
                 conn.execute(self._q.put_cache, (key, model_version, bytes(blob), key))

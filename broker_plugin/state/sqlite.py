@@ -2,9 +2,9 @@
 
 WAL journal with ``synchronous=FULL``: a commit has been fsynced to the WAL when ``add_frames`` returns,
 so neither a killed process nor a power cut loses it. Token caches are written without their own fsync
-(``synchronous=NORMAL`` for that transaction): a cache a power cut takes back describes fewer frames
-than the store holds, and is rebuilt. One connection, guarded by a lock, is shared by
-all threads: SQLite serialises writers anyway, and one connection keeps the page cache warm.
+(``synchronous=NORMAL`` for that transaction): a cache a power cut takes back is older than the stored
+frames, which the pipeline's cache check sees, and is rebuilt. One connection, guarded by a lock, is
+shared by all threads: SQLite serialises writers anyway, and one connection keeps the page cache warm.
 
 Templates live in their own table, one row per object and distinct template (see :mod:`.sequence`): a
 frame's ``template_digest`` names its row, inserted with the frame's, and a template no frame of its
@@ -274,9 +274,9 @@ class SqliteStateStore(StateStore):
     def put_caches(self, items: Sequence[tuple[str, str, bytes]]) -> None:
         """Replace several cached blobs in one transaction, not fsynced.
 
-        A cache is only a cache: one lost to a power cut is older than the frames (the store counts them)
-        and is rebuilt. The next frame write's fsync makes it durable anyway, and the pipeline no longer
-        waits on a second fsync per micro-batch.
+        A cache is only a cache: one lost to a power cut is older than the stored frames (it does not end
+        with the newest of them) and is rebuilt. The next frame write's fsync makes it durable anyway,
+        and the pipeline waits on one fsync per micro-batch, not two.
         """
         with self._transaction(durable=False) as conn:
             conn.executemany(
