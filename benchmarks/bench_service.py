@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/bench_service.py [--models broker_plugin/models/convention-default] [--nets
 convention-small convention-paper] [--prepare-processes 1] [--torch-threads 0] [--share-backbones yes]
 [--repeats 1] [--alerts 1800] [--rate 300] [--seconds 10] [--partitions 45] [--latency-order staggered]
-[--out benchmarks/results/service_cpu.json]``
+[--waits short] [--out benchmarks/results/service_cpu.json]``
 
 Rows: every ``--models`` artifact as shipped (all ensemble members, trained weights; the shipped default
 by default), then every ``--nets`` net with random weights and one member (the architecture's cost).
@@ -38,7 +38,9 @@ For each run:
 
 Everything runs on this machine: broker, producer and service share its cores. The producer is a
 process of its own (:class:`ProducerProcess`), as a survey's alert producer is never inside the
-service's interpreter; it builds its alerts before the clock starts.
+service's interpreter; it builds its alerts before the clock starts. The service runs with the demo's
+short fetch and batch waits (``--waits short``, 10 and 20 ms); ``--waits defaults`` runs it with the
+service's defaults (100 and 50 ms), as a user who changes nothing does.
 """
 
 from __future__ import annotations
@@ -227,19 +229,28 @@ class Variant:
     trees: bool = True
 
 
-def settings_for(bootstrap: str, model: Path, state: Path, topic: str, variant: Variant) -> Settings:
+#: ``--waits short``: the fetch and batch waits of the demo, for low latency [ms].
+SHORT_WAITS = {"fetch_wait_max_ms": 10, "batch_max_wait_ms": 20}
+
+
+def settings_for(
+    bootstrap: str, model: Path, state: Path, topic: str, variant: Variant, waits: str = "short"
+) -> Settings:
+    """The service's settings for one run; ``waits``: ``short`` (:data:`SHORT_WAITS`) or ``defaults``."""
     base = Settings(_env_file=None)
+    short = waits == "short"
+    fetch = {"fetch_wait_max_ms": SHORT_WAITS["fetch_wait_max_ms"]} if short else {}
+    batch = {"batch_max_wait_ms": SHORT_WAITS["batch_max_wait_ms"]} if short else {}
     return base.model_copy(update={
         "kafka": base.kafka.model_copy(update={
             "bootstrap_servers": bootstrap, "input_topics": [topic], "output_topic": f"{topic}-out",
             "dead_letter_topic": f"{topic}-dead", "group_id": f"{topic}-group", "session_timeout_ms": 6000,
-            "heartbeat_interval_ms": 1000, "fetch_wait_max_ms": 10}),
+            "heartbeat_interval_ms": 1000, **fetch}),
         "model": base.model.model_copy(update={"artifact": model, "device": "cpu", "min_frames": 3,
                                                "torch_threads": variant.torch_threads}),
         "state": base.state.model_copy(update={"url": f"sqlite:///{state}"}),
         "metrics": base.metrics.model_copy(update={"enabled": False}),
-        "service": base.service.model_copy(update={"batch_max_wait_ms": 20,
-                                                   "prepare_processes": variant.prepare_processes}),
+        "service": base.service.model_copy(update={**batch, "prepare_processes": variant.prepare_processes}),
     })  # fmt: skip
 
 
@@ -360,7 +371,7 @@ def measure(
     topic = f"bench-{run}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
     create_topics(bootstrap, [topic], partitions)
     create_topics(bootstrap, [f"{topic}-out", f"{topic}-dead"])
-    settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic, variant)
+    settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic, variant, args.waits)
     producer = ProducerProcess(bootstrap, topic, (n, 1, 1_000, False))
     running = Running(settings, variant.share_backbones, variant.trees)
     producer.wait_ready()
@@ -380,7 +391,7 @@ def measure(
     topic2 = f"{topic}-rate"
     create_topics(bootstrap, [topic2], partitions)
     create_topics(bootstrap, [f"{topic2}-out", f"{topic2}-dead"])
-    settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant)
+    settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant, args.waits)
     staggered = args.latency_order == "staggered"
     n_paced = int(rate * seconds)
     producer = ProducerProcess(bootstrap, topic2, (n_paced, 2, 500_000, staggered), rate=rate)
@@ -561,6 +572,12 @@ def main() -> None:
         default="staggered",
         help="the paced stream's order (alert_order): interleaved puts every object's first output at once",
     )
+    parser.add_argument(
+        "--waits",
+        choices=["short", "defaults"],
+        default="short",
+        help="short: the demo's fetch and batch waits (10, 20 ms); defaults: the service's (100, 50 ms)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service_cpu.json")
     args = parser.parse_args()
     variants = [
@@ -588,7 +605,7 @@ def main() -> None:
     report = {"benchmark": "service end to end (embedded broker)", "plugin_version": __version__,
               "code": code_version(),
               "arguments": {"alerts": args.alerts, "rate": args.rate, "seconds": args.seconds,
-                            "latency_order": args.latency_order,
+                            "latency_order": args.latency_order, "waits": args.waits,
                             "partitions": args.partitions, "repeats": args.repeats,
                             "variants": [astuple(v) for v in variants]},
               "machine": {"cpu": platform.machine(), "python": platform.python_version(),
