@@ -40,7 +40,8 @@ Everything runs on this machine: broker, producer and service share its cores. T
 process of its own (:class:`ProducerProcess`), as a survey's alert producer is never inside the
 service's interpreter; it builds its alerts before the clock starts. The service runs with the demo's
 short fetch and batch waits (``--waits short``, 10 and 20 ms); ``--waits defaults`` runs it with the
-service's defaults (100 and 50 ms), as a user who changes nothing does.
+service's defaults (100 and 50 ms), as a user who changes nothing does; given both, it is one more
+dimension of the variants.
 """
 
 from __future__ import annotations
@@ -220,25 +221,25 @@ def random_artifact(directory: Path, net: str) -> Path:
 class Variant:
     """How the service runs: its preparation processes, the torch threads of its inference, and whether
     ensemble members that share a stage-1 backbone run it once (False: each member its own copy, the
-    cost without sharing; the same outputs), and whether an artifact's history trees are blended in (False:
-    the members alone, the cost of the net)."""
+    cost without sharing; the same outputs), whether an artifact's history trees are blended in (False:
+    the members alone, the cost of the net), and its fetch and batch waits (:func:`settings_for`)."""
 
     prepare_processes: int
     torch_threads: int
     share_backbones: bool = True
     trees: bool = True
+    waits: str = "short"
 
 
 #: ``--waits short``: the fetch and batch waits of the demo, for low latency [ms].
 SHORT_WAITS = {"fetch_wait_max_ms": 10, "batch_max_wait_ms": 20}
 
 
-def settings_for(
-    bootstrap: str, model: Path, state: Path, topic: str, variant: Variant, waits: str = "short"
-) -> Settings:
-    """The service's settings for one run; ``waits``: ``short`` (:data:`SHORT_WAITS`) or ``defaults``."""
+def settings_for(bootstrap: str, model: Path, state: Path, topic: str, variant: Variant) -> Settings:
+    """The service's settings for one run; ``variant.waits``: ``short`` (:data:`SHORT_WAITS`) or
+    ``defaults`` (the service's own)."""
     base = Settings(_env_file=None)
-    short = waits == "short"
+    short = variant.waits == "short"
     fetch = {"fetch_wait_max_ms": SHORT_WAITS["fetch_wait_max_ms"]} if short else {}
     batch = {"batch_max_wait_ms": SHORT_WAITS["batch_max_wait_ms"]} if short else {}
     return base.model_copy(update={
@@ -371,7 +372,7 @@ def measure(
     topic = f"bench-{run}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
     create_topics(bootstrap, [topic], partitions)
     create_topics(bootstrap, [f"{topic}-out", f"{topic}-dead"])
-    settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic, variant, args.waits)
+    settings = settings_for(bootstrap, model, tmp / f"{topic}.db", topic, variant)
     producer = ProducerProcess(bootstrap, topic, (n, 1, 1_000, False))
     running = Running(settings, variant.share_backbones, variant.trees)
     producer.wait_ready()
@@ -391,7 +392,7 @@ def measure(
     topic2 = f"{topic}-rate"
     create_topics(bootstrap, [topic2], partitions)
     create_topics(bootstrap, [f"{topic2}-out", f"{topic2}-dead"])
-    settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant, args.waits)
+    settings2 = settings_for(bootstrap, model, tmp / f"{topic}-rate.db", topic2, variant)
     staggered = args.latency_order == "staggered"
     n_paced = int(rate * seconds)
     producer = ProducerProcess(bootstrap, topic2, (n_paced, 2, 500_000, staggered), rate=rate)
@@ -414,6 +415,7 @@ def measure(
     return {
         "model": label, "ensemble_size": members, "repeat": run // args.runs_per_repeat,
         "prepare_processes": variant.prepare_processes, "torch_threads": variant.torch_threads,
+        "waits": variant.waits,
         "share_backbones": variant.share_backbones,
         "trees_variant": variant.trees, "trees": predictor.trees is not None,
         "parameters": sum(p.numel() for p in predictor.members[0].parameters()),
@@ -519,7 +521,7 @@ def _metrics_of(run: dict) -> dict[str, float | None]:
 
 def _variant_of(run: dict) -> tuple:
     return (run["prepare_processes"], run["torch_threads"], run.get("share_backbones", True),
-            run.get("trees_variant", True))  # fmt: skip
+            run.get("trees_variant", True), run.get("waits", "short"))  # fmt: skip
 
 
 def summarise(results: list[dict], variants: list[Variant]) -> list[dict]:
@@ -533,7 +535,7 @@ def summarise(results: list[dict], variants: list[Variant]) -> list[dict]:
             mine = [r for r in runs if _variant_of(r) == astuple(variant)]
             row: dict = {"model": model, "prepare_processes": variant.prepare_processes,
                          "torch_threads": variant.torch_threads, "share_backbones": variant.share_backbones,
-                         "trees": variant.trees,
+                         "trees": variant.trees, "waits": variant.waits,
                          "runs": len(mine)}  # fmt: skip
             for key in ("alerts_per_second", "cpu_s", "p50_s", "p99_s"):
                 values = [_metrics_of(r)[key] for r in mine if _metrics_of(r)[key] is not None]
@@ -574,16 +576,17 @@ def main() -> None:
     )
     parser.add_argument(
         "--waits",
+        nargs="+",
         choices=["short", "defaults"],
-        default="short",
+        default=["short"],
         help="short: the demo's fetch and batch waits (10, 20 ms); defaults: the service's (100, 50 ms)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service_cpu.json")
     args = parser.parse_args()
     variants = [
-        Variant(p, t, s == "yes", h == "yes")
-        for h, s, p, t in itertools.product(
-            args.trees, args.share_backbones, args.prepare_processes, args.torch_threads
+        Variant(p, t, s == "yes", h == "yes", w)
+        for w, h, s, p, t in itertools.product(
+            args.waits, args.trees, args.share_backbones, args.prepare_processes, args.torch_threads
         )
     ]
     results = []
@@ -605,7 +608,7 @@ def main() -> None:
     report = {"benchmark": "service end to end (embedded broker)", "plugin_version": __version__,
               "code": code_version(),
               "arguments": {"alerts": args.alerts, "rate": args.rate, "seconds": args.seconds,
-                            "latency_order": args.latency_order, "waits": args.waits,
+                            "latency_order": args.latency_order,
                             "partitions": args.partitions, "repeats": args.repeats,
                             "variants": [astuple(v) for v in variants]},
               "machine": {"cpu": platform.machine(), "python": platform.python_version(),
