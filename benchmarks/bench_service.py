@@ -231,17 +231,19 @@ class Variant:
     waits: str = "short"
 
 
-#: ``--waits short``: the fetch and batch waits of the demo, for low latency [ms].
-SHORT_WAITS = {"fetch_wait_max_ms": 10, "batch_max_wait_ms": 20}
+#: ``--waits short``: the demo's fetch wait (Kafka settings) and batch wait (service settings), for
+#: low latency [ms].
+SHORT_FETCH_WAIT = {"fetch_wait_max_ms": 10}
+SHORT_BATCH_WAIT = {"batch_max_wait_ms": 20}
 
 
 def settings_for(bootstrap: str, model: Path, state: Path, topic: str, variant: Variant) -> Settings:
-    """The service's settings for one run; ``variant.waits``: ``short`` (:data:`SHORT_WAITS`) or
-    ``defaults`` (the service's own)."""
+    """The service's settings for one run; ``variant.waits``: ``short`` (:data:`SHORT_FETCH_WAIT`,
+    :data:`SHORT_BATCH_WAIT`) or ``defaults`` (the service's own)."""
     base = Settings(_env_file=None)
     short = variant.waits == "short"
-    fetch = {"fetch_wait_max_ms": SHORT_WAITS["fetch_wait_max_ms"]} if short else {}
-    batch = {"batch_max_wait_ms": SHORT_WAITS["batch_max_wait_ms"]} if short else {}
+    fetch = SHORT_FETCH_WAIT if short else {}
+    batch = SHORT_BATCH_WAIT if short else {}
     return base.model_copy(update={
         "kafka": base.kafka.model_copy(update={
             "bootstrap_servers": bootstrap, "input_topics": [topic], "output_topic": f"{topic}-out",
@@ -359,16 +361,9 @@ class ProducerProcess:
 
 
 def measure(
-    label: str,
-    model: Path,
-    variant: Variant,
-    broker: EmbeddedBroker,
-    tmp: Path,
-    args: argparse.Namespace,
-    run: int,
+    label: str, model: Path, variant: Variant, bootstrap: str, tmp: Path, args: argparse.Namespace, run: int
 ) -> dict:
     n, rate, seconds, partitions = args.alerts, args.rate, args.seconds, args.partitions
-    bootstrap = broker.bootstrap_servers
     topic = f"bench-{run}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-")
     create_topics(bootstrap, [topic], partitions)
     create_topics(bootstrap, [f"{topic}-out", f"{topic}-dead"])
@@ -447,19 +442,12 @@ def settle(running: Running) -> None:
     time.sleep(SETTLE_S)
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) a live process has used so far, from ``/proc`` (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _descendants(root: int) -> list[tuple[int, str]]:
-    """``(pid, command name)`` of every live descendant of process ``root``, from ``/proc``."""
+def _descendants(root: int) -> list[tuple[int, str, float]]:
+    """``(pid, command name, CPU seconds used so far)`` of every live descendant of process ``root``, read
+    from ``/proc`` (user + system time)."""
     children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
+    stats: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -467,13 +455,14 @@ def _descendants(root: int) -> list[tuple[int, str]]:
             head, tail = (entry / "stat").read_text().rsplit(")", 1)
         except OSError:
             continue
+        fields = tail.split()  # from the state on: fields[1] the parent, [11] utime, [12] stime
         pid = int(entry.name)
-        names[pid] = head.split("(", 1)[1]
-        children.setdefault(int(tail.split()[1]), []).append(pid)
+        stats[pid] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / tick)
+        children.setdefault(int(fields[1]), []).append(pid)
     out, todo = [], list(children.get(root, []))
     while todo:
         pid = todo.pop()
-        out.append((pid, names[pid]))
+        out.append((pid, *stats[pid]))
         todo += children.get(pid, [])
     return out
 
@@ -491,10 +480,9 @@ class ProcessClock:
 
     def _read(self) -> dict[str, float]:
         out = {"service": _cpu_seconds(), "preparation": 0.0, "broker": 0.0}
-        for pid, name in _descendants(os.getpid()):
-            if pid == self._producer.pid:
-                continue
-            out["broker" if name == "tansu" else "preparation"] += process_cpu_seconds(pid)
+        for pid, name, cpu in _descendants(os.getpid()):
+            if pid != self._producer.pid:
+                out["broker" if name == "tansu" else "preparation"] += cpu
         return out
 
     def start(self) -> None:
@@ -602,7 +590,9 @@ def main() -> None:
             for label, model in rows:
                 shift = repeat % len(variants)  # rotated: no variant always runs first or last
                 for variant in variants[shift:] + variants[:shift]:
-                    results.append(measure(label, model, variant, broker, Path(tmp), args, run))
+                    results.append(
+                        measure(label, model, variant, broker.bootstrap_servers, Path(tmp), args, run)
+                    )
                     run += 1
                     print(json.dumps(results[-1]), flush=True)
     report = {"benchmark": "service end to end (embedded broker)", "plugin_version": __version__,
