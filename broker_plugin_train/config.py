@@ -69,6 +69,10 @@ class PopulationConfig(_Strict):
     mw_ebv_max: float = Field(0.12, ge=0, description="Milky Way E(B-V) is drawn in [0.02, this].")
 
 
+#: Each cadence's own filter family (``simulation.survey.filters = "auto"``).
+CADENCE_FILTERS = {"stripe82": "sdss2010", "rubin": "lsst2023"}
+
+
 class SurveyConfig(_Strict):
     """Cadence, seeing and depth."""
 
@@ -99,6 +103,16 @@ class SurveyConfig(_Strict):
         description="Rubin: fraction of visits followed 15-45 min later by a second visit in a neighbouring "
         "band (the baseline strategy's pairs, for asteroid linking); 0 = one visit a night.",
     )
+    filters: Literal["auto", "sdss2010", "lsst2023"] = Field(
+        "auto",
+        description="Filter throughputs the supernovae are observed through: SDSS 2010 or LSST 2023; 'auto' "
+        "takes the cadence's own (stripe82: SDSS, rubin: LSST). Only SN spectra are integrated over them.",
+    )
+
+    @property
+    def filter_family(self) -> str:
+        """The filter family in use: :attr:`filters`, or the cadence's own when ``"auto"``."""
+        return CADENCE_FILTERS[self.cadence] if self.filters == "auto" else self.filters
 
     @model_validator(mode="after")
     def _depths_cover_bands(self) -> SurveyConfig:

@@ -48,12 +48,19 @@ def evaluate_artifact(
     pool: str | None = None,
     limit: int | None = None,
     out: Path | None = None,
+    cutout_side: int | None = None,
 ) -> dict[str, Any]:
-    """Score the artifact ``model`` on dataset ``data``; with ``out`` also write the report files."""
+    """Score the artifact ``model`` on dataset ``data``; with ``out`` also write the report files.
+
+    ``cutout_side``: present every frame as a cutout of that many frame pixels around the source
+    (:func:`~broker_plugin_train.objects.cutout_view`), a robustness view; None: as simulated.
+    """
     torch.set_num_threads(config.training.threads)
     art = load_artifact(model, device=training_device(config.training.device))
     d = config.training.data
-    source = ObjectSource.from_shards(data, bands=d.bands, min_snr=d.min_snr, min_frames=d.min_frames)
+    source = ObjectSource.from_shards(
+        data, bands=d.bands, min_snr=d.min_snr, min_frames=d.min_frames, cutout_side=cutout_side
+    )
     idx = np.arange(len(source)) if pool is None else np.flatnonzero(source.pools == pool)
     idx = idx[:limit] if limit else idx
     first = art.members[0]
@@ -86,6 +93,7 @@ def evaluate_artifact(
         "data": str(data),
         "data_hash": source.data_hash,
         "pool": pool,
+        "cutout_side": cutout_side,
         "members": len(art.members),
         "single_members": [
             {k: scores(y, p[:, -1], art.class_names)[k] for k in ("accuracy", "macro_f1")}

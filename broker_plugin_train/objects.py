@@ -14,6 +14,7 @@ neither trained on nor scored.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -80,6 +81,32 @@ class RawObject:
         return RawObject(self.flux[keep], self.masks[keep], bands, context, self.history)
 
 
+def cutout_view(raw: RawObject, side: int) -> RawObject:
+    """``raw`` as cutouts ``side`` frame pixels wide around the source would show it.
+
+    Every plane's measured pixels are cut to the centred ``side`` x ``side`` square (the source sits on
+    the frame's centre), as a survey with smaller cutouts measures less of the frame: Rubin's 30-pixel
+    cutouts at 0.2"/px cover 15 of the 32 frame pixels at 0.4"/px. The preprocessing then normalises
+    each frame over what is left, as the service does for such alerts. A side of at least the frame's
+    cuts nothing.
+    """
+    if side < 1:
+        raise ValueError(f"a cutout side of {side} frame pixels measures nothing")
+    size = raw.flux.shape[-1]
+    side = min(side, size)
+    lo = (size - side) // 2
+    box = np.zeros((size, size), bool)
+    box[lo : lo + side, lo : lo + side] = True
+    context = raw.context
+    if context is not None:
+        context = dataclasses.replace(
+            context,
+            science_masks=None if context.science_masks is None else context.science_masks & box,
+            template_masks=None if context.template_masks is None else context.template_masks & box,
+        )
+    return RawObject(raw.flux, raw.masks & box, raw.bands, context, raw.history)
+
+
 def detections(psf_flux: np.ndarray, psf_flux_err: np.ndarray, min_snr: float) -> np.ndarray:
     """True for the epochs that raise an alert: finite photometry with ``|flux / err| >= min_snr``."""
     flux, err = np.asarray(psf_flux, np.float64), np.asarray(psf_flux_err, np.float64)
@@ -108,6 +135,8 @@ class ObjectSource:
         Keep only the epochs with ``|psfFlux / psfFluxErr| >= min_snr`` (the alert view); None keeps all.
     rows
         The objects of ``objects`` this source serves, in order; None serves all.
+    cutout_side
+        Serve every frame as :func:`cutout_view` of this many frame pixels; None serves them as stored.
     """
 
     def __init__(
@@ -121,8 +150,10 @@ class ObjectSource:
         ids: Sequence[int | str] | None = None,
         min_snr: float | None = None,
         rows: np.ndarray | None = None,
+        cutout_side: int | None = None,
     ) -> None:
         self._objects = objects
+        self.cutout_side = cutout_side
         self._rows = np.arange(len(labels)) if rows is None else np.asarray(rows, np.int64)
         self.labels = np.asarray(labels, np.int64)[self._rows]
         self.pools = np.asarray(pools)[self._rows]
@@ -140,10 +171,12 @@ class ObjectSource:
         *,
         min_snr: float | None = None,
         min_frames: int = 1,
+        cutout_side: int | None = None,
     ) -> ObjectSource:
         """Open a simulator dataset folder: its alert view with ``min_snr``, objects with ``min_frames``.
 
-        The data hash names the view, so an artifact records which one it was trained on.
+        The data hash names the view, so an artifact records which one it was trained on
+        (``cutout_side``, an evaluation view, is not in it).
         """
         data = ShardDataset(root)
         pools = np.array([m["pool"] for m in data.metadata])
@@ -151,13 +184,14 @@ class ObjectSource:
         data_hash = str(data.manifest["sha256"])
         if min_snr is not None:
             data_hash = hash_text(f"{data_hash} min_snr={min_snr} min_frames={min_frames}")
-        source = cls(data, data.labels, pools, data_hash, bands=bands, ids=ids, min_snr=min_snr)
+        view = {"bands": bands, "ids": ids, "min_snr": min_snr, "cutout_side": cutout_side}
+        source = cls(data, data.labels, pools, data_hash, **view)
         # Count from the keep masks alone: cutting every object's planes just to count them is wasted.
         counts = np.array([source._keep(source._unfiltered(i)).sum() for i in range(len(source))])
         if min_frames <= 1 and counts.all():
             return source
         rows = np.flatnonzero(counts >= max(1, min_frames))
-        return cls(data, data.labels, pools, data_hash, bands=bands, ids=ids, min_snr=min_snr, rows=rows)
+        return cls(data, data.labels, pools, data_hash, rows=rows, **view)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -192,7 +226,7 @@ class ObjectSource:
         """Object ``i``'s frames, all of them (views into the shards, nothing copied)."""
         obj = self._objects[int(self._rows[int(i)])]
         if isinstance(obj, RawObject):
-            return obj
+            return obj if self.cutout_side is None else cutout_view(obj, self.cutout_side)
         names = tuple(BANDS[int(b)] for b in obj.band)
         context = FrameContext(
             np.asarray(obj.mjd), np.asarray(obj.psf_flux), np.asarray(obj.psf_flux_err),
@@ -201,7 +235,8 @@ class ObjectSource:
             None if obj.template is None else np.asarray(obj.template),
             None if obj.template_masks is None else np.asarray(obj.template_masks),
         )  # fmt: skip
-        return RawObject(np.asarray(obj.frames), np.asarray(obj.masks), names, context)
+        raw = RawObject(np.asarray(obj.frames), np.asarray(obj.masks), names, context)
+        return raw if self.cutout_side is None else cutout_view(raw, self.cutout_side)
 
     def _keep(self, raw: RawObject) -> np.ndarray:
         """The frames of ``raw`` this source serves: its bands, and alerts only when ``min_snr`` is set."""

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from broker_plugin.cli import UserError
 from broker_plugin_train.config import CLASSES, TrainConfig
 
 log = logging.getLogger("train")
@@ -97,6 +98,11 @@ def run_evaluate_stage(config: TrainConfig, args: argparse.Namespace) -> int:
     """Report on the run's held-out folds, or (``--model``) an artifact on any dataset folder."""
     from broker_plugin_train.evaluate import write_report
 
+    cutout_side = getattr(args, "cutout_side", None)
+    if cutout_side is not None and not getattr(args, "model", None):
+        raise UserError("--cutout-side scores an artifact: give it with --model")
+    if cutout_side is not None and cutout_side < 1:
+        raise UserError(f"--cutout-side {cutout_side}: a cutout measures at least one frame pixel")
     if getattr(args, "model", None):
         from broker_plugin_train.model_eval import evaluate_artifact
 
@@ -107,6 +113,7 @@ def run_evaluate_stage(config: TrainConfig, args: argparse.Namespace) -> int:
             pool=args.pool,
             limit=args.limit,
             out=Path(args.out) if args.out else None,
+            cutout_side=cutout_side,
         )
         print(json.dumps(result, indent=1))
         return 0
@@ -192,6 +199,14 @@ def register(stage: Any) -> None:
     ev.add_argument("--data", default=None, help="Dataset folder (default: the config's).")
     ev.add_argument("--pool", default=None, choices=["pretrain", "transfer"], help="Only this pool.")
     ev.add_argument("--limit", type=int, default=None, help="At most this many objects (first ones).")
+    ev.add_argument(
+        "--cutout-side",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="With --model: measure every frame only in the centred PIXELS x PIXELS square, as smaller "
+        "cutouts would (Rubin's cover 15 of the 32 frame pixels).",
+    )
     cmp = stage("compare", run_compare_stage, "light-curve baseline on the same folds; comparison table")
     cmp.add_argument("--data", default=None, help="Dataset folder (default: the config's).")
     cmp.add_argument("--runs", nargs="*", default=[], help="Other run folders (e.g. runs/cnn-gru).")

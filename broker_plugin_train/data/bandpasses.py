@@ -1,6 +1,7 @@
 """Filter throughputs (the only module that uses ``speclite``) and AB photometry helpers.
 
-SDSS 2010 ugriz for the Stripe-82-like survey, LSST 2023 ugrizy for the Rubin-like one. speclite pads
+SDSS 2010 ugriz (``"sdss2010"``) and LSST 2023 ugrizy (``"lsst2023"``): each survey cadence has its own
+(:attr:`~broker_plugin_train.config.SurveyConfig.filter_family`), and either can be chosen. speclite pads
 its curves with zeros far outside the band; the padding is trimmed (else sncosmo rejects SN models whose
 wavelength range does not reach the padded ends) and long curves are resampled to at most 200 points.
 """
@@ -17,8 +18,6 @@ NJY_ZEROPOINT = 31.4
 #: Speed of light [Angstrom / s].
 C_ANGSTROM_S = 2.99792458e18
 
-_FAMILY = {"stripe82": "sdss2010", "rubin": "lsst2023"}
-
 
 def mag_to_njy(mag: np.ndarray | float) -> np.ndarray:
     """AB magnitude -> flux density [nJy]."""
@@ -33,22 +32,22 @@ def njy_to_mag(flux: np.ndarray | float) -> np.ndarray:
 
 
 @cache
-def bandpass(cadence: str, band: str) -> tuple[np.ndarray, np.ndarray]:
+def bandpass(filters: str, band: str) -> tuple[np.ndarray, np.ndarray]:
     """Throughput of one band.
 
     Parameters
     ----------
-    cadence
-        ``"stripe82"`` (SDSS filters) or ``"rubin"`` (LSST filters).
+    filters
+        The filter family: ``"sdss2010"`` or ``"lsst2023"``.
     band
-        One of ugriz (and y for Rubin).
+        One of ugriz (and y for LSST).
 
     Returns
     -------
     tuple of numpy.ndarray
         ``(wavelength [Angstrom], throughput)``, trimmed to where the throughput exceeds 0.1 % of its peak.
     """
-    curve = speclite.filters.load_filter(f"{_FAMILY[cadence]}-{band}")
+    curve = speclite.filters.load_filter(f"{filters}-{band}")
     wave = np.asarray(curve.wavelength, dtype=np.float64)
     trans = np.asarray(curve.response, dtype=np.float64)
     keep = np.nonzero(trans > 1e-3 * trans.max())[0]
@@ -60,13 +59,13 @@ def bandpass(cadence: str, band: str) -> tuple[np.ndarray, np.ndarray]:
     return wave, np.clip(trans, 0.0, None)
 
 
-def effective_wavelength(cadence: str, band: str) -> float:
+def effective_wavelength(filters: str, band: str) -> float:
     """Photon-weighted mean wavelength of a band [Angstrom]."""
-    wave, trans = bandpass(cadence, band)
+    wave, trans = bandpass(filters, band)
     return float(np.trapezoid(wave * wave * trans, wave) / np.trapezoid(wave * trans, wave))
 
 
-def ab_flux_njy(wave: np.ndarray, flam: np.ndarray, cadence: str, band: str) -> np.ndarray:
+def ab_flux_njy(wave: np.ndarray, flam: np.ndarray, filters: str, band: str) -> np.ndarray:
     """Band-averaged AB flux density of spectra, as a photon-counting detector measures it.
 
     Parameters
@@ -75,15 +74,15 @@ def ab_flux_njy(wave: np.ndarray, flam: np.ndarray, cadence: str, band: str) -> 
         Observer-frame wavelength grid [Angstrom], shape ``(W,)``.
     flam
         Spectral flux density ``f_lambda`` [erg/s/cm^2/Angstrom], shape ``(..., W)``.
-    cadence, band
-        Which throughput.
+    filters, band
+        Which throughput (:func:`bandpass`).
 
     Returns
     -------
     numpy.ndarray
         ``<f_nu>`` [nJy], shape ``(...)``.
     """
-    bw, bt = bandpass(cadence, band)
+    bw, bt = bandpass(filters, band)
     trans = np.interp(wave, bw, bt, left=0.0, right=0.0)
     # <f_nu> = int f_lambda T lambda dlambda / int (c / lambda) T dlambda  (photon counting)
     num = np.trapezoid(flam * trans * wave, wave, axis=-1)

@@ -147,7 +147,7 @@ def _sn_host(
 def make_object(config: SimulationConfig, survey: Survey, entry: CatalogueEntry) -> SimObject:
     """Draw everything about one catalogue entry (no pixels)."""
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, entry.index]))
-    pop, cadence, bands = config.population, config.survey.cadence, config.survey.bands
+    pop, filters, bands = config.population, config.survey.filter_family, config.survey.bands
     ra = float((rng.uniform(-50.0, 59.0)) % 360.0)
     dec = float(rng.uniform(-1.25, 1.25))
     season = int(rng.integers(config.survey.n_seasons))
@@ -182,7 +182,7 @@ def make_object(config: SimulationConfig, survey: Survey, entry: CatalogueEntry)
         redshift = _redshift(rng, zmax)
         t0 = start + float(rng.uniform(-15.0, config.survey.season_days + 5.0))
         p = sn_ia.draw_params(rng, redshift, t0, mw_ebv)
-        flux = sn_ia.flux_njy(p, times, tbands, cadence)
+        flux = sn_ia.flux_njy(p, times, tbands, filters)
         subtype, params = (
             "Ia",
             {
@@ -201,7 +201,7 @@ def make_object(config: SimulationConfig, survey: Survey, entry: CatalogueEntry)
         subtype = str(rng.choice(sn_cc.SUBTYPES, p=sn_cc.SUBTYPE_RATES / sn_cc.SUBTYPE_RATES.sum()))
         t_exp = start + float(rng.uniform(-40.0, config.survey.season_days))
         p = sn_cc.draw_params(rng, subtype, redshift, t_exp, mw_ebv)
-        flux = sn_cc.flux_njy(p, times, tbands, cadence)
+        flux = sn_cc.flux_njy(p, times, tbands, filters)
         params = {"t_explosion": t_exp, "m_ni": p.m_ni, "host_av": p.host_av, "mw_ebv": mw_ebv}
         host = _sn_host(rng, redshift, bands, hosts)
     elif true_class == "AGN":

@@ -147,8 +147,8 @@ def temperature(params: SNCCParams, t: np.ndarray) -> np.ndarray:
     return params.t_cool + (params.t_hot - params.t_cool) * np.exp(-tp / params.cool_days)
 
 
-def flux_njy(params: SNCCParams, mjd: np.ndarray, bands: np.ndarray, cadence: str) -> np.ndarray:
-    """Observed flux [nJy] at each ``(mjd, band)``."""
+def flux_njy(params: SNCCParams, mjd: np.ndarray, bands: np.ndarray, filters: str) -> np.ndarray:
+    """Observed flux [nJy] at each ``(mjd, band)`` through the filter family ``filters``."""
     mjd = np.asarray(mjd, dtype=np.float64)
     out = np.zeros(len(mjd))
     t_rest = (mjd - params.t_explosion) / (1.0 + params.z)
@@ -159,7 +159,7 @@ def flux_njy(params: SNCCParams, mjd: np.ndarray, bands: np.ndarray, cadence: st
         sel = (bands == band) & (lum > 0)
         if not sel.any():
             continue
-        wave_obs, _ = bandpass(cadence, str(band))
+        wave_obs, _ = bandpass(filters, str(band))
         wave_rest = wave_obs / (1.0 + params.z)
         lam_cm = wave_rest * 1e-8
         x = _H * _C / (lam_cm[None, :] * _K * temp[sel][:, None])
@@ -170,5 +170,5 @@ def flux_njy(params: SNCCParams, mjd: np.ndarray, bands: np.ndarray, cadence: st
         )
         dust = attenuation(wave_rest, params.host_av) * attenuation(wave_obs, 3.1 * params.mw_ebv)
         flam = l_lambda * dust / (4 * np.pi * d_l**2 * (1.0 + params.z))
-        out[sel] = ab_flux_njy(wave_obs, flam, cadence, str(band))
+        out[sel] = ab_flux_njy(wave_obs, flam, filters, str(band))
     return out

@@ -44,9 +44,9 @@ def _source() -> sncosmo.SALT3Source:
 
 
 @cache
-def _band_name(cadence: str, band: str) -> str:
-    name = f"sim-{cadence}-{band}"
-    wave, trans = bandpass(cadence, band)
+def _band_name(filters: str, band: str) -> str:
+    name = f"sim-{filters}-{band}"
+    wave, trans = bandpass(filters, band)
     sncosmo.register(sncosmo.Bandpass(wave, trans, name=name), force=True)
     return name
 
@@ -84,7 +84,7 @@ def draw_params(rng: np.random.Generator, z: float, t0: float, mw_ebv: float) ->
     return SNIaParams(z, t0, float(model["x0"]), x1, c, mw_ebv, float(peak))
 
 
-def flux_njy(params: SNIaParams, mjd: np.ndarray, bands: np.ndarray, cadence: str) -> np.ndarray:
+def flux_njy(params: SNIaParams, mjd: np.ndarray, bands: np.ndarray, filters: str) -> np.ndarray:
     """Observed flux [nJy] at each ``(mjd, band)``.
 
     Parameters
@@ -95,8 +95,8 @@ def flux_njy(params: SNIaParams, mjd: np.ndarray, bands: np.ndarray, cadence: st
         Epochs [MJD], shape ``(N,)``.
     bands
         Band letter per epoch, shape ``(N,)``.
-    cadence
-        Selects the filter set.
+    filters
+        The filter family (:func:`~broker_plugin_train.data.bandpasses.bandpass`).
 
     Returns
     -------
@@ -106,7 +106,7 @@ def flux_njy(params: SNIaParams, mjd: np.ndarray, bands: np.ndarray, cadence: st
     model = _model(params)
     mjd = np.asarray(mjd, dtype=np.float64)
     out = np.zeros(len(mjd))
-    names = np.array([_band_name(cadence, b) for b in bands]) if len(mjd) else np.array([], dtype=str)
+    names = np.array([_band_name(filters, b) for b in bands]) if len(mjd) else np.array([], dtype=str)
     phase = (mjd - params.t0) / (1.0 + params.z)
     early = phase < _source().minphase()
     late = phase > TAIL_PHASE

@@ -69,3 +69,28 @@ def test_history_holds_every_epoch_from_the_precovery_on_and_outputs_read_only_t
         np.array_equal(again.history, inp.history)
         and drawn.history[-1, :, 0].sum() <= inp.history[-1, :, 0].sum()
     )
+
+
+def test_a_cutout_view_measures_only_the_centred_square_of_every_plane(small_dataset):
+    whole = ObjectSource.from_shards(small_dataset, min_snr=5.0, min_frames=3)
+    small = ObjectSource.from_shards(small_dataset, min_snr=5.0, min_frames=3, cutout_side=15)
+    assert small.ids == whole.ids and small.data_hash == whole.data_hash  # the same objects, another look
+    raw, cut = whole.raw(0), small.raw(0)
+    box = np.zeros((32, 32), bool)
+    box[8:23, 8:23] = True
+    for before, after in ((raw.masks, cut.masks), (raw.context.science_masks, cut.context.science_masks),
+                          (raw.context.template_masks, cut.context.template_masks)):  # fmt: skip
+        np.testing.assert_array_equal(after, before & box)
+        assert before[:, ~box].any() and not after[:, ~box].any()
+    np.testing.assert_array_equal(cut.flux, raw.flux)  # the pixels are the same; fewer are measured
+    np.testing.assert_array_equal(cut.history.psfFlux, raw.history.psfFlux)  # photometry is the alert's
+    norm = FluxNormalisation()
+    inp, inp_cut = (
+        whole.model_input(0, norm, 1, with_context=True),
+        small.model_input(0, norm, 1, with_context=True),
+    )
+    assert not inp_cut.x[:, ~box].any() and not inp_cut.aux[:, :, ~box].any()
+    assert not np.array_equal(inp_cut.aux[:, :, box], inp.aux[:, :, box])  # normalised over what is left
+    assert ObjectSource.from_shards(small_dataset, cutout_side=40).raw(0).masks.sum() == (
+        ObjectSource.from_shards(small_dataset).raw(0).masks.sum()
+    )  # a cutout wider than the frame cuts nothing

@@ -134,3 +134,37 @@ def test_agn_bluer_bands_vary_more(band: str) -> None:
         ratios.append(sd[band] / sd["r"])
     expected = {"u": 1.28, "g": 1.14, "r": 1.0, "i": 0.91, "z": 0.84}[band]  # (lambda / lambda_r)^-0.48
     assert np.median(ratios) == pytest.approx(expected, rel=0.1)
+
+
+def test_the_filter_family_follows_the_cadence_unless_chosen() -> None:
+    sim = small_config()
+    assert sim.survey.cadence == "stripe82" and sim.survey.filter_family == "sdss2010"
+    assert with_survey(sim, cadence="rubin").survey.filter_family == "lsst2023"
+    assert with_survey(sim, filters="lsst2023").survey.filter_family == "lsst2023"
+    with pytest.raises(ValueError, match="filters"):
+        with_survey(sim, filters="johnson")
+
+
+def test_supernovae_are_observed_through_the_chosen_filters_and_nothing_else_changes() -> None:
+    sim = small_config(agn=2, variable=2, snia_unconfirmed=3, snia_confirmed=3, snother_unconfirmed=3)
+    lsst = with_survey(sim, filters="lsst2023")
+    objects = {}
+    for name, config in (("sdss", sim), ("lsst", lsst)):
+        survey = Survey(config.survey, config.seed)
+        objects[name] = [make_object(config, survey, e) for e in catalogue(config)]
+    classes = set()
+    for a, b in zip(objects["sdss"], objects["lsst"], strict=True):
+        classes.add(a.true_class)
+        np.testing.assert_array_equal(a.epochs.mjd, b.epochs.mjd)  # the cadence stays the cadence's
+        if a.true_class not in ("SNIa", "SNOther"):
+            np.testing.assert_array_equal(a.flux_total, b.flux_total)
+            continue
+        assert a.redshift == b.redshift and not np.allclose(a.flux_total, b.flux_total, rtol=1e-3)
+        if a.true_class == "SNIa":  # the same SN through LSST's throughputs, computed on its own
+            p = b.params
+            params = sn_ia.SNIaParams(
+                b.redshift, p["t0"], p["x0"], p["x1"], p["c"], p["mw_ebv"], p["peak_abs_mag_b"]
+            )
+            expected = sn_ia.flux_njy(params, b.epochs.mjd, b.epochs.band, "lsst2023")
+            np.testing.assert_allclose(b.flux_total, expected, rtol=1e-12)
+    assert {"SNIa", "SNOther", "AGN", "Variable"} <= classes

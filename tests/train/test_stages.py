@@ -99,6 +99,32 @@ def test_evaluate_model_prints_metrics_json(
     assert len(result["early_classification"]) == 2
 
 
+def test_evaluate_model_scores_a_smaller_cutout_view(
+    trained: Path, small_dataset: Path, capsys: pytest.CaptureFixture[str]
+):
+    base = [
+        "evaluate",
+        "--config",
+        CONFIG,
+        "--data",
+        str(small_dataset),
+        "--training.evaluate.curve_frames=[6]",
+    ]
+    model = ["--model", str(trained / "model")]
+    assert main([*base, *model]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main([*base, *model, "--cutout-side", "12"]) == 0
+    small = json.loads(capsys.readouterr().out)
+    assert whole["cutout_side"] is None and small["cutout_side"] == 12
+    assert small["whole_history"]["n"] == whole["whole_history"]["n"]  # the same objects, another look
+    assert small["reliability"] != whole["reliability"]  # other inputs, other probabilities
+    # Without an artifact, or measuring nothing: one line and exit status 2.
+    assert main([*base, "--cutout-side", "12"]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main([*base, *model, "--cutout-side", "0"]) == 2
+    assert "at least one frame pixel" in capsys.readouterr().err
+
+
 def test_rerun_resumes_and_is_deterministic(trained: Path, small_dataset: Path, tmp_path: Path):
     # A finished run is not retrained: the stored members are reused unchanged.
     before = (trained / "run" / "members" / "member-f0-s0.pt").stat().st_mtime_ns
