@@ -41,6 +41,11 @@ def _args(tmp: Path, data: Path, *extra: str) -> list[str]:
     ]
 
 
+def _evaluate(data: Path) -> list[str]:
+    """``evaluate`` on ``data`` with one early prefix (add ``--model``)."""
+    return ["evaluate", "--config", CONFIG, "--data", str(data), "--training.evaluate.curve_frames=[6]"]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, small_dataset: Path) -> Path:
     tmp = tmp_path_factory.mktemp("trained")
@@ -82,17 +87,7 @@ def test_the_service_predictor_runs_the_artifact(trained: Path, small_dataset: P
 def test_evaluate_model_prints_metrics_json(
     trained: Path, small_dataset: Path, capsys: pytest.CaptureFixture[str]
 ):
-    args = [
-        "evaluate",
-        "--config",
-        CONFIG,
-        "--model",
-        str(trained / "model"),
-        "--data",
-        str(small_dataset),
-        "--training.evaluate.curve_frames=[6]",
-    ]
-    assert main(args) == 0
+    assert main([*_evaluate(small_dataset), "--model", str(trained / "model")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["whole_history"]["n"] == len(ObjectSource.from_shards(small_dataset))
     assert result["members"] == 3
@@ -102,14 +97,7 @@ def test_evaluate_model_prints_metrics_json(
 def test_evaluate_model_scores_a_smaller_cutout_view(
     trained: Path, small_dataset: Path, capsys: pytest.CaptureFixture[str]
 ):
-    base = [
-        "evaluate",
-        "--config",
-        CONFIG,
-        "--data",
-        str(small_dataset),
-        "--training.evaluate.curve_frames=[6]",
-    ]
+    base = _evaluate(small_dataset)
     model = ["--model", str(trained / "model")]
     assert main([*base, *model]) == 0
     whole = json.loads(capsys.readouterr().out)
