@@ -223,7 +223,7 @@ class ObjectSource:
         return RawObject(served.flux, served.masks, served.bands, served.context, history)
 
     def _unfiltered(self, i: int) -> RawObject:
-        """Object ``i``'s frames, all of them (views into the shards, nothing copied)."""
+        """Object ``i``'s frames, all of them (views into the shards; a cutout view copies its masks)."""
         obj = self._objects[int(self._rows[int(i)])]
         if isinstance(obj, RawObject):
             return obj if self.cutout_side is None else cutout_view(obj, self.cutout_side)
