@@ -26,7 +26,7 @@ from broker_plugin.exceptions import (
     WrongMagicByteError,
 )
 from broker_plugin.records import Alert
-from broker_plugin.serde.history import missing_reason
+from broker_plugin.serde.history_points import missing_reason
 from broker_plugin.serde.projection import ContainerSchemaCache
 from broker_plugin.serde.rubin import WIRE_HEADER, rubin_record_to_alert
 from broker_plugin.serde.schemas import RubinSchemaStore

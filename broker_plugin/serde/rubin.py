@@ -19,7 +19,7 @@ from broker_plugin.config import LimitsSettings
 from broker_plugin.exceptions import InvalidPhotometryError, MissingFieldError, UnsupportedAlertError
 from broker_plugin.records import Alert, Survey
 from broker_plugin.serde import fields
-from broker_plugin.serde.history import history_of
+from broker_plugin.serde.history_points import history_of
 from broker_plugin.serde.schemas import load_bundled_schema, schema_id_of
 
 #: Confluent wire format: magic byte 0x00, then the schema id as a big-endian 4-byte int.

@@ -22,7 +22,7 @@ from broker_plugin.exceptions import (
 )
 from broker_plugin.records import Alert, Survey, ZtfCutoutContext
 from broker_plugin.serde import fields
-from broker_plugin.serde.history import history_of
+from broker_plugin.serde.history_points import history_of
 
 #: ZTF filter id -> band.
 ZTF_BANDS = {1: "g", 2: "r", 3: "i"}
