@@ -24,8 +24,9 @@ dead letter with a precise reason, and no single message can stop the service.
   preparation process that dies (a C library crashing on a hostile message) is replaced; the message it
   dies on twice, alone in a process, is dead-lettered with reason ``internal_error`` ("preparation process
   died", ``stage="prepare"``) and the rest of its poll goes on.
-- Processing (worker thread, :func:`process_isolated`): when the pipeline raises for a batch, the
-  exception is classified by :func:`is_infrastructure_failure`. An infrastructure failure stops the
+- Processing (worker thread, :func:`~broker_plugin.isolation.process_isolated`): when the pipeline
+  raises for a batch, the exception is classified by
+  :func:`~broker_plugin.isolation.is_infrastructure_failure`. An infrastructure failure stops the
   service with nothing of the batch committed, so a restart redelivers it and nothing is lost:
   the state store unreachable or failing (``sqlite3.OperationalError`` and ``DatabaseError`` proper -
   locked, I/O, disk full, corrupt file; every ``psycopg.Error`` except ``DataError`` and
@@ -57,27 +58,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from broker_plugin import __version__
 from broker_plugin.config import Settings
-from broker_plugin.exceptions import BrokerPluginError, KafkaUnreachableError, MessageTooLargeError
+from broker_plugin.exceptions import MessageTooLargeError
+from broker_plugin.isolation import process_isolated, rejection_of
 from broker_plugin.kafka.consumer import AlertConsumer, Offsets
 from broker_plugin.kafka.deadletter import build_dead_letter
-from broker_plugin.kafka.producer import DeliveryError, OutputProducer
+from broker_plugin.kafka.producer import OutputProducer
 from broker_plugin.metrics import Health, ServiceMetrics
 from broker_plugin.pipeline import BatchResult, Inbound, Pipeline
 from broker_plugin.prepare import Pending, PreparationPool, Prepared, Rejection
 from broker_plugin.serde.alerts import AlertDecoder
 from broker_plugin.serde.classifications import classification_key, encode_classification
-from broker_plugin.state.base import StateStore, StateStoreClosedError
+from broker_plugin.state.base import StateStore
 from broker_plugin.workqueue import CoalescingQueue
 
 log = logging.getLogger(__name__)
@@ -88,108 +88,6 @@ _TAI_MINUS_UTC_S = 37.0
 _COUNT_INTERVAL_S = 10.0
 #: Producer timestamps outside this range [ms since the epoch] are ignored (they would not fit the output).
 _TIMESTAMP_RANGE_MS = (1, 2**63 - 1)
-#: SQLite errors raised by the values of one message, not by the database: isolated, never fatal.
-_SQLITE_DATA_ERRORS = (
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.ProgrammingError,
-    sqlite3.InterfaceError,
-)
-
-
-def _is_infrastructure(exc: BaseException) -> bool:
-    if isinstance(exc, KafkaException | DeliveryError | KafkaUnreachableError | StateStoreClosedError):
-        return True
-    if isinstance(exc, sqlite3.Error):
-        return not isinstance(exc, _SQLITE_DATA_ERRORS)
-    # psycopg is imported only by deployments that use PostgreSQL: if it is not loaded, none of its
-    # errors can be raised.
-    psycopg = sys.modules.get("psycopg")
-    if psycopg is not None and isinstance(exc, psycopg.Error):
-        return not isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
-    return False
-
-
-def is_infrastructure_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it wraps) is a failure of the state store or of Kafka.
-
-    Such a failure must stop the service before anything is committed (a restart redelivers); anything
-    else was caused by one message and is isolated (see the module docstring for the list).
-    """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if _is_infrastructure(current):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def rejection_of(exc: Exception) -> tuple[str, str]:
-    """``(reason, error)`` of a dead letter for ``exc``: its typed reason, or ``internal_error`` for a bug."""
-    if isinstance(exc, BrokerPluginError):
-        return exc.reason, str(exc)
-    return "internal_error", f"{type(exc).__name__}: {exc}"
-
-
-def process_isolated(
-    pipeline: Pipeline, inbound: Sequence[Inbound], on_bug: Callable[[Exception], None] | None = None
-) -> BatchResult:
-    """:meth:`Pipeline.process` over a batch; if it raises, alert by alert so that only culprits are rejected.
-
-    Parameters
-    ----------
-    pipeline
-        The pipeline.
-    inbound
-        The batch.
-    on_bug
-        Called with every exception that is not a typed error (a bug), after it was logged with its
-        traceback.
-
-    Raises
-    ------
-    Exception
-        An infrastructure failure (:func:`is_infrastructure_failure`): nothing of the batch may be
-        committed.
-    """
-    try:
-        return pipeline.process(inbound)
-    except Exception as exc:
-        if is_infrastructure_failure(exc):
-            raise
-        if len(inbound) == 1:  # the culprit is known: no retry
-            return BatchResult(rejected=[(inbound[0].ref, *_rejected(exc, on_bug))])
-        log.warning(
-            "batch of %d alerts failed (%s: %s); retrying one by one", len(inbound), type(exc).__name__, exc
-        )
-    result = BatchResult()
-    for item in inbound:
-        try:
-            one = pipeline.process([item])
-        except Exception as exc:
-            if is_infrastructure_failure(exc):
-                raise
-            result.rejected.append((item.ref, *_rejected(exc, on_bug)))
-            continue
-        _add(result, one)
-    return result
-
-
-def _add(total: BatchResult, one: BatchResult) -> None:
-    """Add ``one``'s outcomes to ``total``: lists concatenated, counts and seconds summed (every field)."""
-    for item in fields(BatchResult):
-        setattr(total, item.name, getattr(total, item.name) + getattr(one, item.name))
-
-
-def _rejected(exc: Exception, on_bug: Callable[[Exception], None] | None) -> tuple[str, str]:
-    reason, error = rejection_of(exc)
-    if reason == "internal_error":
-        log.error("unexpected error processing one alert; it is dead-lettered", exc_info=exc)
-        if on_bug is not None:
-            on_bug(exc)
-    return reason, error
 
 
 @dataclass

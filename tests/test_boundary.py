@@ -10,9 +10,10 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, M
 
 from broker_plugin.exceptions import InvalidFrameError
 from broker_plugin.inference.errors import InferenceInputError
+from broker_plugin.isolation import is_infrastructure_failure, process_isolated
 from broker_plugin.kafka.producer import DeliveryError
 from broker_plugin.pipeline import Inbound
-from broker_plugin.service import alert_timestamp_ms, is_infrastructure_failure, process_isolated
+from broker_plugin.service import alert_timestamp_ms
 from broker_plugin.state.base import StateStoreClosedError
 from tests.factories import inbound_of, object_alerts
 

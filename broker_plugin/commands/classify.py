@@ -5,7 +5,7 @@ pipeline the service runs (normalise, store, incremental inference) in micro-bat
 classification is printed as one JSON line (our output record's fields), and every rejected alert,
 unreadable file or corrupt archive as one JSON line with its reason (see
 :mod:`broker_plugin.commands.offline`). An alert that makes the pipeline fail is isolated as in the
-service (:func:`broker_plugin.service.process_isolated`): the others are still classified.
+service (:func:`broker_plugin.isolation.process_isolated`): the others are still classified.
 
 Alerts are decoded and normalised in this process (the service's preparation processes are not used:
 the pipeline normalises each batch itself). The state lives in a temporary SQLite store unless
@@ -31,9 +31,9 @@ from broker_plugin.config import Settings, env_variable
 from broker_plugin.exceptions import StateUrlError
 from broker_plugin.factory import Parts, build_parts
 from broker_plugin.inference.errors import ArtifactError
+from broker_plugin.isolation import is_infrastructure_failure, process_isolated
 from broker_plugin.pipeline import Inbound
 from broker_plugin.progress import progress
-from broker_plugin.service import is_infrastructure_failure, process_isolated
 from broker_plugin.state.factory import redact_url
 
 
