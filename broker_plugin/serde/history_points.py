@@ -20,6 +20,16 @@ import numpy as np
 from broker_plugin.records import BANDS, PhotometryHistory
 from broker_plugin.serde.history import HISTORY_KEY, TEXT_ROLES, HistoryColumn, HistoryMissing, RawHistory
 from broker_plugin.serde.skipping import NoMatchError, read_varint
+from broker_plugin.serde.ztf_conventions import (
+    DEFAULT_EXPTIME_S,
+    JD_TO_MJD,
+    MAG_ERROR_RANGE,
+    MAG_RANGE,
+    NJY_ZEROPOINT,
+    TAI_MINUS_UTC_DAYS,
+    ZEROPOINT_RANGE,
+    ZTF_BANDS,
+)
 
 #: Rubin visits closer than this in time (same band) are the same epoch [d].
 SAME_VISIT_DAYS = 1e-5
@@ -170,17 +180,9 @@ def _near(keys: np.ndarray, others: np.ndarray) -> np.ndarray:
         return (at < len(others)) & (found <= keys + SAME_VISIT_DAYS) & np.isfinite(keys)
 
 
-#: ZTF conversions, as :mod:`.ztf` does them for the alert's own candidate.
-_JD_TO_MJD = 2400000.5
-_TAI_MINUS_UTC_DAYS = 37.0 / 86400.0
-_DEFAULT_EXPTIME_S = 30.0
-_NJY_ZEROPOINT = 31.4
-_MAG_RANGE = (-5.0, 40.0)
-_MAG_ERROR_RANGE = (0.0, 10.0)
-_ZEROPOINT_RANGE = (15.0, 40.0)
 #: ZTF's forced photometry writes this where it has no value.
 _ZTF_NO_VALUE = -99999.0
-_ZTF_BAND_INDEX = {1: BANDS.index("g"), 2: BANDS.index("r"), 3: BANDS.index("i")}
+_ZTF_BAND_INDEX = {fid: BANDS.index(band) for fid, band in ZTF_BANDS.items()}
 
 
 def _within(values: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
@@ -201,8 +203,8 @@ def _ztf_times(cols: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore"):
         bad = (exptime < 0) | (exptime > 3600)
         # ``exptime or default``: null and 0 take the default, as for the alert's candidate.
-        exptime = np.where(np.isnan(exptime) | (exptime == 0), _DEFAULT_EXPTIME_S, exptime)
-        mjd = cols["jd"] - _JD_TO_MJD + exptime / 2.0 / 86400.0 + _TAI_MINUS_UTC_DAYS
+        exptime = np.where(np.isnan(exptime) | (exptime == 0), DEFAULT_EXPTIME_S, exptime)
+        mjd = cols["jd"] - JD_TO_MJD + exptime / 2.0 / 86400.0 + TAI_MINUS_UTC_DAYS
     mjd[bad] = np.nan
     band = np.full(n, -1, np.int64)
     for fid, index in _ZTF_BAND_INDEX.items():
@@ -226,9 +228,9 @@ def ztf_history(raw: RawHistory) -> PhotometryHistory:
     if "prv_candidates" in raw.columns:
         cols = _columns(raw, "prv_candidates")
         mjd, band = _ztf_times(cols)
-        magpsf = _within(cols["magpsf"], _MAG_RANGE)
-        sigmapsf = _within(cols["sigmapsf"], _MAG_ERROR_RANGE)
-        limit = _within(cols["diffmaglim"], _MAG_RANGE)
+        magpsf = _within(cols["magpsf"], MAG_RANGE)
+        sigmapsf = _within(cols["sigmapsf"], MAG_ERROR_RANGE)
+        limit = _within(cols["diffmaglim"], MAG_RANGE)
         sign = np.array(
             [1.0 if t in _TRUE else -1.0 if t in _FALSE else np.nan
              for t in ((v or "").strip().lower() for v in cols["isdiffpos"])]
@@ -236,14 +238,14 @@ def ztf_history(raw: RawHistory) -> PhotometryHistory:
         # A magnitude makes a detection even when out of range (then the point is dropped, not a limit).
         detected = ~np.isnan(cols["magpsf"])
         with np.errstate(invalid="ignore", over="ignore"):
-            flux = 10.0 ** (-0.4 * (magpsf - _NJY_ZEROPOINT)) * sign
+            flux = 10.0 ** (-0.4 * (magpsf - NJY_ZEROPOINT)) * sign
             err = np.abs(flux) * sigmapsf * 0.4 * 2.302585092994046
-            limit_err = 10.0 ** (-0.4 * (limit - _NJY_ZEROPOINT)) / 5.0
+            limit_err = 10.0 ** (-0.4 * (limit - NJY_ZEROPOINT)) / 5.0
         out.append((mjd, band, np.where(detected, flux, 0.0), np.where(detected, err, limit_err), detected))
     if "fp_hists" in raw.columns:
         cols = _columns(raw, "fp_hists")
         mjd, band = _ztf_times(cols)
-        scale = 10.0 ** (-0.4 * (_within(cols["magzpsci"], _ZEROPOINT_RANGE) - _NJY_ZEROPOINT))
+        scale = 10.0 ** (-0.4 * (_within(cols["magzpsci"], ZEROPOINT_RANGE) - NJY_ZEROPOINT))
         flux = _no_sentinel(cols["forcediffimflux"]) * scale
         err = _no_sentinel(cols["forcediffimfluxunc"]) * scale
         out.append((mjd, band, flux, err, np.zeros(cols["n"], bool)))

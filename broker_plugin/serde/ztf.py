@@ -23,18 +23,17 @@ from broker_plugin.exceptions import (
 from broker_plugin.records import Alert, Survey, ZtfCutoutContext
 from broker_plugin.serde import fields
 from broker_plugin.serde.history_points import history_of
+from broker_plugin.serde.ztf_conventions import (
+    DEFAULT_EXPTIME_S,
+    JD_TO_MJD,
+    MAG_ERROR_RANGE,
+    MAG_RANGE,
+    NJY_ZEROPOINT,
+    TAI_MINUS_UTC_DAYS,
+    ZEROPOINT_RANGE,
+    ZTF_BANDS,
+)
 
-#: ZTF filter id -> band.
-ZTF_BANDS = {1: "g", 2: "r", 3: "i"}
-_JD_TO_MJD = 2400000.5
-_TAI_MINUS_UTC_DAYS = 37.0 / 86400.0
-_DEFAULT_EXPTIME_S = 30.0
-_NJY_ZEROPOINT = 31.4
-#: Plausible PSF magnitudes, their errors and science-image zero points [mag]: far wider than any real
-#: alert (magpsf 13-23, sigmapsf < 1, magzpsci 24-29), narrow enough that every derived flux is finite.
-_MAG_RANGE = (-5.0, 40.0)
-_MAG_ERROR_RANGE = (0.0, 10.0)
-_ZEROPOINT_RANGE = (15.0, 40.0)
 _DEFAULT_LIMITS = LimitsSettings()
 
 
@@ -83,18 +82,18 @@ def ztf_record_to_alert(record: dict[str, Any], limits: LimitsSettings | None = 
         raise InvalidBandError(f"ZTF fid {fields.show(fid)} is not 1, 2 or 3")
     jd = fields.number(required["jd"], "jd", InvalidTimeError)
     exptime = fields.optional_number(candidate.get("exptime"), "exptime", InvalidTimeError, 0.0, 3600.0)
-    mjd_tai = jd - _JD_TO_MJD + (exptime or _DEFAULT_EXPTIME_S) / 2.0 / 86400.0 + _TAI_MINUS_UTC_DAYS
+    mjd_tai = jd - JD_TO_MJD + (exptime or DEFAULT_EXPTIME_S) / 2.0 / 86400.0 + TAI_MINUS_UTC_DAYS
     ra, dec = fields.ra_dec(required["ra"], required["dec"])
     isdiffpos = fields.flag(required["isdiffpos"], "isdiffpos")
-    magpsf = fields.optional_number(candidate.get("magpsf"), "magpsf", InvalidPhotometryError, *_MAG_RANGE)
+    magpsf = fields.optional_number(candidate.get("magpsf"), "magpsf", InvalidPhotometryError, *MAG_RANGE)
     sigmapsf = fields.optional_number(
-        candidate.get("sigmapsf"), "sigmapsf", InvalidPhotometryError, *_MAG_ERROR_RANGE
+        candidate.get("sigmapsf"), "sigmapsf", InvalidPhotometryError, *MAG_ERROR_RANGE
     )
     flux = err = None
     if magpsf is not None:
         # magpsf is the PSF-fit magnitude of |difference|; sign from isdiffpos. Its range keeps the flux
         # (and its error) finite: 10**(-0.4 (-5 - 31.4)) is 3.6e14 nJy.
-        flux = 10.0 ** (-0.4 * (magpsf - _NJY_ZEROPOINT)) * (1 if isdiffpos else -1)
+        flux = 10.0 ** (-0.4 * (magpsf - NJY_ZEROPOINT)) * (1 if isdiffpos else -1)
         if sigmapsf is not None:
             err = abs(flux) * sigmapsf * 0.4 * 2.302585092994046
     return Alert(
@@ -111,7 +110,7 @@ def ztf_record_to_alert(record: dict[str, Any], limits: LimitsSettings | None = 
         schemaVersion=fields.short_text(record.get("schemavsn"), "schemavsn"),
         ztf=ZtfCutoutContext(
             magzpsci=fields.number(
-                required["magzpsci"], "magzpsci", InvalidPhotometryError, *_ZEROPOINT_RANGE
+                required["magzpsci"], "magzpsci", InvalidPhotometryError, *ZEROPOINT_RANGE
             ),
             isdiffpos=isdiffpos,
             xpos=fields.optional_number(candidate.get("xpos"), "xpos", InvalidPositionError),
