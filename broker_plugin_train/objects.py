@@ -205,6 +205,8 @@ class ObjectSource:
         raw = self._unfiltered(i)
         keep = self._keep(raw)
         served = raw if keep.all() else raw.subset(keep)
+        if self.cutout_side is not None:  # the served frames only: the history is photometry
+            served = cutout_view(served, self.cutout_side)
         if raw.context is None or not len(served.bands):
             return served
         c = raw.context
@@ -223,10 +225,10 @@ class ObjectSource:
         return RawObject(served.flux, served.masks, served.bands, served.context, history)
 
     def _unfiltered(self, i: int) -> RawObject:
-        """Object ``i``'s frames, all of them (views into the shards; a cutout view copies its masks)."""
+        """Object ``i``'s frames, all of them (views into the shards, nothing copied)."""
         obj = self._objects[int(self._rows[int(i)])]
         if isinstance(obj, RawObject):
-            return obj if self.cutout_side is None else cutout_view(obj, self.cutout_side)
+            return obj
         names = tuple(BANDS[int(b)] for b in obj.band)
         context = FrameContext(
             np.asarray(obj.mjd), np.asarray(obj.psf_flux), np.asarray(obj.psf_flux_err),
@@ -235,8 +237,7 @@ class ObjectSource:
             None if obj.template is None else np.asarray(obj.template),
             None if obj.template_masks is None else np.asarray(obj.template_masks),
         )  # fmt: skip
-        raw = RawObject(np.asarray(obj.frames), np.asarray(obj.masks), names, context)
-        return raw if self.cutout_side is None else cutout_view(raw, self.cutout_side)
+        return RawObject(np.asarray(obj.frames), np.asarray(obj.masks), names, context)
 
     def _keep(self, raw: RawObject) -> np.ndarray:
         """The frames of ``raw`` this source serves: its bands, and alerts only when ``min_snr`` is set."""
